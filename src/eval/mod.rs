@@ -1,0 +1,4 @@
+//! Evaluation: metrics of samples and the plots that show them.
+
+pub mod scatter;
+pub mod toy;

@@ -1,0 +1,22 @@
+//! `sqdf`: reward fine-tuning of diffusion models with SQDF (arXiv 2512.04559),
+//! where the experiment is a Lua script that can be changed while training runs.
+//!
+//! Rust owns state and speed (tensors, models, sampler, replay buffer, optimiser,
+//! checkpoints); Lua owns the experiment's math (reward, loss, discount, priority).
+//! See `README.md` for the script contract and `docs/ARCHITECTURE.md` for the layout.
+
+pub mod data;
+pub mod diffusion;
+pub mod eval;
+pub mod models;
+pub mod nn;
+pub mod replay;
+pub mod rng;
+pub mod run_log;
+pub mod script;
+pub mod tasks;
+pub mod tensor_io;
+pub mod train;
+
+/// Every tensor the framework creates is f32; frozen half-precision copies come later with SD-1.5.
+pub const DTYPE: candle_core::DType = candle_core::DType::F32;

@@ -1,0 +1,171 @@
+//! The `sqdf` command line: run an experiment script, pretrain or distill a task's models,
+//! evaluate a checkpoint.
+
+use anyhow::{Context, Result};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use sqdf::run_log::RunLog;
+use sqdf::script::config::parse_override;
+use sqdf::tasks::{self, TrainCommand};
+use sqdf::train::{RunOptions, Trainer};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sqdf",
+    version,
+    about = "Reward fine-tuning of diffusion models with SQDF; experiments are Lua scripts, hot-reloaded between epochs"
+)]
+struct Cli {
+    /// No progress bars (log lines still go to the terminal and run.log).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune with an experiment script (edit it while it runs: it reloads between epochs).
+    Run {
+        /// The experiment script, e.g. scripts/toy_gmm.lua.
+        script: PathBuf,
+        /// Override a config key (repeatable): --set alpha=0.5 --set params.w=2.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run folder (default runs/<script name>-<UTC time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this folder from its checkpoint (raise epochs with --set to train longer).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// Do not watch the script for edits.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Train a task's base model from its data (writes models/<task>/).
+    Pretrain {
+        /// The task: gmm2d.
+        task: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Optimiser steps (default: the task's documented number).
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Distil a task's consistency model from its base model (writes models/<task>/).
+    Distill {
+        /// The task: gmm2d.
+        task: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Evaluate the pretrained model, or a run's checkpoint, under a script's reward and config.
+    Eval {
+        script: PathBuf,
+        /// A run's checkpoint.safetensors (default: the pretrained model).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Folder for the JSON and plots (default: the working directory's eval/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn overrides(set: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
+    set.iter().map(|s| parse_override(s)).collect()
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let log = RunLog::stderr();
+    match cli.command {
+        Command::Run {
+            script,
+            set,
+            out,
+            resume,
+            no_watch,
+        } => {
+            let mut opts = RunOptions::new(script);
+            opts.overrides = overrides(&set)?;
+            opts.out = out;
+            opts.resume = resume;
+            opts.watch = !no_watch;
+            opts.progress = !cli.quiet;
+            opts.log = log;
+            let mut trainer = Trainer::new(opts)?;
+            let eval = trainer.run()?;
+            println!("{}", serde_json::to_string_pretty(&eval)?);
+            Ok(())
+        }
+        Command::Pretrain {
+            task,
+            out,
+            steps,
+            seed,
+        } => {
+            let cmd = TrainCommand {
+                out,
+                steps,
+                seed,
+                progress: !cli.quiet,
+                log,
+                device: Device::Cpu,
+            };
+            tasks::by_name(&task)?.pretrain(&cmd)
+        }
+        Command::Distill {
+            task,
+            out,
+            steps,
+            seed,
+        } => {
+            let cmd = TrainCommand {
+                out,
+                steps,
+                seed,
+                progress: !cli.quiet,
+                log,
+                device: Device::Cpu,
+            };
+            tasks::by_name(&task)?.distill(&cmd)
+        }
+        Command::Eval {
+            script,
+            checkpoint,
+            set,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| PathBuf::from("eval"));
+            let v = sqdf::train::evaluate::evaluate(
+                &script,
+                checkpoint.as_deref(),
+                &overrides(&set)?,
+                &out,
+                log,
+            )
+            .with_context(|| format!("evaluating under {}", script.display()))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The run's log: every line goes to `run.log` in the run folder (when there is one) and
+//! to the terminal, above the progress bar rather than through it. Lua's `print` lands here.
+
+use indicatif::ProgressBar;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct RunLog {
+    file: Mutex<Option<std::fs::File>>,
+    bar: Mutex<Option<ProgressBar>>,
+    quiet: bool,
+    lines: Mutex<Vec<String>>,
+}
+
+impl RunLog {
+    /// A log that prints to the terminal only.
+    pub fn stderr() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A log that keeps its lines in memory and prints nothing (for tests).
+    pub fn captured() -> Arc<Self> {
+        Arc::new(Self {
+            quiet: true,
+            ..Self::default()
+        })
+    }
+
+    /// Starts (or continues) appending to `path` as well.
+    pub fn attach_file(&self, path: &Path) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        *self.file.lock().unwrap() = Some(f);
+        Ok(())
+    }
+
+    /// Routes terminal output above this progress bar while it lives.
+    pub fn set_bar(&self, bar: Option<ProgressBar>) {
+        *self.bar.lock().unwrap() = bar;
+    }
+
+    pub fn info(&self, msg: impl AsRef<str>) {
+        self.line(msg.as_ref());
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        self.line(&format!("warning: {}", msg.as_ref()));
+    }
+
+    pub fn error(&self, msg: impl AsRef<str>) {
+        self.line(&format!("error: {}", msg.as_ref()));
+    }
+
+    fn line(&self, msg: &str) {
+        if let Some(f) = self.file.lock().unwrap().as_mut() {
+            let _ = writeln!(f, "{msg}");
+        }
+        if self.quiet {
+            self.lines.lock().unwrap().push(msg.to_string());
+            return;
+        }
+        match self.bar.lock().unwrap().as_ref() {
+            Some(bar) if !bar.is_hidden() => bar.println(msg),
+            _ => eprintln!("{msg}"),
+        }
+    }
+
+    /// Lines logged so far by a `captured` log.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,386 @@
+//! The strict `config` table of an experiment script: every key is known, typed and
+//! documented here, with its default and whether it may change while a run is going.
+
+use anyhow::{anyhow, bail, Result};
+use mlua::prelude::*;
+use mlua::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+/// How buffer states are drawn for an update (§4.2.3, Appendix E.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    Uniform,
+    Priority,
+}
+
+/// The one-step x0 estimator inside the soft Q (§4.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum X0Estimator {
+    /// The distilled consistency model f_ψ (the paper's choice).
+    Consistency,
+    /// Tweedie's formula with the frozen reference model (the "w/o CM" ablation).
+    Tweedie,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub task: String,
+    pub weights: Option<String>,
+    pub steps: usize,
+    pub eta: f64,
+    pub seed: u64,
+    pub capacity: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub updates_per_epoch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub alpha: f64,
+    pub gamma: f64,
+    pub sampling: Sampling,
+    pub x0: X0Estimator,
+    pub eval_samples: usize,
+    pub params: Map<String, Json>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            task: "gmm2d".into(),
+            weights: None,
+            steps: 50,
+            eta: 1.0,
+            seed: 0,
+            capacity: 1024,
+            epochs: 40,
+            batch: 64,
+            updates_per_epoch: 1,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            grad_clip: 1.0,
+            alpha: 2.0,
+            gamma: 0.9,
+            sampling: Sampling::Uniform,
+            x0: X0Estimator::Consistency,
+            eval_samples: 2000,
+            params: Map::new(),
+        }
+    }
+}
+
+/// (key, may change during a run, meaning and default's reason).
+pub const KEYS: &[(&str, bool, &str)] = &[
+    ("task", false, "the model to fine-tune: \"gmm2d\""),
+    (
+        "weights",
+        false,
+        "folder of the task's weight files (default models/<task>)",
+    ),
+    (
+        "steps",
+        false,
+        "T, sampling steps of the DDIM grid (paper: 50)",
+    ),
+    (
+        "eta",
+        false,
+        "DDIM η; 1 is ancestral sampling, the paper's sampler (needed for a finite KL)",
+    ),
+    (
+        "seed",
+        false,
+        "seed of the run's RNG: the same seed gives the same run",
+    ),
+    (
+        "capacity",
+        false,
+        "replay buffer capacity in trajectories, FIFO (released code: 1024)",
+    ),
+    (
+        "epochs",
+        true,
+        "total epochs; raise it and --resume to train longer",
+    ),
+    (
+        "batch",
+        true,
+        "trajectories sampled per epoch, and states per update (paper: 64)",
+    ),
+    (
+        "updates_per_epoch",
+        true,
+        "optimiser steps per epoch (released code's replay_ratio: 1)",
+    ),
+    ("lr", true, "AdamW learning rate (paper: 1e-3)"),
+    ("weight_decay", true, "AdamW weight decay (paper: 1e-4)"),
+    (
+        "grad_clip",
+        true,
+        "clip the global gradient norm to this (released code: 1.0); 0 disables",
+    ),
+    (
+        "alpha",
+        true,
+        "α, KL weight (paper: 2 with the released KL scale)",
+    ),
+    (
+        "gamma",
+        true,
+        "γ, discount over denoising steps (paper: 0.9)",
+    ),
+    (
+        "sampling",
+        true,
+        "\"uniform\" or \"priority\" (the `priority` hook) buffer sampling",
+    ),
+    (
+        "x0",
+        true,
+        "one-step x0 estimator in the soft Q: \"consistency\" or \"tweedie\"",
+    ),
+    (
+        "eval_samples",
+        true,
+        "samples for the evaluation in eval.json (issue: 2000 for the toy)",
+    ),
+    (
+        "params",
+        true,
+        "a free table for the script's own values (reward weights, ...)",
+    ),
+];
+
+pub fn is_live(key: &str) -> bool {
+    KEYS.iter().any(|(k, live, _)| *k == key && *live)
+}
+
+/// One `--set key=value`: numbers, booleans and strings; `params.x` reaches into params.
+pub fn parse_override(s: &str) -> Result<(String, Json)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set expects key=value, got `{s}`"))?;
+    let v = v.trim();
+    let val = if let Ok(i) = v.parse::<i64>() {
+        Json::from(i)
+    } else if let Ok(f) = v.parse::<f64>() {
+        Json::from(f)
+    } else if v == "true" || v == "false" {
+        Json::from(v == "true")
+    } else {
+        Json::from(v.trim_matches('"').to_string())
+    };
+    Ok((k.trim().to_string(), val))
+}
+
+/// A Lua value (numbers, strings, booleans, tables) as JSON.
+pub fn lua_to_json(v: &Value, at: &str) -> Result<Json> {
+    Ok(match v {
+        Value::Nil => Json::Null,
+        Value::Boolean(b) => Json::from(*b),
+        Value::Integer(i) => Json::from(*i),
+        Value::Number(n) => Json::from(*n),
+        Value::String(s) => Json::from(s.to_str()?.to_string()),
+        Value::Table(t) => {
+            let mut map = Map::new();
+            let mut seq = Vec::new();
+            let len = t.raw_len();
+            for pair in t.clone().pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                match k {
+                    Value::Integer(i) if i >= 1 && (i as usize) <= len => {
+                        seq.push((i, lua_to_json(&v, at)?))
+                    }
+                    Value::String(s) => {
+                        let key = s.to_str()?.to_string();
+                        let val = lua_to_json(&v, &format!("{at}.{key}"))?;
+                        map.insert(key, val);
+                    }
+                    other => bail!("{at}: keys must be strings, got {}", other.type_name()),
+                }
+            }
+            if map.is_empty() && !seq.is_empty() {
+                seq.sort_by_key(|(i, _)| *i);
+                Json::Array(seq.into_iter().map(|(_, v)| v).collect())
+            } else if seq.is_empty() {
+                Json::Object(map)
+            } else {
+                bail!("{at}: a table mixes a list and keys")
+            }
+        }
+        other => bail!("{at}: a config value cannot be a {}", other.type_name()),
+    })
+}
+
+/// JSON as a Lua value.
+pub fn json_to_lua(lua: &Lua, v: &Json) -> LuaResult<Value> {
+    Ok(match v {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::String(lua.create_string(s)?),
+        Json::Array(a) => {
+            let t = lua.create_table()?;
+            for x in a {
+                t.raw_push(json_to_lua(lua, x)?)?;
+            }
+            Value::Table(t)
+        }
+        Json::Object(o) => {
+            let t = lua.create_table()?;
+            for (k, x) in o {
+                t.raw_set(k.as_str(), json_to_lua(lua, x)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+impl RunConfig {
+    /// Parses a script's `config` table strictly, applying `--set` overrides on top.
+    /// `origin` (the script's path) names the file in every error.
+    pub fn from_lua(
+        table: Option<&LuaTable>,
+        overrides: &[(String, Json)],
+        origin: &str,
+    ) -> Result<Self> {
+        let mut given = match table {
+            Some(t) => match lua_to_json(&Value::Table(t.clone()), "config")? {
+                Json::Object(m) => m,
+                Json::Array(a) if a.is_empty() => Map::new(),
+                _ => bail!("{origin}: `config` must be a table of key = value"),
+            },
+            None => Map::new(),
+        };
+        for (k, v) in overrides {
+            match k.split_once('.') {
+                Some(("params", sub)) => {
+                    let p = given
+                        .entry("params")
+                        .or_insert_with(|| Json::Object(Map::new()));
+                    match p {
+                        Json::Object(m) => {
+                            m.insert(sub.to_string(), v.clone());
+                        }
+                        _ => bail!("--set {k}: config.params is not a table"),
+                    }
+                }
+                _ => {
+                    given.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let defaults = match serde_json::to_value(RunConfig::default())? {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let mut merged = defaults.clone();
+        for (k, v) in given {
+            let Some(def) = defaults.get(&k) else {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _, _)| *k).collect();
+                bail!(
+                    "{origin}: unknown config key `{k}`; known keys: {}",
+                    known.join(", ")
+                )
+            };
+            let v = match (def, &v) {
+                // 50.0 where an integer is expected is fine; 50.5 is not.
+                (Json::Number(d), Json::Number(n)) if d.is_u64() => match n.as_f64() {
+                    Some(f) if f >= 0.0 && f.fract() == 0.0 => Json::from(f as u64),
+                    _ => bail!("{origin}: config.{k} must be a non-negative integer, got {n}"),
+                },
+                (Json::Number(_), Json::Number(_)) | (Json::String(_), Json::String(_)) => v,
+                (Json::Object(_), Json::Object(_)) => v,
+                (Json::Object(_), Json::Array(a)) if a.is_empty() => Json::Object(Map::new()),
+                (Json::Null, Json::String(_)) => v,
+                (_, v) => bail!(
+                    "{origin}: config.{k} has the wrong type: expected {}, got {v}",
+                    kind(def)
+                ),
+            };
+            merged.insert(k, v);
+        }
+        let cfg: RunConfig = serde_json::from_value(Json::Object(merged))
+            .map_err(|e| anyhow!("{origin}: invalid config: {e}"))?;
+        cfg.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let checks: [(bool, &str); 9] = [
+            (self.steps >= 1, "config.steps must be at least 1"),
+            (self.batch >= 1, "config.batch must be at least 1"),
+            (self.capacity >= 1, "config.capacity must be at least 1"),
+            (
+                self.gamma > 0.0 && self.gamma <= 1.0,
+                "config.gamma must be in (0, 1]",
+            ),
+            (
+                self.alpha >= 0.0 && self.alpha.is_finite(),
+                "config.alpha must be >= 0",
+            ),
+            (
+                self.lr > 0.0 && self.lr.is_finite(),
+                "config.lr must be > 0",
+            ),
+            (self.grad_clip >= 0.0, "config.grad_clip must be >= 0"),
+            (
+                (0.0..=1.0).contains(&self.eta),
+                "config.eta must be in [0, 1]",
+            ),
+            (
+                self.eval_samples >= 1,
+                "config.eval_samples must be at least 1",
+            ),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                bail!("{msg}")
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys whose values differ between two configs, as (key, old, new).
+    pub fn diff(&self, new: &RunConfig) -> Vec<(String, Json, Json)> {
+        let (a, b) = (
+            serde_json::to_value(self).unwrap(),
+            serde_json::to_value(new).unwrap(),
+        );
+        KEYS.iter()
+            .filter_map(|(k, _, _)| {
+                let (x, y) = (a[*k].clone(), b[*k].clone());
+                (x != y).then(|| (k.to_string(), x, y))
+            })
+            .collect()
+    }
+
+    /// This config as the Lua table hooks receive.
+    pub fn to_lua(&self, lua: &Lua) -> LuaResult<LuaTable> {
+        match json_to_lua(
+            lua,
+            &serde_json::to_value(self).map_err(LuaError::external)?,
+        )? {
+            Value::Table(t) => Ok(t),
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Number(n) if n.is_u64() => "a non-negative integer",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Bool(_) => "a boolean",
+        Json::Object(_) => "a table",
+        Json::Null => "a string",
+        Json::Array(_) => "a list",
+    }
+}

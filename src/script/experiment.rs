@@ -1,0 +1,365 @@
+//! An experiment script: the table it returns (`config` and the hooks), loaded into its own
+//! sandboxed state, with every hook call checked for the type and shape it must return.
+
+use super::config::RunConfig;
+use super::context::LossContext;
+use super::sandbox::{new_state, Budget, SandboxOptions};
+use super::tensor::{lua_err, LuaTensor};
+use super::Batch;
+use anyhow::{anyhow, bail, Result};
+use candle_core::Tensor;
+use mlua::prelude::*;
+use mlua::Value;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Hooks every script must define, with what they receive and return.
+pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
+    ("reward", "function(x0, cond, config) -> tensor [B]"),
+    (
+        "loss",
+        "function(batch, ctx) -> scalar tensor[, table of numbers to log]",
+    ),
+    ("discount", "function(k, config) -> number"),
+    ("priority", "function(state, config) -> number >= 0"),
+];
+const OPTIONAL_HOOKS: &[&str] = &["on_epoch_end"];
+const OTHER_KEYS: &[&str] = &["config", "name", "description"];
+
+/// What `loss` returned: the scalar to minimise and the numbers it asked to log.
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub stats: BTreeMap<String, f64>,
+}
+
+pub struct Script {
+    pub path: PathBuf,
+    pub lua: Lua,
+    pub config: RunConfig,
+    /// `config` as hooks see it (defaults filled in).
+    pub config_table: LuaTable,
+    reward: LuaFunction,
+    loss: LuaFunction,
+    discount: LuaFunction,
+    priority: LuaFunction,
+    on_epoch_end: Option<LuaFunction>,
+    /// The script and every file it required from disk, with the source that was loaded.
+    pub sources: Vec<(PathBuf, String)>,
+    budget: Budget,
+    priority_arg: LuaTable,
+}
+
+/// Calls a reward hook and checks that it returned one value per sample.
+pub fn call_reward(
+    f: &LuaFunction,
+    cfg: &LuaTable,
+    x0: &Tensor,
+    cond: &Tensor,
+) -> LuaResult<Tensor> {
+    let b = x0.dim(0).map_err(lua_err)?;
+    let r: Value = f.call((LuaTensor(x0.clone()), LuaTensor(cond.clone()), cfg.clone()))?;
+    let t = match r {
+        Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
+        other => {
+            return Err(lua_err(format!(
+                "hook `reward` returned a {}, expected a tensor of shape [{b}]",
+                other.type_name()
+            )))
+        }
+    };
+    let ok = t.dims() == [b] || t.dims() == [b, 1];
+    if !ok {
+        return Err(lua_err(format!(
+            "hook `reward` returned a tensor of shape {:?}, expected [{b}] (one reward per sample)",
+            t.dims()
+        )));
+    }
+    t.reshape(b).map_err(lua_err)
+}
+
+impl Script {
+    /// Loads `path` into a fresh sandbox and checks its table: a clear error naming the file
+    /// (and line, for Lua errors) if anything is missing or malformed.
+    pub fn load(
+        path: &Path,
+        overrides: &[(String, Json)],
+        opts: &SandboxOptions,
+    ) -> Result<Script> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
+        let origin = path.display().to_string();
+        let (lua, budget, required) = new_state(opts)?;
+        budget.reset();
+        let value: Value = lua
+            .load(&src)
+            .set_name(format!("@{origin}"))
+            .eval()
+            .map_err(|e| anyhow!("{}", describe(&e)))?;
+        let Value::Table(table) = value else {
+            bail!(
+                "{origin} must return a table with `config` and the hooks {}, it returned a {}",
+                hook_names(),
+                value.type_name()
+            )
+        };
+        for pair in table.clone().pairs::<Value, Value>() {
+            let (k, _) = pair?;
+            let key = match &k {
+                Value::String(s) => s.to_str()?.to_string(),
+                other => bail!(
+                    "{origin}: the returned table has a non-string key ({})",
+                    other.type_name()
+                ),
+            };
+            let known = REQUIRED_HOOKS.iter().any(|(h, _)| *h == key)
+                || OPTIONAL_HOOKS.contains(&key.as_str())
+                || OTHER_KEYS.contains(&key.as_str());
+            if !known {
+                bail!(
+                    "{origin}: unknown key `{key}` in the returned table; expected config, {}, on_epoch_end",
+                    hook_names()
+                );
+            }
+        }
+        let cfg_table: Option<LuaTable> = match table.get::<Value>("config")? {
+            Value::Nil => None,
+            Value::Table(t) => Some(t),
+            other => bail!(
+                "{origin}: `config` must be a table, got a {}",
+                other.type_name()
+            ),
+        };
+        let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, &origin)?;
+        let hook = |name: &str, what: &str| -> Result<LuaFunction> {
+            match table.get::<Value>(name)? {
+                Value::Function(f) => Ok(f),
+                Value::Nil => bail!("{origin}: missing hook `{name}`: {what}"),
+                other => bail!(
+                    "{origin}: hook `{name}` must be a function ({what}), got a {}",
+                    other.type_name()
+                ),
+            }
+        };
+        let hooks: Vec<LuaFunction> = REQUIRED_HOOKS
+            .iter()
+            .map(|(n, what)| hook(n, what))
+            .collect::<Result<_>>()?;
+        let on_epoch_end = match table.get::<Value>("on_epoch_end")? {
+            Value::Nil => None,
+            Value::Function(f) => Some(f),
+            other => bail!(
+                "{origin}: hook `on_epoch_end` must be a function, got a {}",
+                other.type_name()
+            ),
+        };
+        let config_table = config.to_lua(&lua)?;
+        let mut sources = vec![(path.to_path_buf(), src)];
+        sources.extend(required.0.lock().unwrap().iter().cloned());
+        let priority_arg = lua.create_table()?;
+        Ok(Script {
+            path: path.to_path_buf(),
+            config,
+            config_table,
+            reward: hooks[0].clone(),
+            loss: hooks[1].clone(),
+            discount: hooks[2].clone(),
+            priority: hooks[3].clone(),
+            on_epoch_end,
+            sources,
+            budget,
+            priority_arg,
+            lua,
+        })
+    }
+
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn fail(&self, hook: &str, e: LuaError) -> anyhow::Error {
+        anyhow!("{}: hook `{hook}` failed: {}", self.origin(), describe(&e))
+    }
+
+    /// discount(k) for k = 0..steps-1, each a finite number.
+    pub fn discounts(&self, steps: usize) -> Result<Vec<f64>> {
+        (0..steps)
+            .map(|k| {
+                self.budget.reset();
+                let v: Value = self
+                    .discount
+                    .call((k, self.config_table.clone()))
+                    .map_err(|e| self.fail("discount", e))?;
+                match v {
+                    Value::Integer(i) => Ok(i as f64),
+                    Value::Number(n) if n.is_finite() => Ok(n),
+                    other => bail!(
+                        "{}: hook `discount` returned {} for k = {k}, expected a finite number",
+                        self.origin(),
+                        show(&other)
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    /// priority(state) for one buffer state: a finite number >= 0.
+    pub fn priority(&self, reward: f32, k: usize, t: usize, cond: u32) -> Result<f64> {
+        self.budget.reset();
+        let s = &self.priority_arg;
+        s.set("reward", reward)?;
+        s.set("k", k)?;
+        s.set("t", t)?;
+        s.set("cond", cond)?;
+        let v: Value = self
+            .priority
+            .call((s.clone(), self.config_table.clone()))
+            .map_err(|e| self.fail("priority", e))?;
+        match v {
+            Value::Integer(i) if i >= 0 => Ok(i as f64),
+            Value::Number(n) if n.is_finite() && n >= 0.0 => Ok(n),
+            other => bail!(
+                "{}: hook `priority` returned {} (reward {reward}, k {k}), expected a finite number >= 0",
+                self.origin(),
+                show(&other)
+            ),
+        }
+    }
+
+    /// reward(x0, cond): one reward per sample.
+    pub fn reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        self.budget.reset();
+        call_reward(&self.reward, &self.config_table, x0, cond).map_err(|e| self.fail("reward", e))
+    }
+
+    /// The reward hook itself, for a loss context.
+    pub fn reward_fn(&self) -> LuaFunction {
+        self.reward.clone()
+    }
+
+    /// loss(batch, ctx): a scalar tensor and an optional table of numbers to log.
+    pub fn loss(&self, batch: Batch, ctx: LossContext) -> Result<LossOutput> {
+        self.budget.reset();
+        let out: LuaMultiValue = self
+            .loss
+            .call((batch, ctx))
+            .map_err(|e| self.fail("loss", e))?;
+        let mut it = out.into_iter();
+        let loss = match it.next() {
+            Some(Value::UserData(u)) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
+            other => bail!(
+                "{}: hook `loss` returned {}, expected a scalar tensor",
+                self.origin(),
+                other.as_ref().map(show).unwrap_or_else(|| "nothing".into())
+            ),
+        };
+        if loss.elem_count() != 1 {
+            bail!(
+                "{}: hook `loss` returned a tensor of shape {:?}, expected a scalar (reduce it with :mean())",
+                self.origin(),
+                loss.dims()
+            );
+        }
+        let loss = loss.reshape(())?;
+        let mut stats = BTreeMap::new();
+        match it.next() {
+            None | Some(Value::Nil) => {}
+            Some(Value::Table(t)) => {
+                for pair in t.pairs::<String, Value>() {
+                    let (k, v) = pair?;
+                    let x = match v {
+                        Value::Integer(i) => i as f64,
+                        Value::Number(n) => n,
+                        Value::UserData(u) if u.is::<LuaTensor>() => {
+                            let t = u.borrow::<LuaTensor>()?.0.clone();
+                            t.to_dtype(candle_core::DType::F64)?
+                                .mean_all()?
+                                .to_scalar::<f64>()?
+                        }
+                        other => bail!(
+                            "{}: hook `loss`: stat `{k}` is {}, expected a number",
+                            self.origin(),
+                            show(&other)
+                        ),
+                    };
+                    stats.insert(k, x);
+                }
+            }
+            Some(other) => bail!(
+                "{}: hook `loss` returned {} as its second value, expected a table of numbers",
+                self.origin(),
+                show(&other)
+            ),
+        }
+        Ok(LossOutput { loss, stats })
+    }
+
+    /// on_epoch_end(metrics, config): extra numbers to log, if the hook exists.
+    pub fn on_epoch_end(&self, metrics: &Json) -> Result<BTreeMap<String, f64>> {
+        let Some(f) = &self.on_epoch_end else {
+            return Ok(BTreeMap::new());
+        };
+        self.budget.reset();
+        let m = super::config::json_to_lua(&self.lua, metrics)?;
+        let v: Value = f
+            .call((m, self.config_table.clone()))
+            .map_err(|e| self.fail("on_epoch_end", e))?;
+        let mut out = BTreeMap::new();
+        if let Value::Table(t) = v {
+            for pair in t.pairs::<String, f64>() {
+                let (k, x) = pair.map_err(|e| self.fail("on_epoch_end", e))?;
+                out.insert(k, x);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lends the state a device and an RNG for `tensor.randn`, `math.random` and `ctx:randn_like`.
+    pub fn set_tensor_env(&self, env: super::TensorEnv) {
+        self.lua.set_app_data(env);
+    }
+
+    pub fn has_on_epoch_end(&self) -> bool {
+        self.on_epoch_end.is_some()
+    }
+}
+
+fn hook_names() -> String {
+    REQUIRED_HOOKS
+        .iter()
+        .map(|(h, _)| *h)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Nil => "nil".into(),
+        Value::Boolean(b) => format!("{b}"),
+        Value::Integer(i) => format!("{i}"),
+        Value::Number(n) => format!("{n}"),
+        Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
+        Value::UserData(u) if u.is::<LuaTensor>() => match u.borrow::<LuaTensor>() {
+            Ok(t) => format!("a tensor of shape {:?}", t.0.dims()),
+            Err(_) => "a tensor".into(),
+        },
+        other => format!("a {}", other.type_name()),
+    }
+}
+
+/// A Lua error as one readable message: `file:line: message`, then the Lua traceback.
+pub fn describe(e: &LuaError) -> String {
+    match e {
+        LuaError::CallbackError { traceback, cause } => {
+            let inner = describe(cause);
+            if inner.contains("stack traceback") {
+                inner
+            } else {
+                format!("{inner}\n{traceback}")
+            }
+        }
+        LuaError::RuntimeError(m) | LuaError::SyntaxError { message: m, .. } => m.clone(),
+        LuaError::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,18 @@
+//! The only module that knows Lua: the sandbox, tensors as userdata, the strict config,
+//! the experiment script and its hooks, the loss context, and hot reload.
+
+pub mod batch;
+pub mod config;
+pub mod context;
+pub mod experiment;
+pub mod library;
+pub mod sandbox;
+pub mod tensor;
+pub mod watcher;
+
+pub use batch::Batch;
+pub use config::{RunConfig, Sampling, X0Estimator};
+pub use context::LossContext;
+pub use experiment::{LossOutput, Script};
+pub use sandbox::SandboxOptions;
+pub use tensor::{LuaTensor, TensorEnv};

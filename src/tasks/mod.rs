@@ -1,0 +1,134 @@
+//! Tasks: a pretrained model to fine-tune with everything around it (reference copy,
+//! consistency model, sampler, conditions, evaluation). `gmm2d` is the paper's toy.
+
+pub mod gmm2d;
+
+use crate::diffusion::{DdimSampler, NoiseSchedule};
+use crate::models::{ConsistencyModel, Denoiser};
+use crate::rng::Rng;
+use crate::run_log::RunLog;
+use crate::script::Script;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The models one fine-tuning run works with.
+pub struct TaskModels {
+    pub device: Device,
+    pub schedule: NoiseSchedule,
+    pub sampler: DdimSampler,
+    /// Shape of one state x_t (without the batch dimension).
+    pub state_shape: Vec<usize>,
+    /// p_θ, the policy being fine-tuned; its variables are `policy_vars`.
+    pub policy: Arc<dyn Denoiser>,
+    pub policy_vars: VarMap,
+    /// p', the frozen pretrained model: the KL reference.
+    pub reference: Arc<dyn Denoiser>,
+    /// f_ψ, the frozen consistency model, when the task has one.
+    pub consistency: Option<ConsistencyModel>,
+}
+
+/// Options of `sqdf pretrain TASK` and `sqdf distill TASK`.
+pub struct TrainCommand {
+    /// Output folder (default `models/<task>`).
+    pub out: Option<PathBuf>,
+    /// Optimiser steps (default: the task's documented number).
+    pub steps: Option<usize>,
+    pub seed: u64,
+    pub progress: bool,
+    pub log: Arc<RunLog>,
+    pub device: Device,
+}
+
+impl TrainCommand {
+    pub fn out_dir(&self, task: &str) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("models").join(task))
+    }
+
+    pub fn bar(&self, len: usize, what: &str) -> indicatif::ProgressBar {
+        let bar = if self.progress {
+            indicatif::ProgressBar::new(len as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
+            ))
+            .expect("valid template"),
+        );
+        self.log.set_bar(Some(bar.clone()));
+        bar
+    }
+}
+
+pub trait Task: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Loads the pretrained weights (and the consistency model) from `weights_dir`.
+    fn build(
+        &self,
+        weights_dir: &Path,
+        steps: usize,
+        eta: f64,
+        need_consistency: bool,
+        device: &Device,
+    ) -> Result<TaskModels>;
+
+    /// `sqdf pretrain TASK`: trains the base model and writes its weights and card.
+    fn pretrain(&self, cmd: &TrainCommand) -> Result<()>;
+
+    /// `sqdf distill TASK`: distils the consistency model and writes its weights and card.
+    fn distill(&self, cmd: &TrainCommand) -> Result<()>;
+
+    /// The conditions (prompt ids) of n new trajectories.
+    fn conditions(&self, n: usize, rng: &mut Rng) -> Vec<u32>;
+
+    /// Task metrics of `policy`'s samples under the script's reward, and plots in `out_dir`
+    /// named after `label` ("before", "after").
+    fn evaluate(
+        &self,
+        models: &TaskModels,
+        policy: &dyn Denoiser,
+        script: &Script,
+        out_dir: &Path,
+        label: &str,
+        log: &RunLog,
+    ) -> Result<serde_json::Value>;
+}
+
+pub fn by_name(name: &str) -> Result<Box<dyn Task>> {
+    match name {
+        "gmm2d" => Ok(Box::new(gmm2d::Gmm2d)),
+        other => bail!("unknown task `{other}`; known tasks: gmm2d"),
+    }
+}
+
+/// Where a task's weights live: `config.weights` if set, else `models/<task>` under the
+/// working directory, else under the source tree the binary was built from.
+pub fn weights_dir(task: &str, configured: Option<&str>) -> PathBuf {
+    if let Some(dir) = configured {
+        return PathBuf::from(dir);
+    }
+    let local = Path::new("models").join(task);
+    if local.is_dir() {
+        return local;
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(task);
+    if built.is_dir() {
+        built
+    } else {
+        local
+    }
+}
+
+/// Condition ids as the u32 [B] tensor denoisers take.
+pub fn cond_tensor(cond: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(cond.to_vec(), cond.len(), device)
+}

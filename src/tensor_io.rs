@@ -1,0 +1,197 @@
+//! Reading and writing weight files (safetensors) with errors that name the file, the
+//! key and the shape at fault, and writes that are atomic (write, sync, rename).
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The tensors of a safetensors file and its string metadata.
+pub struct WeightFile {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads a whole safetensors file; a missing or corrupt file is an error naming it.
+pub fn read(path: &Path, device: &Device) -> Result<WeightFile> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("weight file {} not found", path.display()),
+        _ => anyhow!("cannot read weight file {}: {e}", path.display()),
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    Ok(WeightFile { tensors, metadata })
+}
+
+/// Writes tensors (and metadata) to `path` atomically: a crash leaves the old file intact.
+pub fn write_atomic(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    safetensors::serialize_to_file(contiguous, Some(metadata), &tmp)
+        .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// A VarBuilder backend that records which parameters a model asks for, so a weight file
+/// can be checked against the model before anything is loaded.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((name.to_string(), s.dims().to_vec()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("parameter {name} was requested without a shape")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The (name, shape) of every parameter `build` asks its VarBuilder for.
+pub fn expected_params<M>(
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let rec = std::sync::Arc::new(Recorder::default());
+    struct Shared(std::sync::Arc<Recorder>);
+    impl SimpleBackend for Shared {
+        fn get(
+            &self,
+            s: Shape,
+            n: &str,
+            h: candle_nn::Init,
+            d: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0.get(s, n, h, d, dev)
+        }
+        fn get_unchecked(&self, n: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            self.0.get_unchecked(n, d, dev)
+        }
+        fn contains_tensor(&self, n: &str) -> bool {
+            self.0.contains_tensor(n)
+        }
+    }
+    let vb = VarBuilder::from_backend(Box::new(Shared(rec.clone())), crate::DTYPE, Device::Cpu);
+    build(vb)?;
+    let seen = rec.seen.lock().unwrap().clone();
+    Ok(seen)
+}
+
+/// Checks that `file` holds every expected parameter with the expected shape.
+pub fn check_params(
+    path: &Path,
+    file: &WeightFile,
+    expected: &[(String, Vec<usize>)],
+) -> Result<()> {
+    for (name, shape) in expected {
+        match file.tensors.get(name) {
+            None => bail!(
+                "{}: missing key `{name}` (expected shape {shape:?})",
+                path.display()
+            ),
+            Some(t) if t.dims() != shape.as_slice() => bail!(
+                "{}: key `{name}` has shape {:?}, the model expects {shape:?}",
+                path.display(),
+                t.dims()
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Builds a frozen model from a checked weight file.
+pub fn build_frozen<M>(
+    path: &Path,
+    file: &WeightFile,
+    device: &Device,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    check_params(path, file, &expected_params(&build)?)?;
+    let tensors = file
+        .tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_dtype(crate::DTYPE)?.to_device(device)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    Ok(build(VarBuilder::from_tensors(
+        tensors,
+        crate::DTYPE,
+        device,
+    ))?)
+}
+
+/// Builds a trainable model whose variables start from a checked weight file.
+pub fn build_trainable<M>(
+    path: &Path,
+    file: &WeightFile,
+    device: &Device,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+) -> Result<(M, VarMap)> {
+    check_params(path, file, &expected_params(&build)?)?;
+    let varmap = VarMap::new();
+    let model = build(VarBuilder::from_varmap(&varmap, crate::DTYPE, device))?;
+    set_vars(&varmap, &file.tensors, path)?;
+    Ok((model, varmap))
+}
+
+/// Sets every variable of `varmap` from `tensors`, checking names and shapes.
+pub fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    let data = varmap.data().lock().unwrap();
+    for (name, var) in data.iter() {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("{}: missing key `{name}`", source.display()))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "{}: key `{name}` has shape {:?}, the model expects {:?}",
+                source.display(),
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+/// The variables of a VarMap sorted by name (a stable order for optimiser state and checkpoints).
+pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
+    let data = varmap.data().lock().unwrap();
+    let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

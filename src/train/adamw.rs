@@ -1,0 +1,60 @@
+//! AdamW (Loshchilov & Hutter 2019) with torch's update rule. Its moments are plain
+//! tensors the caller can save and restore, so a resumed run continues exactly; the
+//! learning rate and weight decay are arguments of each step, so live edits apply at once.
+
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+
+pub struct AdamW {
+    pub params: Vec<(String, Var)>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub step: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl AdamW {
+    /// β = (0.9, 0.999), ε = 1e-8: the paper's (Appendix D.1.1) and torch's defaults.
+    pub fn new(params: Vec<(String, Var)>) -> Result<Self> {
+        let zeros = |p: &Var| p.as_tensor().zeros_like();
+        Ok(Self {
+            m: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
+            v: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
+            params,
+            step: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        })
+    }
+
+    /// One update with gradients in parameter order (None: the parameter got no gradient).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, weight_decay: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
+        for (j, (_, p)) in self.params.iter().enumerate() {
+            let Some(g) = &grads[j] else { continue };
+            self.m[j] = self.m[j]
+                .affine(self.beta1, 0.0)?
+                .add(&g.affine(1.0 - self.beta1, 0.0)?)?;
+            self.v[j] = self.v[j]
+                .affine(self.beta2, 0.0)?
+                .add(&g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let m_hat = self.m[j].affine(1.0 / c1, 0.0)?;
+            let v_hat = self.v[j].affine(1.0 / c2, 0.0)?;
+            let update = m_hat.div(&v_hat.sqrt()?.affine(1.0, self.eps)?)?;
+            let decayed = p.as_tensor().affine(1.0 - lr * weight_decay, 0.0)?;
+            p.set(&decayed.sub(&update.affine(lr, 0.0)?)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! Helpers the integration tests share: tiny weight files written by the tests themselves,
+//! scripts in temporary folders, and trainers that print nothing.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sqdf::models::{ToyMlp, ToyMlpConfig};
+use sqdf::run_log::RunLog;
+use sqdf::tensor_io::{sorted_vars, write_atomic};
+use sqdf::train::{RunOptions, Trainer};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn tiny_config() -> ToyMlpConfig {
+    ToyMlpConfig {
+        data_dim: 2,
+        hidden: 16,
+        blocks: 1,
+        time_features: 8,
+    }
+}
+
+/// A random tiny toy model saved as `name` in `dir`, with its config in the metadata.
+pub fn write_tiny_model(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let varmap = VarMap::new();
+    let cfg = tiny_config();
+    ToyMlp::new(
+        VarBuilder::from_varmap(&varmap, sqdf::DTYPE, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
+    sqdf::nn::init::seeded_init(&varmap, &mut sqdf::rng::seeded(seed)).unwrap();
+    let t: BTreeMap<String, Tensor> = sorted_vars(&varmap)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    let meta = HashMap::from([("config".to_string(), serde_json::to_string(&cfg).unwrap())]);
+    let path = dir.join(name);
+    write_atomic(&path, &t, meta).unwrap();
+    path
+}
+
+/// A weights folder with a tiny denoiser and a tiny consistency model.
+pub fn tiny_weights(dir: &Path) -> PathBuf {
+    let w = dir.join("weights");
+    write_tiny_model(&w, "denoiser.safetensors", 1);
+    write_tiny_model(&w, "consistency.safetensors", 2);
+    w
+}
+
+/// The config lines every test script shares: tiny weights, few steps, small batches.
+pub fn tiny_config_lua(weights: &Path) -> String {
+    format!(
+        "task = \"gmm2d\", weights = {:?}, steps = 8, batch = 6, updates_per_epoch = 2, capacity = 16, epochs = 3, eval_samples = 32, alpha = 1.0",
+        weights.display().to_string()
+    )
+}
+
+/// A script using lua/sqdf.lua and a linear reward, with extra config entries.
+pub fn standard_script(weights: &Path, extra_config: &str) -> String {
+    format!(
+        r#"local sqdf = require("sqdf")
+local W = tensor.from({{ {{ 1.0 }}, {{ 0.5 }} }})
+return {{
+  config = {{ {base}{extra} }},
+  reward = function(x0, cond, cfg) return x0:matmul(W):squeeze(2) end,
+  loss = sqdf.loss,
+  discount = sqdf.discount,
+  priority = sqdf.priority,
+}}
+"#,
+        base = tiny_config_lua(weights),
+        extra = if extra_config.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra_config}")
+        }
+    )
+}
+
+pub fn write_script(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, src).unwrap();
+    p
+}
+
+/// Options for a quiet trainer writing into `out`.
+pub fn quiet_options(script: &Path, out: &Path, overrides: &[&str]) -> (RunOptions, Arc<RunLog>) {
+    let log = RunLog::captured();
+    let mut o = RunOptions::new(script);
+    o.out = Some(out.to_path_buf());
+    o.watch = false;
+    o.progress = false;
+    o.log = log.clone();
+    o.overrides = overrides
+        .iter()
+        .map(|s| sqdf::script::config::parse_override(s).unwrap())
+        .collect();
+    (o, log)
+}
+
+pub fn trainer(script: &Path, out: &Path, overrides: &[&str]) -> (Trainer, Arc<RunLog>) {
+    let (o, log) = quiet_options(script, out, overrides);
+    (Trainer::new(o).unwrap_or_else(|e| panic!("{e:#}")), log)
+}
