@@ -84,10 +84,23 @@ enum Command {
 }
 
 fn main() {
+    pin_thread_count();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// candle asks for its thread count on every matmul and, unless RAYON_NUM_THREADS is set,
+/// reads /proc/cpuinfo each time (a third of the toy run's time went there). Setting the
+/// variable once, before any thread starts, short-circuits that.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
 

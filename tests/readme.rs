@@ -1,0 +1,44 @@
+//! The README's contract matches the code: every config key with its live flag, every hook,
+//! and the test command CI runs.
+
+use sqdf::script::config::KEYS;
+use sqdf::script::experiment::REQUIRED_HOOKS;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+#[test]
+fn every_config_key_is_documented_with_its_live_flag() {
+    let text = readme();
+    for (key, live, _) in KEYS {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("README has no row for config key `{key}`"));
+        let flag = row.split('|').nth(2).unwrap().trim();
+        assert_eq!(
+            flag == "yes",
+            *live,
+            "README says live = {flag} for `{key}`"
+        );
+    }
+}
+
+#[test]
+fn every_hook_is_documented() {
+    let text = readme();
+    for (hook, _) in REQUIRED_HOOKS {
+        assert!(
+            text.contains(&format!("| `{hook}(")),
+            "README does not document hook `{hook}`"
+        );
+    }
+}
+
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).unwrap();
+    assert!(readme().contains("cargo test"));
+    assert!(ci.contains("cargo test"));
+}
