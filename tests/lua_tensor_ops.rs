@@ -8,12 +8,17 @@ use sqdf::script::sandbox::{new_state, SandboxOptions};
 use sqdf::script::{LuaTensor, TensorEnv};
 
 fn lua() -> Lua {
+    lua_with_log().0
+}
+
+fn lua_with_log() -> (Lua, std::sync::Arc<RunLog>) {
     let env = TensorEnv {
         device: Device::Cpu,
         rng: sqdf::rng::shared(0),
     };
-    let opts = SandboxOptions::new(std::path::Path::new("."), RunLog::captured(), env);
-    new_state(&opts).unwrap().0
+    let log = RunLog::captured();
+    let opts = SandboxOptions::new(std::path::Path::new("."), log.clone(), env);
+    (new_state(&opts).unwrap().0, log)
 }
 
 fn close(a: &Tensor, b: &Tensor) {
@@ -198,7 +203,7 @@ fn autograd_runs_through_lua_expressions() {
 
 #[test]
 fn sandbox_has_only_safe_libraries() {
-    let lua = lua();
+    let (lua, log) = lua_with_log();
     for name in ["io", "os", "package", "debug", "dofile", "loadfile", "load"] {
         let v: Value = lua.globals().get(name).unwrap();
         assert!(v.is_nil(), "{name} should not exist in the sandbox");
