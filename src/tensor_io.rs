@@ -188,6 +188,15 @@ pub fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, source: &Pat
     Ok(())
 }
 
+/// Saves every variable of `varmap` (atomically) with `metadata`.
+pub fn save_varmap(path: &Path, varmap: &VarMap, metadata: HashMap<String, String>) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> = sorted_vars(varmap)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    write_atomic(path, &tensors, metadata)
+}
+
 /// The variables of a VarMap sorted by name (a stable order for optimiser state and checkpoints).
 pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     let data = varmap.data().lock().unwrap();

@@ -223,4 +223,25 @@ fn sandbox_has_only_safe_libraries() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("instruction budget"), "{e}");
+    // The memory limit (256 MiB) stops a script that allocates without bound.
+    let e = lua
+        .load("local s = string.rep('x', 300 * 1024 * 1024)")
+        .exec()
+        .unwrap_err();
+    assert!(matches!(e, mlua::Error::MemoryError(_)), "{e}");
+    // print goes to the run's log; math.random is the run's seeded RNG.
+    lua.load("print('hello', 42)").exec().unwrap();
+    assert!(
+        log.lines().contains(&"[lua] hello\t42".to_string()),
+        "{:?}",
+        log.lines()
+    );
+    let e = lua
+        .load("math.randomseed(1)")
+        .exec()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.seed"), "{e}");
+    let r: f64 = lua.load("return math.random()").eval().unwrap();
+    assert!((0.0..1.0).contains(&r));
 }

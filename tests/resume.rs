@@ -52,21 +52,7 @@ fn resume_equals_a_straight_run() {
     assert_eq!(x.tensors.len(), y.tensors.len());
     for (k, t) in &x.tensors {
         let u = &y.tensors[k];
-        let d = t
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .sub(&u.to_dtype(candle_core::DType::F64).unwrap())
-            .unwrap();
-        let d = d
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{k} differs after resume");
+        assert_eq!(common::max_abs_diff(t, u), 0.0, "{k} differs after resume");
     }
     assert_eq!(metrics(&straight), metrics(&split));
     let e1: serde_json::Value =

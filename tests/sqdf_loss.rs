@@ -74,26 +74,8 @@ fn lua_loss_equals_rust_loss_in_value_and_gradient() {
         for (name, var) in &t.optim.params {
             let x = ga.get(var.as_tensor()).unwrap();
             let y = gb.get(var.as_tensor()).unwrap();
-            let d = x
-                .sub(y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = y
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = common::max_abs_diff(x, y) as f32;
+            let scale = common::max_abs_diff(y, &y.zeros_like().unwrap()) as f32;
             assert!(
                 d <= 1e-5 * (1.0 + scale),
                 "{x0}: gradient of {name} differs by {d}"

@@ -36,6 +36,18 @@ impl AdamW {
         })
     }
 
+    /// Backpropagates `loss` and takes one step; returns the loss value.
+    pub fn minimise(&mut self, loss: &Tensor, lr: f64, weight_decay: f64) -> Result<f64> {
+        let g = loss.backward()?;
+        let grads: Vec<_> = self
+            .params
+            .iter()
+            .map(|(_, v)| g.get(v.as_tensor()).cloned())
+            .collect();
+        self.step(&grads, lr, weight_decay)?;
+        Ok(loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+    }
+
     /// One update with gradients in parameter order (None: the parameter got no gradient).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, weight_decay: f64) -> Result<()> {
         self.step += 1;

@@ -80,13 +80,7 @@ pub fn distill(
         let t_cur: Vec<usize> = idx.iter().map(|&i| ode.time_of(i)).collect();
         let pred = student.x0(&x_n, &t_cur, &cond)?;
         let loss = pred.sub(&y)?.sqr()?.mean_all()?;
-        let g = loss.backward()?;
-        let grads: Vec<_> = opt
-            .params
-            .iter()
-            .map(|(_, v)| g.get(v.as_tensor()).cloned())
-            .collect();
-        opt.step(&grads, lr_at(&s.train, step), s.train.weight_decay)?;
+        let l = opt.minimise(&loss, lr_at(&s.train, step), s.train.weight_decay)?;
         for ((_, sv), (_, tv)) in &pairs {
             tv.set(
                 &tv.as_tensor()
@@ -94,7 +88,6 @@ pub fn distill(
                     .add(&sv.as_tensor().affine(1.0 - s.ema, 0.0)?)?,
             )?;
         }
-        let l = loss.to_scalar::<f32>()? as f64;
         if step >= s.train.steps - s.train.steps / 10 {
             tail.push(l);
         }

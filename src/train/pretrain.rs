@@ -61,14 +61,7 @@ pub fn train_denoiser(
             x0.device(),
         )?;
         let loss = model.eps(&x_t, &tt, &cond)?.sub(&eps)?.sqr()?.mean_all()?;
-        let g = loss.backward()?;
-        let grads: Vec<_> = opt
-            .params
-            .iter()
-            .map(|(_, v)| g.get(v.as_tensor()).cloned())
-            .collect();
-        opt.step(&grads, lr_at(s, step), s.weight_decay)?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        let l = opt.minimise(&loss, lr_at(s, step), s.weight_decay)?;
         if step >= s.steps - s.steps / 10 {
             tail.push(l);
         }

@@ -21,6 +21,18 @@ pub fn tiny_config() -> ToyMlpConfig {
     }
 }
 
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    let d = f(a).sub(&f(b)).unwrap().abs().unwrap();
+    d.flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 /// A random tiny toy model saved as `name` in `dir`, with its config in the metadata.
 pub fn write_tiny_model(dir: &Path, name: &str, seed: u64) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();

@@ -10,13 +10,13 @@ use crate::eval::scatter::{scatter_png, Panel};
 use crate::models::{ConsistencyModel, Denoiser, ToyMlp};
 use crate::rng::{randn, seeded};
 use crate::tasks::{cond_tensor, TrainCommand};
-use crate::tensor_io::{build_trainable, sorted_vars, write_atomic};
+use crate::tensor_io::{build_trainable, save_varmap};
 use crate::train::distill::{distill, DistillSettings};
 use crate::train::pretrain::PretrainSettings;
 use crate::train::rollout;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,10 +97,6 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
 
     // The EMA target is the consistency model that ships.
-    let tensors: BTreeMap<String, Tensor> = sorted_vars(&target_vars)
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
     let command = format!(
         "sqdf distill gmm2d --steps {} --seed {}",
         settings.train.steps, cmd.seed
@@ -115,7 +111,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         ("made_by".to_string(), command.clone()),
     ]);
     let path = out.join(CONSISTENCY_FILE);
-    write_atomic(&path, &tensors, meta).context("saving the consistency model")?;
+    save_varmap(&path, &target_vars, meta).context("saving the consistency model")?;
 
     // One-step x0 from x_t (forward-noised true data) against the 50-step ODE solution.
     let n = 2000;

@@ -7,13 +7,12 @@ use crate::eval::toy::toy_metrics;
 use crate::models::{ToyMlp, ToyMlpConfig};
 use crate::rng::seeded;
 use crate::tasks::{cond_tensor, TrainCommand};
-use crate::tensor_io::{sorted_vars, write_atomic};
+use crate::tensor_io::save_varmap;
 use crate::train::pretrain::{train_denoiser, PretrainSettings};
 use crate::train::rollout;
 use anyhow::Result;
-use candle_core::Tensor;
 use candle_nn::{VarBuilder, VarMap};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// Enough for the nine modes to come out sharp (see the card for what it reaches).
@@ -58,10 +57,6 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     cmd.log.set_bar(None);
     let seconds = start.elapsed().as_secs_f64();
 
-    let tensors: BTreeMap<String, Tensor> = sorted_vars(&varmap)
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
     let command = format!(
         "sqdf pretrain gmm2d --steps {} --seed {}",
         settings.steps, cmd.seed
@@ -75,7 +70,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         ("made_by".to_string(), command.clone()),
     ]);
     let path = out.join(DENOISER_FILE);
-    write_atomic(&path, &tensors, meta)?;
+    save_varmap(&path, &varmap, meta)?;
 
     // Quality: 2,000 samples of the paper's sampler (50 steps, η = 1) against the true mixture.
     let n = 2000;
