@@ -11,6 +11,7 @@ pub mod eval;
 pub mod models;
 pub mod nn;
 pub mod replay;
+pub mod rewards;
 pub mod rng;
 pub mod run_log;
 pub mod script;

@@ -46,9 +46,9 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// Train a task's base model from its data (writes models/<task>/).
+    /// Train a task's base model, or an evaluation or reward network (writes models/<task>/).
     Pretrain {
-        /// The task: gmm2d.
+        /// gmm2d, digits-classifier or digits-reward.
         task: String,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -144,7 +144,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 log,
                 device: Device::Cpu,
             };
-            tasks::by_name(&task)?.pretrain(&cmd)
+            tasks::pretrain(&task, &cmd)
         }
         Command::Distill {
             task,

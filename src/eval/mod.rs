@@ -1,4 +1,6 @@
 //! Evaluation: metrics of samples and the plots that show them.
 
+pub mod diversity;
+pub mod frechet;
 pub mod scatter;
 pub mod toy;

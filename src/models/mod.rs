@@ -1,7 +1,9 @@
 //! Denoisers: networks that predict ε_θ(x_t, t, c) for a batch with per-sample timesteps.
 
+pub mod classifier;
 pub mod consistency_model;
 pub mod denoiser;
+pub mod reward_net;
 pub mod toy_mlp;
 
 pub use consistency_model::ConsistencyModel;

@@ -1,6 +1,7 @@
 //! Tasks: a pretrained model to fine-tune with everything around it (reference copy,
 //! consistency model, sampler, conditions, evaluation). `gmm2d` is the paper's toy.
 
+pub mod digits;
 pub mod gmm2d;
 
 use crate::diffusion::{DdimSampler, NoiseSchedule};
@@ -100,6 +101,21 @@ pub trait Task: Send + Sync {
         log: &RunLog,
     ) -> Result<serde_json::Value>;
 }
+
+/// `sqdf pretrain TARGET`: a task's base model, or one of its evaluation or reward networks.
+pub fn pretrain(target: &str, cmd: &TrainCommand) -> Result<()> {
+    match target {
+        "gmm2d" => gmm2d::Gmm2d.pretrain(cmd),
+        "digits-classifier" => digits::classifier::run(cmd),
+        "digits-reward" => digits::reward::run(cmd),
+        other => bail!(
+            "unknown pretraining target `{other}`; known: {}",
+            PRETRAIN_TARGETS.join(", ")
+        ),
+    }
+}
+
+pub const PRETRAIN_TARGETS: &[&str] = &["gmm2d", "digits-classifier", "digits-reward"];
 
 pub fn by_name(name: &str) -> Result<Box<dyn Task>> {
     match name {

@@ -13,6 +13,7 @@ pub mod reference_loss;
 pub mod rollout;
 pub mod run_dir;
 pub mod smoke_test;
+pub mod supervised;
 pub mod trainer;
 
 pub use adamw::AdamW;
