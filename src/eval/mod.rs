@@ -2,5 +2,6 @@
 
 pub mod diversity;
 pub mod frechet;
+pub mod image_grid;
 pub mod scatter;
 pub mod toy;

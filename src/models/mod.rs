@@ -3,6 +3,7 @@
 pub mod classifier;
 pub mod consistency_model;
 pub mod denoiser;
+pub mod guidance;
 pub mod reward_net;
 pub mod toy_mlp;
 

@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub sampling: Sampling,
     pub x0: X0Estimator,
     pub eval_samples: usize,
+    pub lora_rank: usize,
+    pub guidance: f64,
     pub params: Map<String, Json>,
 }
 
@@ -67,6 +69,8 @@ impl Default for RunConfig {
             sampling: Sampling::Uniform,
             x0: X0Estimator::Consistency,
             eval_samples: 2000,
+            lora_rank: 4,
+            guidance: 5.0,
             params: Map::new(),
         }
     }
@@ -145,7 +149,17 @@ pub const KEYS: &[(&str, bool, &str)] = &[
     (
         "eval_samples",
         true,
-        "samples for the evaluation in eval.json (issue: 2000 for the toy)",
+        "samples for the toy's evaluation in eval.json (2000)",
+    ),
+    (
+        "lora_rank",
+        false,
+        "LoRA rank on the attention projections (paper: 4); 0 fine-tunes every weight (digits)",
+    ),
+    (
+        "guidance",
+        false,
+        "classifier-free guidance scale of policy and reference (paper: 5.0; digits)",
     ),
     (
         "params",
@@ -313,7 +327,7 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
             (self.steps >= 1, "config.steps must be at least 1"),
             (self.batch >= 1, "config.batch must be at least 1"),
             (self.capacity >= 1, "config.capacity must be at least 1"),
@@ -337,6 +351,10 @@ impl RunConfig {
             (
                 self.eval_samples >= 1,
                 "config.eval_samples must be at least 1",
+            ),
+            (
+                self.guidance >= 1.0 && self.guidance.is_finite(),
+                "config.guidance must be >= 1 (1 is no guidance)",
             ),
         ];
         for (ok, msg) in checks {

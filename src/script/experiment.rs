@@ -27,6 +27,9 @@ pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
 const OPTIONAL_HOOKS: &[&str] = &["on_epoch_end"];
 const OTHER_KEYS: &[&str] = &["config", "name", "description"];
 
+/// A differentiable function of a tensor that a task offers scripts (a reward model, say).
+pub type TensorFn = std::sync::Arc<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+
 /// What `loss` returned: the scalar to minimise and the numbers it asked to log.
 pub struct LossOutput {
     pub loss: Tensor,
@@ -312,6 +315,21 @@ impl Script {
             }
         }
         Ok(out)
+    }
+
+    /// Offers the task's reward functions to the hooks as the global table `rewards`
+    /// (`rewards.learned(x0)`, ...): each takes a tensor and returns a tensor, differentiably.
+    pub fn provide_rewards(&self, fns: &[(String, TensorFn)]) -> Result<()> {
+        let t = self.lua.create_table()?;
+        for (name, f) in fns {
+            let f = f.clone();
+            let lf = self
+                .lua
+                .create_function(move |_, x: LuaTensor| f(&x.0).map(LuaTensor).map_err(lua_err))?;
+            t.set(name.as_str(), lf)?;
+        }
+        self.lua.globals().set("rewards", t)?;
+        Ok(())
     }
 
     /// Lends the state a device and an RNG for `tensor.randn`, `math.random` and `ctx:randn_like`.

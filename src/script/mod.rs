@@ -13,6 +13,6 @@ pub mod watcher;
 pub use batch::Batch;
 pub use config::{RunConfig, Sampling, X0Estimator};
 pub use context::LossContext;
-pub use experiment::{LossOutput, Script};
+pub use experiment::{LossOutput, Script, TensorFn};
 pub use sandbox::SandboxOptions;
 pub use tensor::{LuaTensor, TensorEnv};

@@ -8,7 +8,7 @@ use crate::diffusion::{DdimSampler, NoiseSchedule};
 use crate::models::{ConsistencyModel, Denoiser};
 use crate::rng::Rng;
 use crate::run_log::RunLog;
-use crate::script::Script;
+use crate::script::{RunConfig, Script};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -29,6 +29,8 @@ pub struct TaskModels {
     pub reference: Arc<dyn Denoiser>,
     /// f_ψ, the frozen consistency model, when the task has one.
     pub consistency: Option<ConsistencyModel>,
+    /// Reward functions the task offers scripts, as the Lua global table `rewards`.
+    pub rewards: Vec<(String, crate::script::TensorFn)>,
 }
 
 /// Options of `sqdf pretrain TASK` and `sqdf distill TASK`.
@@ -70,15 +72,9 @@ impl TrainCommand {
 pub trait Task: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Loads the pretrained weights (and the consistency model) from `weights_dir`.
-    fn build(
-        &self,
-        weights_dir: &Path,
-        steps: usize,
-        eta: f64,
-        need_consistency: bool,
-        device: &Device,
-    ) -> Result<TaskModels>;
+    /// The models of a run with this config (steps, eta, x0, lora_rank, guidance), from the
+    /// pretrained weights (and the consistency model) in `weights_dir`.
+    fn build(&self, weights_dir: &Path, cfg: &RunConfig, device: &Device) -> Result<TaskModels>;
 
     /// `sqdf pretrain TASK`: trains the base model and writes its weights and card.
     fn pretrain(&self, cmd: &TrainCommand) -> Result<()>;

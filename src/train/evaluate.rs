@@ -4,7 +4,7 @@
 use super::checkpoint;
 use crate::rng;
 use crate::run_log::RunLog;
-use crate::script::{SandboxOptions, Script, TensorEnv, X0Estimator};
+use crate::script::{SandboxOptions, Script, TensorEnv};
 use crate::tasks;
 use crate::tensor_io::set_vars;
 use anyhow::{anyhow, Context, Result};
@@ -34,13 +34,8 @@ pub fn evaluate(
     let cfg = &s.config;
     let task = tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", script.display()))?;
     let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
-    let models = task.build(
-        &weights,
-        cfg.steps,
-        cfg.eta,
-        cfg.x0 == X0Estimator::Consistency,
-        &device,
-    )?;
+    let models = task.build(&weights, cfg, &device)?;
+    s.provide_rewards(&models.rewards)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (label, policy) = match checkpoint {
         Some(path) => {

@@ -64,6 +64,7 @@ fn load_checked(
     cond: u32,
 ) -> Result<(Script, ConfigChanges)> {
     let new = Script::load(&running.path, overrides, sandbox)?;
+    new.provide_rewards(&models.rewards)?;
     let diffs = running.config.diff(&new.config);
     refuse_unsafe(&diffs)?;
     smoke_test(&new, models, cond)?;

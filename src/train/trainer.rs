@@ -15,9 +15,7 @@ use crate::replay::{ReplayBuffer, StateRef};
 use crate::rng::{self, SharedRng};
 use crate::run_log::RunLog;
 use crate::script::watcher::ScriptWatcher;
-use crate::script::{
-    config, Batch, LossContext, Sampling, SandboxOptions, Script, TensorEnv, X0Estimator,
-};
+use crate::script::{config, Batch, LossContext, Sampling, SandboxOptions, Script, TensorEnv};
 use crate::tasks::{self, cond_tensor, Task, TaskModels};
 use crate::tensor_io::sorted_vars;
 use anyhow::{anyhow, bail, Context, Result};
@@ -114,8 +112,8 @@ impl Trainer {
         let task =
             tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", opts.script.display()))?;
         let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
-        let need_cm = cfg.x0 == X0Estimator::Consistency;
-        let models = Arc::new(task.build(&weights, cfg.steps, cfg.eta, need_cm, &opts.device)?);
+        let models = Arc::new(task.build(&weights, &cfg, &opts.device)?);
+        script.provide_rewards(&models.rewards)?;
         let cond0 = task.conditions(1, &mut rng::seeded(0))[0];
         smoke_test(&script, &models, cond0)?;
 

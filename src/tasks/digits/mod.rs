@@ -4,6 +4,7 @@
 //! diversity, and a learned reward that can be over-optimised.
 
 pub mod classifier;
+pub mod evaluate;
 pub mod reward;
 
 use crate::data::mnist::{self, Digits};

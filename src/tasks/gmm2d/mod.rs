@@ -15,7 +15,7 @@ use crate::eval::toy::toy_metrics;
 use crate::models::{ConsistencyModel, Denoiser, ToyMlp, ToyMlpConfig};
 use crate::rng::{seeded, Rng};
 use crate::run_log::RunLog;
-use crate::script::Script;
+use crate::script::{RunConfig, Script, X0Estimator};
 use crate::tensor_io::{self, build_frozen, build_trainable, WeightFile};
 use crate::train::rollout;
 use anyhow::{anyhow, Context, Result};
@@ -96,14 +96,8 @@ impl Task for Gmm2d {
         "gmm2d"
     }
 
-    fn build(
-        &self,
-        dir: &Path,
-        steps: usize,
-        eta: f64,
-        need_consistency: bool,
-        device: &Device,
-    ) -> Result<TaskModels> {
+    fn build(&self, dir: &Path, run: &RunConfig, device: &Device) -> Result<TaskModels> {
+        let need_consistency = run.x0 == X0Estimator::Consistency;
         let path = dir.join(DENOISER_FILE);
         let file = read_weights(&path, device, "sqdf pretrain gmm2d")?;
         let cfg = model_config(&path, &file)?;
@@ -118,13 +112,14 @@ impl Task for Gmm2d {
         let s = schedule();
         Ok(TaskModels {
             device: device.clone(),
-            sampler: sampler(&s, steps, eta),
+            sampler: sampler(&s, run.steps, run.eta),
             schedule: s,
             state_shape: vec![cfg.data_dim],
             policy: Arc::new(policy),
             policy_vars,
             reference: Arc::new(reference),
             consistency,
+            rewards: Vec::new(),
         })
     }
 
