@@ -132,7 +132,7 @@ pub fn evaluate(
         div_f += cosine_diversity(&out.features)?;
         div_l += lpips_diversity(&out.early)?;
         features.push(out.features);
-        rewards.push(script.reward(&x0, &cond_tensor(&vec![class; PER_PROMPT], dev)?)?);
+        rewards.push(script.reward(&x0, &cond_tensor(&[class; PER_PROMPT], dev)?)?);
         golds.push(boldness(&x0)?);
         all.push(x0.narrow(0, 0, GRID_COLS)?);
     }
