@@ -3,7 +3,9 @@
 pub mod consistency_model;
 pub mod denoiser;
 pub mod toy_mlp;
+pub mod unet;
 
 pub use consistency_model::ConsistencyModel;
 pub use denoiser::Denoiser;
 pub use toy_mlp::{ToyMlp, ToyMlpConfig};
+pub use unet::{DownBlockType, UNet2DConditionModel, UNetConfig, UpBlockType};
