@@ -69,6 +69,19 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time the hot paths: sampling a batch of trajectories and one update (a benchmark).
+    Bench {
+        /// The script whose task and config to time, e.g. scripts/digits_sqdf.lua.
+        script: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Trajectories sampled, and states per update.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed rounds (after one warm-up round).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Evaluate the pretrained model, or a run's checkpoint, under a script's reward and config.
     Eval {
         script: PathBuf,
@@ -85,6 +98,7 @@ enum Command {
 
 fn main() {
     pin_thread_count();
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
@@ -101,6 +115,18 @@ fn pin_thread_count() {
             .map(|n| n.get())
             .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+/// Tells mimalloc never to return freed memory to the OS: the same large tensors are
+/// allocated every step, and each fresh mapping is zeroed page by page by the kernel
+/// (a third of a UNet forward). `MIMALLOC_PURGE_DELAY` set by the user wins.
+fn keep_freed_memory() {
+    /// `mi_option_purge_delay` in mimalloc.h (the crate has no constant for it).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide option before any thread of ours starts.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
 
@@ -161,6 +187,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                 device: Device::Cpu,
             };
             tasks::by_name(&task)?.distill(&cmd)
+        }
+        Command::Bench {
+            script,
+            set,
+            batch,
+            repeats,
+        } => {
+            let v = sqdf::train::bench::bench(&script, overrides(&set)?, batch, repeats, log)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
         }
         Command::Eval {
             script,

@@ -4,9 +4,9 @@
 //! role) and of its first layer's normalised features (LPIPS's role), and a Fréchet distance
 //! of its penultimate features against held-out real digits (naturalness).
 
-use crate::nn::conv2d::Conv2d;
+use crate::nn::{conv2d_layer, Conv2d};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +47,12 @@ pub struct Classifier {
 }
 
 fn conv(i: usize, o: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    Conv2d::new(vb, i, o, 3, stride, 1, true)
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    conv2d_layer(i, o, 3, cfg, vb)
 }
 
 impl Classifier {

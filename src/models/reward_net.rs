@@ -3,9 +3,9 @@
 //! can be exploited (images it over-rates), so every evaluation reports it next to the gold
 //! score: the gap measures reward hacking.
 
-use crate::nn::conv2d::Conv2d;
+use crate::nn::{conv2d_layer, Conv2d};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,10 +35,15 @@ pub struct RewardNet {
 impl RewardNet {
     pub fn new(vb: VarBuilder, cfg: &RewardNetConfig) -> Result<Self> {
         let [c0, c1, c2] = cfg.channels;
+        let conv = |stride| Conv2dConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        };
         Ok(Self {
-            conv1: Conv2d::new(vb.pp("conv1"), 1, c0, 3, 1, 1, true)?,
-            conv2: Conv2d::new(vb.pp("conv2"), c0, c1, 3, 2, 1, true)?,
-            conv3: Conv2d::new(vb.pp("conv3"), c1, c2, 3, 2, 1, true)?,
+            conv1: conv2d_layer(1, c0, 3, conv(1), vb.pp("conv1"))?,
+            conv2: conv2d_layer(c0, c1, 3, conv(2), vb.pp("conv2"))?,
+            conv3: conv2d_layer(c1, c2, 3, conv(2), vb.pp("conv3"))?,
             fc1: linear(c2 * 7 * 7, cfg.hidden, vb.pp("fc1"))?,
             fc2: linear(cfg.hidden, 1, vb.pp("fc2"))?,
         })

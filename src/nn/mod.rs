@@ -1,9 +1,25 @@
 //! Building blocks the project trusts to pass gradients (see CANDLE-NOTES: candle-nn's
 //! fused softmax and layer norm silently pass none).
 
-pub mod conv2d;
+pub mod attention;
+pub mod channel;
+pub mod conv;
+pub mod group_norm;
 pub mod init;
+pub mod layer_norm;
+pub mod linear;
+pub mod lora;
+pub mod lora_conv;
 pub mod timestep_embedding;
-pub mod unfold;
+pub mod upsample;
 
+pub use attention::{scaled_dot_product_attention, Attention};
+pub use channel::scale_shift;
+pub use conv::{conv2d, conv2d_layer, Conv2d};
+pub use group_norm::{group_norm, GroupNorm};
+pub use layer_norm::{layer_norm, LayerNorm};
+pub use linear::{linear, linear_no_bias, Linear};
+pub use lora::{Builders, LoraBuilder, LoraConfig, Proj};
+pub use lora_conv::ConvProj;
 pub use timestep_embedding::{sinusoidal_embedding, TimestepEmbedding};
+pub use upsample::{upsample_nearest, upsample_nearest2x};

@@ -102,6 +102,7 @@ pub trait Task: Send + Sync {
 pub fn pretrain(target: &str, cmd: &TrainCommand) -> Result<()> {
     match target {
         "gmm2d" => gmm2d::Gmm2d.pretrain(cmd),
+        "digits" => digits::DigitsTask::default().pretrain(cmd),
         "digits-classifier" => digits::classifier::run(cmd),
         "digits-reward" => digits::reward::run(cmd),
         other => bail!(
@@ -111,12 +112,13 @@ pub fn pretrain(target: &str, cmd: &TrainCommand) -> Result<()> {
     }
 }
 
-pub const PRETRAIN_TARGETS: &[&str] = &["gmm2d", "digits-classifier", "digits-reward"];
+pub const PRETRAIN_TARGETS: &[&str] = &["gmm2d", "digits", "digits-classifier", "digits-reward"];
 
 pub fn by_name(name: &str) -> Result<Box<dyn Task>> {
     match name {
         "gmm2d" => Ok(Box::new(gmm2d::Gmm2d)),
-        other => bail!("unknown task `{other}`; known tasks: gmm2d"),
+        "digits" => Ok(Box::new(digits::DigitsTask::default())),
+        other => bail!("unknown task `{other}`; known tasks: gmm2d, digits"),
     }
 }
 

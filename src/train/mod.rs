@@ -2,6 +2,7 @@
 //! reload between epochs, and the pretraining and distillation of the framework's models.
 
 pub mod adamw;
+pub mod bench;
 pub mod checkpoint;
 pub mod distill;
 pub mod evaluate;

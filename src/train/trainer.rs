@@ -61,6 +61,14 @@ impl RunOptions {
     }
 }
 
+/// One optimiser step's numbers.
+pub struct Update {
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// The numbers the `loss` hook returned to log.
+    pub stats: BTreeMap<String, f64>,
+}
+
 /// What happened at a reload check between epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -304,14 +312,12 @@ impl Trainer {
         }
     }
 
-    /// One epoch of Algorithm 1; returns (and appends to metrics.jsonl) its metrics.
-    pub fn run_epoch(&mut self) -> Result<Json> {
-        let start = Instant::now();
+    /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
+    /// by the script's `reward` and stored with their priorities. Returns the rewards.
+    pub fn collect(&mut self) -> Result<Vec<f32>> {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
         let steps = m.sampler.steps();
-
-        // 1. Fresh trajectories from the current policy, detached, scored and stored.
         let (cond, x0, states) = {
             let mut rng = self.rng.lock().unwrap();
             let cond = self.task.conditions(cfg.batch, &mut rng);
@@ -349,56 +355,79 @@ impl Trainer {
                 }
             }
         }
+        Ok(rewards)
+    }
 
-        // 2. Off-policy updates on states drawn from the buffer (Eq. 16).
+    /// Step 2, once: B states from the buffer, the script's `loss` (Eq. 16 in lua/sqdf.lua),
+    /// backward, clip, AdamW. None when the loss or its gradient was not finite (skipped;
+    /// five in a row stop the run).
+    pub fn update(&mut self) -> Result<Option<Update>> {
+        let cfg = self.script.config.clone();
+        let m = self.models.clone();
+        let refs = self.sample_states(cfg.batch, cfg.sampling)?;
+        let batch = Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
+        let out = self.script.loss(batch, self.context())?;
+        let loss = out
+            .loss
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let mut grads = if loss.is_finite() {
+            let store = out.loss.backward()?;
+            self.optim
+                .params
+                .iter()
+                .map(|(_, v)| store.get(v.as_tensor()).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let norm = if loss.is_finite() {
+            clip_grad_norm(&mut grads, cfg.grad_clip)?
+        } else {
+            f64::NAN
+        };
+        if !norm.is_finite() {
+            self.nan_streak += 1;
+            self.log.warn(format!(
+                "epoch {}: non-finite loss ({loss}) or gradient norm ({norm}); step skipped ({} in a row)",
+                self.epoch + 1,
+                self.nan_streak
+            ));
+            if self.nan_streak >= MAX_NAN_STREAK {
+                bail!(
+                    "{MAX_NAN_STREAK} non-finite losses in a row: the run stops. The last checkpoint ({}, epoch {}) is intact; check the `loss` and `reward` hooks of {}",
+                    self.run_dir.join(checkpoint::FILE).display(),
+                    self.epoch,
+                    self.script.path.display()
+                );
+            }
+            return Ok(None);
+        }
+        self.optim.step(&grads, cfg.lr, cfg.weight_decay)?;
+        self.nan_streak = 0;
+        Ok(Some(Update {
+            loss,
+            grad_norm: norm,
+            stats: out.stats,
+        }))
+    }
+
+    /// One epoch of Algorithm 1 (collect, then `updates_per_epoch` updates); returns (and
+    /// appends to metrics.jsonl) its metrics.
+    pub fn run_epoch(&mut self) -> Result<Json> {
+        let start = Instant::now();
+        let cfg = self.script.config.clone();
+        let rewards = self.collect()?;
         let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for _ in 0..cfg.updates_per_epoch {
-            let refs = self.sample_states(cfg.batch, cfg.sampling)?;
-            let batch = Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
-            let out = self.script.loss(batch, self.context())?;
-            let loss = out
-                .loss
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            let mut grads = if loss.is_finite() {
-                let store = out.loss.backward()?;
-                self.optim
-                    .params
-                    .iter()
-                    .map(|(_, v)| store.get(v.as_tensor()).cloned())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let norm = if loss.is_finite() {
-                clip_grad_norm(&mut grads, cfg.grad_clip)?
-            } else {
-                f64::NAN
-            };
-            if !norm.is_finite() {
+            let Some(u) = self.update()? else {
                 skipped += 1;
-                self.nan_streak += 1;
-                self.log.warn(format!(
-                    "epoch {}: non-finite loss ({loss}) or gradient norm ({norm}); step skipped ({} in a row)",
-                    self.epoch + 1,
-                    self.nan_streak
-                ));
-                if self.nan_streak >= MAX_NAN_STREAK {
-                    bail!(
-                        "{MAX_NAN_STREAK} non-finite losses in a row: the run stops. The last checkpoint ({}, epoch {}) is intact; check the `loss` and `reward` hooks of {}",
-                        self.run_dir.join(checkpoint::FILE).display(),
-                        self.epoch,
-                        self.script.path.display()
-                    );
-                }
                 continue;
-            }
-            self.optim.step(&grads, cfg.lr, cfg.weight_decay)?;
-            self.nan_streak = 0;
-            losses.push(loss);
-            norms.push(norm);
-            for (k, v) in out.stats {
+            };
+            losses.push(u.loss);
+            norms.push(u.grad_norm);
+            for (k, v) in u.stats {
                 stats.entry(k).or_default().push(v);
             }
         }

@@ -117,3 +117,72 @@ pub fn trainer(script: &Path, out: &Path, overrides: &[&str]) -> (Trainer, Arc<R
     let (o, log) = quiet_options(script, out, overrides);
     (Trainer::new(o).unwrap_or_else(|e| panic!("{e:#}")), log)
 }
+
+/// A tiny class-conditional UNet config (two levels, 4 and 8 channels).
+pub fn tiny_digits_config() -> sqdf::models::class_conditional::ClassConditionalConfig {
+    use sqdf::models::{DownBlockType, UNetConfig, UpBlockType};
+    sqdf::models::class_conditional::ClassConditionalConfig {
+        unet: UNetConfig {
+            sample_size: 28,
+            in_channels: 1,
+            out_channels: 1,
+            block_out_channels: vec![4, 8],
+            down_block_types: vec![DownBlockType::Down, DownBlockType::CrossAttnDown],
+            up_block_types: vec![UpBlockType::CrossAttnUp, UpBlockType::Up],
+            layers_per_block: 1,
+            cross_attention_dim: 8,
+            attention_head_dim: 1,
+            norm_num_groups: 2,
+            norm_eps: 1e-5,
+            use_linear_projection: false,
+        },
+        tokens: 2,
+    }
+}
+
+/// A weights folder for the digits task with a tiny random UNet (also as the consistency
+/// model) and the shipped classifier and learned reward.
+pub fn tiny_digits_weights(dir: &Path) -> PathBuf {
+    use sqdf::models::class_conditional::ClassConditionalUNet;
+    let w = dir.join("digits");
+    std::fs::create_dir_all(&w).unwrap();
+    let cfg = tiny_digits_config();
+    for (name, seed) in [("unet.safetensors", 1), ("consistency.safetensors", 2)] {
+        let varmap = VarMap::new();
+        ClassConditionalUNet::new(
+            VarBuilder::from_varmap(&varmap, sqdf::DTYPE, &Device::Cpu),
+            &cfg,
+            None,
+        )
+        .unwrap();
+        sqdf::nn::init::seeded_init(&varmap, &mut sqdf::rng::seeded(seed)).unwrap();
+        let meta = HashMap::from([("config".to_string(), serde_json::to_string(&cfg).unwrap())]);
+        sqdf::tensor_io::save_varmap(&w.join(name), &varmap, meta).unwrap();
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    for f in ["classifier.safetensors", "reward.safetensors"] {
+        std::fs::copy(shipped.join(f), w.join(f)).unwrap();
+    }
+    w
+}
+
+/// A digits script on tiny weights: few steps and small batches.
+pub fn digits_script(weights: &Path, extra_config: &str) -> String {
+    format!(
+        r#"local sqdf = require("sqdf")
+return {{
+  config = {{ task = "digits", weights = {w:?}, steps = 3, batch = 4, updates_per_epoch = 2, capacity = 8, epochs = 2, lora_rank = 2{extra} }},
+  reward = function(x0, cond, cfg) return rewards.learned(x0) * 10 end,
+  loss = sqdf.loss,
+  discount = sqdf.discount,
+  priority = sqdf.priority,
+}}
+"#,
+        w = weights.display().to_string(),
+        extra = if extra_config.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra_config}")
+        }
+    )
+}

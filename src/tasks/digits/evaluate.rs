@@ -21,6 +21,9 @@ use std::path::Path;
 
 pub const PROMPTS: usize = 10;
 pub const PER_PROMPT: usize = 32;
+/// Samples per prompt whose trajectory KL to the pretrained model is measured (the reference
+/// model costs a second guided pass per step, so not all 32).
+pub const KL_SAMPLES: usize = 8;
 /// Grid columns: the first 8 samples of every prompt.
 const GRID_COLS: usize = 8;
 
@@ -36,12 +39,14 @@ pub struct DigitsMetrics {
     pub diversity_feature: f64,
     pub diversity_lpips: f64,
     pub frechet: f64,
-    /// Mean over samples of the summed per-step KL (released form) to the pretrained model.
+    /// Mean over samples (the first KL_SAMPLES of each prompt) of the summed per-step KL
+    /// (released form) to the pretrained model, along the model's own trajectories.
     pub kl: f64,
 }
 
-/// Samples of one prompt from fixed noise, and their trajectory KL to the reference.
-fn sample_prompt(
+/// Samples of one prompt from fixed noise (x_T and a seed for the step noise), and their
+/// trajectory KL to the reference when `with_kl`.
+pub fn sample_prompt(
     models: &TaskModels,
     policy: &dyn Denoiser,
     x_t: Tensor,
@@ -54,19 +59,31 @@ fn sample_prompt(
     let s = &models.sampler;
     let mut rng = seeded(rng_seed);
     let mut x = x_t;
-    let mut kl = Tensor::zeros(n, DType::F32, &models.device)?;
+    let kn = KL_SAMPLES.min(n);
+    let mut kl = Tensor::zeros(kn, DType::F32, &models.device)?;
     for i in 0..s.steps() {
         let idx = vec![i; n];
         let t = s.timesteps_tensor(&idx, &models.device)?;
         let step = s.step(&x, &policy.eps(&x, &t, &cond)?.detach(), &idx)?;
         if with_kl {
-            let reference = s.step(&x, &models.reference.eps(&x, &t, &cond)?.detach(), &idx)?;
-            kl = kl.add(&gaussian_kl(
-                &step.mean,
+            // On the first KL_SAMPLES of the prompt: the reference costs a second guided pass.
+            let (xs, ts, cs) = (
+                x.narrow(0, 0, kn)?,
+                t.narrow(0, 0, kn)?,
+                cond.narrow(0, 0, kn)?,
+            );
+            let reference = s.step(
+                &xs,
+                &models.reference.eps(&xs, &ts, &cs)?.detach(),
+                &idx[..kn],
+            )?;
+            let kl_step = gaussian_kl(
+                &step.mean.narrow(0, 0, kn)?,
                 &reference.mean,
-                &step.sigma,
+                &reference.sigma,
                 KlForm::Released,
-            )?)?;
+            )?;
+            kl = kl.add(&kl_step)?;
         }
         let z = randn(&mut rng, x.shape(), x.device())?;
         x = step.mean.add(&z.broadcast_mul(&step.sigma)?)?.detach();
@@ -89,41 +106,61 @@ pub fn real_features(classifier: &Classifier, images: &Tensor) -> Result<Tensor>
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
+/// The protocol's samples: PER_PROMPT for each of the PROMPTS classes, in class order, from
+/// fixed seeds (x_T from `seed + class`, step noise from `seed + 1000 + class`), and their
+/// mean trajectory KL to the reference (0 unless `with_kl`).
+pub fn sample_all(
     models: &TaskModels,
     policy: &dyn Denoiser,
-    is_reference: bool,
-    script: &Script,
-    classifier: &Classifier,
-    real: &Tensor,
+    with_kl: bool,
     seed: u64,
-    out_dir: &Path,
-    label: &str,
-    log: &RunLog,
-) -> Result<DigitsMetrics> {
-    let dev = &models.device;
+) -> Result<(Tensor, f64)> {
     let mut shape = vec![PER_PROMPT];
     shape.extend(&models.state_shape);
-    let (mut all, mut kls) = (Vec::new(), Vec::new());
-    let (mut div_f, mut div_l, mut prob, mut hits) = (0.0, 0.0, 0.0, 0usize);
-    let (mut features, mut rewards, mut golds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut xs, mut kls) = (Vec::new(), Vec::new());
     for class in 0..PROMPTS as u32 {
         // The same x_T and the same step noise for every model: grids compare cell by cell.
         let x_t = randn(
             &mut seeded(seed.wrapping_add(class as u64)),
             shape.clone(),
-            dev,
+            &models.device,
         )?;
         let (x0, kl) = sample_prompt(
             models,
             policy,
             x_t,
             class,
-            !is_reference,
+            with_kl,
             seed.wrapping_add(1000 + class as u64),
         )?;
+        xs.push(x0);
         kls.push(kl);
+    }
+    Ok((
+        Tensor::cat(&xs, 0)?,
+        kls.iter().sum::<f64>() / kls.len() as f64,
+    ))
+}
+
+/// The protocol's metrics of `samples` (from `sample_all`), and a grid of the first 8 of
+/// every prompt in `out_dir/samples_<label>.png`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    samples: &Tensor,
+    kl: f64,
+    script: &Script,
+    classifier: &Classifier,
+    real: &Tensor,
+    out_dir: &Path,
+    label: &str,
+    log: &RunLog,
+) -> Result<DigitsMetrics> {
+    let dev = samples.device();
+    let mut all = Vec::new();
+    let (mut div_f, mut div_l, mut prob, mut hits) = (0.0, 0.0, 0.0, 0usize);
+    let (mut features, mut rewards, mut golds) = (Vec::new(), Vec::new(), Vec::new());
+    for class in 0..PROMPTS as u32 {
+        let x0 = samples.narrow(0, class as usize * PER_PROMPT, PER_PROMPT)?;
         let out = classifier.forward_all(&x0)?;
         let p = softmax(&out.logits, D::Minus1)?.narrow(1, class as usize, 1)?;
         prob += p.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -152,7 +189,7 @@ pub fn evaluate(
         diversity_feature: div_f / PROMPTS as f64,
         diversity_lpips: div_l / PROMPTS as f64,
         frechet: frechet_distance(&Tensor::cat(&features, 0)?, real)?,
-        kl: kls.iter().sum::<f64>() / kls.len() as f64,
+        kl,
     };
     let grid = out_dir.join(format!("samples_{label}.png"));
     save_grid(&grid, &Tensor::cat(&all, 0)?, PROMPTS, GRID_COLS, 2)?;

@@ -4,13 +4,21 @@
 //! diversity, and a learned reward that can be over-optimised.
 
 pub mod classifier;
+pub mod distill;
+pub mod eval_cache;
 pub mod evaluate;
 pub mod reward;
+pub mod task;
+pub mod unet;
+
+pub use task::DigitsTask;
 
 use crate::data::mnist::{self, Digits};
 use anyhow::Result;
 use candle_core::Device;
 
+pub const UNET_FILE: &str = "unet.safetensors";
+pub const CONSISTENCY_FILE: &str = "consistency.safetensors";
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
 pub const REWARD_FILE: &str = "reward.safetensors";
 /// Seed of every evaluation's noise and augmentations: figures are repeatable.

@@ -1,0 +1,115 @@
+//! diffusers' `UNet2DConditionModel` with diffusers' weight names (SD-1.5's
+//! `unet/diffusion_pytorch_model.safetensors` loads by name), configurable from the tiny
+//! pixel-space digits model to SD-1.5, differentiable everywhere (no candle-nn fused op
+//! without a backward), with optional LoRA adapters on attention (and resnet convs).
+//!
+//! Unlike candle-transformers' UNet, the timestep is per sample ([B]): SQDF's replay
+//! batches mix timesteps.
+
+mod blocks;
+mod config;
+mod resnet;
+mod sampling;
+mod transformer;
+mod transformer_block;
+
+pub use config::{DownBlockType, UNetConfig, UpBlockType};
+
+use crate::nn::{
+    conv2d_layer, group_norm, sinusoidal_embedding, Builders, Conv2d, GroupNorm, LoraBuilder,
+    TimestepEmbedding,
+};
+use blocks::{Ctx, DownBlock, MidBlock, UpBlock};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct UNet2DConditionModel {
+    cfg: UNetConfig,
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    down_blocks: Vec<DownBlock>,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl UNet2DConditionModel {
+    /// Base weights from `vb`; with `lora`, adapters (`<module>.lora_A.weight`,
+    /// `<module>.lora_B.weight`) from the LoRA builder's VarBuilder, at the same paths.
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig, lora: Option<&LoraBuilder>) -> Result<Self> {
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(format!("UNetConfig: {e}")))?;
+        let vbs = Builders::new(vb, lora);
+        let ch = &cfg.block_out_channels;
+        let n = ch.len();
+        let ctx = Ctx {
+            cfg,
+            temb_c: cfg.time_embed_dim(),
+        };
+        let pad1 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let down_blocks = (0..n)
+            .map(|i| {
+                let in_c = if i == 0 { ch[0] } else { ch[i - 1] };
+                let attn = cfg.down_block_types[i] == DownBlockType::CrossAttnDown;
+                let vbs = vbs.pp(format!("down_blocks.{i}"));
+                DownBlock::new(&ctx, in_c, ch[i], attn, i + 1 < n, &vbs)
+            })
+            .collect::<Result<_>>()?;
+        // Up blocks walk the levels in reverse; `in_c` is the channel count of the level
+        // below (the skip from the previous down block), as diffusers' `input_channel`.
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up_blocks = (0..n)
+            .map(|i| {
+                let prev_c = if i == 0 { rev[0] } else { rev[i - 1] };
+                let in_c = rev[(i + 1).min(n - 1)];
+                let attn = cfg.up_block_types[i] == UpBlockType::CrossAttnUp;
+                let vbs = vbs.pp(format!("up_blocks.{i}"));
+                UpBlock::new(&ctx, in_c, rev[i], prev_c, attn, i + 1 < n, &vbs)
+            })
+            .collect::<Result<_>>()?;
+        let vb = &vbs.base;
+        Ok(Self {
+            cfg: cfg.clone(),
+            conv_in: conv2d_layer(cfg.in_channels, ch[0], 3, pad1, vb.pp("conv_in"))?,
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], ctx.temb_c)?,
+            down_blocks,
+            mid_block: MidBlock::new(&ctx, ch[n - 1], &vbs.pp("mid_block"))?,
+            up_blocks,
+            conv_norm_out: group_norm(
+                cfg.norm_num_groups,
+                ch[0],
+                cfg.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv2d_layer(ch[0], cfg.out_channels, 3, pad1, vb.pp("conv_out"))?,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.cfg
+    }
+
+    /// ε prediction for x [B, in_channels, H, W] at per-sample training timesteps
+    /// t (f32 [B]) under context [B, L, cross_attention_dim].
+    pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        // diffusers' Timesteps(block_out[0], flip_sin_to_cos=True, downscale_freq_shift=0).
+        let temb = sinusoidal_embedding(t, self.cfg.block_out_channels[0])?;
+        let temb = self.time_embedding.forward(&temb.to_dtype(x.dtype())?)?;
+        let mut h = self.conv_in.forward(x)?;
+        let mut skips = vec![h.clone()];
+        for b in &self.down_blocks {
+            h = b.forward(&h, &temb, context, &mut skips)?;
+        }
+        h = self.mid_block.forward(&h, &temb, context)?;
+        for b in &self.up_blocks {
+            h = b.forward(&h, &temb, context, &mut skips)?;
+        }
+        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        self.conv_out.forward(&h)
+    }
+}

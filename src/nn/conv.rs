@@ -1,0 +1,285 @@
+//! A 2-D convolution, drop-in for `candle_nn::Conv2d` (same weight names, shapes and
+//! init), that is several times faster than candle's on the CPU, forward and backward.
+//!
+//! Measured on one thread ([16, 32, 28, 28], 3x3): candle's conv2d forward takes 24 ms
+//! where im2col + gemm takes 10 ms; candle's backward computes the input
+//! gradient with a direct `conv_transpose2d` loop, 10x slower than its own forward (and
+//! computes it even when the input needs no gradient). Here forward and backward are
+//! im2col + gemm: the input gradient is the output gradient (zeros inserted for the
+//! stride) convolved with the flipped, transposed kernel; the kernel gradient is one gemm
+//! of the output gradient with the im2col columns. A gradient is skipped when its tensor
+//! does not track (a frozen base under LoRA, the data at conv_in). The columns (9x the
+//! input for 3x3) live only inside the op: the graph keeps x and w, as candle's does.
+//!
+//! The custom op has a CPU forward only: on other devices and dtypes this falls back to
+//! candle's conv2d (TODO with the `cuda` feature: a `cuda_fwd`; candle's CUDA conv
+//! backward is a naive kernel too, CANDLE-NOTES).
+
+use super::channel::scale_shift;
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Storage, Tensor,
+};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
+use rayon::prelude::*;
+
+/// conv2d(x [B, C, H, W], w [O, C, k, k]) with symmetric `padding` and `stride`, no
+/// dilation or groups.
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    if !fast || w.dim(2)? != w.dim(3)? {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    // Contiguous operands: the op reads them as plain slices.
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Im2ColConv { padding, stride })
+}
+
+/// Output size of a convolution along one dimension.
+fn out_len(n: usize, k: usize, p: usize, s: usize) -> Result<usize> {
+    if n + 2 * p < k {
+        candle_core::bail!("conv2d: input {n} (padding {p}) is smaller than the kernel {k}")
+    }
+    Ok((n + 2 * p - k) / s + 1)
+}
+
+/// x [B, C, H, W] -> columns [k*k*C, B*Ho*Wo], rows ordered (ky, kx, c): one gemm with
+/// the kernel as [O, k*k*C] then convolves the whole batch. A direct loop: every column
+/// row is written left to right and read from one image row, one pass over memory (a build
+/// from narrow/stack tensor ops made several copies, each a fresh allocation).
+fn im2col(x: &Tensor, k: usize, p: usize, s: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = (out_len(h, k, p, s)?, out_len(w, k, p, s)?);
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let src = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            let (a, z) = layout
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("im2col: non-contiguous input".into()))?;
+            &v[a..z]
+        }
+        _ => candle_core::bail!("im2col: expected an f32 CPU tensor"),
+    };
+    let l = ho * wo;
+    let mut cols = vec![0f32; k * k * c * b * l];
+    // Rows are independent: one rayon task per (ky, kx, c) row.
+    cols.par_chunks_mut(b * l).enumerate().for_each(|(r, row)| {
+        let (ky, kx, ci) = (r / (k * c), (r / c) % k, r % c);
+        {
+            {
+                for bi in 0..b {
+                    let img = &src[(bi * c + ci) * h * w..][..h * w];
+                    for oy in 0..ho {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let line = &img[iy as usize * w..][..w];
+                        let out = &mut row[bi * l + oy * wo..][..wo];
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if ix >= 0 && (ix as usize) < w {
+                                *o = line[ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    drop(storage);
+    Tensor::from_vec(cols, (k * k * c, b * l), &Device::Cpu)
+}
+
+/// w [O, C, k, k] -> [O, k*k*C], matching the columns' row order.
+fn kernel_matrix(w: &Tensor) -> Result<Tensor> {
+    let (o, c, k, _) = w.dims4()?;
+    w.permute((0, 2, 3, 1))?.reshape((o, k * k * c))
+}
+
+/// Bytes of im2col columns per batch chunk: small enough to stay in cache and to be
+/// reused by the allocator (a whole batch of 28x28 columns reaches hundreds of MB, which
+/// the allocator maps fresh each time, and the kernel zeroes page by page).
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// The convolution itself, on tensors that track nothing: [O, kkC] @ [kkC, b*L] per batch
+/// chunk of b images.
+fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, _, k, _) = w.dims4()?;
+    let (ho, wo) = (out_len(h, k, p, s)?, out_len(wd, k, p, s)?);
+    let per_image = k * k * c * ho * wo * 4;
+    let chunk = (CHUNK_BYTES / per_image.max(1)).clamp(1, b);
+    let km = kernel_matrix(w)?;
+    let parts = (0..b)
+        .step_by(chunk)
+        .map(|start| {
+            let n = chunk.min(b - start);
+            let y = km.matmul(&im2col(&x.narrow(0, start, n)?, k, p, s)?)?;
+            y.reshape((o, n, ho, wo))?.transpose(0, 1)?.contiguous()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().expect("one part"));
+    }
+    Tensor::cat(&parts, 0)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Im2ColConv {
+    padding: usize,
+    stride: usize,
+}
+
+/// A fresh tensor holding the contiguous data `(s, l)` describes (a copy).
+fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv2d: non-contiguous operand".into()))?;
+    Tensor::from_slice(&s.as_slice::<f32>()?[start..end], l.shape(), &Device::Cpu)
+}
+
+impl CustomOp2 for Im2ColConv {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (cpu_tensor(s1, l1)?, cpu_tensor(s2, l2)?);
+        let y = conv_gemm(&x, &w, self.padding, self.stride)?.contiguous()?;
+        let (storage, _) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.clone(), y.shape().clone())),
+            _ => candle_core::bail!("conv2d: expected a CPU result"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach().contiguous()?;
+        let gx = match x.track_op() {
+            true => Some(self.input_grad(&grad, &w.detach(), x.dims())?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(self.kernel_grad(&x.detach(), &grad, w.dims())?),
+            false => None,
+        };
+        Ok((gx, gw))
+    }
+}
+
+impl Im2ColConv {
+    /// dL/dx: grad with stride-1 zeros inserted between its pixels (and up to stride-1 at
+    /// the end, torch's output_padding), convolved with the flipped kernel, padding k-1-p.
+    fn input_grad(&self, grad: &Tensor, w: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
+        let (p, s) = (self.padding, self.stride);
+        let k = w.dim(2)?;
+        let (len_h, len_w) = (x_dims[2] + 2 * p + 1 - k, x_dims[3] + 2 * p + 1 - k);
+        let grad = if s == 1 {
+            grad.clone()
+        } else {
+            let (b, o, h, gw) = grad.dims4()?;
+            grad.reshape((b, o, h, 1, gw, 1))?
+                .pad_with_zeros(3, 0, s - 1)?
+                .pad_with_zeros(5, 0, s - 1)?
+                .reshape((b, o, h * s, gw * s))?
+                .narrow(2, 0, len_h)?
+                .narrow(3, 0, len_w)?
+        };
+        let wt = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+        if p + 1 > k {
+            // padding >= kernel: the "full" convolution would need negative padding; crop.
+            let full = conv_gemm(&grad, &wt, k - 1, 1)?;
+            let off = p + 1 - k;
+            return full.narrow(2, off, x_dims[2])?.narrow(3, off, x_dims[3]);
+        }
+        conv_gemm(&grad, &wt, k - 1 - p, 1)
+    }
+
+    /// dL/dw = grad [O, B*L] @ columns^T [B*L, kkC]: one gemm over the whole batch.
+    fn kernel_grad(&self, x: &Tensor, grad: &Tensor, w_dims: &[usize]) -> Result<Tensor> {
+        let (o, c, k) = (w_dims[0], w_dims[1], w_dims[2]);
+        let cols = im2col(x, k, self.padding, self.stride)?;
+        let g = grad.transpose(0, 1)?.contiguous()?.reshape((o, ()))?;
+        g.matmul(&cols.t()?)?
+            .reshape((o, k, k, c))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    }
+}
+
+/// candle_nn::Conv2d's parameters (`weight` [O, C, k, k], optional `bias` [O]) computed
+/// by `conv2d` above. Only `padding` and `stride` of the config are supported.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Self {
+        assert!(
+            cfg.dilation == 1 && cfg.groups == 1,
+            "nn::Conv2d supports neither dilation nor groups"
+        );
+        Self {
+            weight,
+            bias,
+            padding: cfg.padding,
+            stride: cfg.stride,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.padding, self.stride)?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => scale_shift(&y, None, Some(b), 1),
+        }
+    }
+}
+
+/// As `candle_nn::conv2d` (same names, shapes, kaiming-normal weight, uniform bias).
+pub fn conv2d_layer(
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let w = vb.get_with_hints(
+        (out_c, in_c, kernel, kernel),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1. / (in_c as f64).sqrt();
+    let b = vb.get_with_hints(
+        out_c,
+        "bias",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Conv2d::new(w, Some(b), cfg))
+}

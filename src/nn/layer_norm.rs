@@ -1,0 +1,38 @@
+//! Layer norm over the last dimension, written from primitives so that it has a backward.
+//! candle-nn's `LayerNorm` takes the fused `ops::layer_norm` for contiguous input, which is
+//! built without a backward: the gradient silently stops there (CANDLE-NOTES, candle #3011).
+
+use super::channel::scale_shift;
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+}
+
+/// An affine layer norm of `dim` features (torch's `nn.LayerNorm`, names `weight`, `bias`).
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Biased variance, as torch.
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        // The affine's gradient sums over batch and tokens: scale_shift keeps that fast.
+        scale_shift(&normed, Some(&self.weight), Some(&self.bias), x.rank() - 1)
+    }
+}

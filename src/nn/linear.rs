@@ -1,0 +1,52 @@
+//! A linear layer (torch's `nn.Linear`: `weight` [out, in], optional `bias` [out]) for
+//! inputs of any rank, with the bias added by `scale_shift` so that its gradient, a sum
+//! over batch and tokens, is a gemm rather than candle's slow leading-dimension sum.
+
+use super::channel::scale_shift;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+/// As `candle_nn::linear` (same names, shapes and init).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear(in_dim, out_dim, vb)?;
+    Ok(Linear::new(l.weight().clone(), l.bias().cloned()))
+}
+
+/// As `candle_nn::linear_no_bias`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear_no_bias(in_dim, out_dim, vb)?;
+    Ok(Linear::new(l.weight().clone(), None))
+}
+
+impl Module for Linear {
+    /// x [..., in] -> [..., out], as one 2-D matmul over all leading dimensions.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let lead: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((lead, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => scale_shift(&y, None, Some(b), 1)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = y.dim(1)?;
+        y.reshape(out)
+    }
+}

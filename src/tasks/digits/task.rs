@@ -1,0 +1,273 @@
+//! The `digits` task: build the policy (LoRA on the pretrained UNet, or every weight), the
+//! frozen reference, the consistency model and the rewards offered to scripts; evaluate.
+
+use super::eval_cache::{self, CacheKey};
+use super::evaluate::{evaluate, real_features, sample_all};
+use super::{classifier, data, reward, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
+use crate::diffusion::consistency::BoundaryScalings;
+use crate::diffusion::{BetaSchedule, DdimSampler, NoiseSchedule, Spacing};
+use crate::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet, NULL_PROMPT};
+use crate::models::classifier::Classifier;
+use crate::models::guidance::Guided;
+use crate::models::{ConsistencyModel, Denoiser};
+use crate::nn::lora::{LoraBuilder, LoraConfig};
+use crate::rewards::gold::boldness;
+use crate::rng::{seeded, Rng};
+use crate::run_log::RunLog;
+use crate::script::{RunConfig, Script, TensorFn, X0Estimator};
+use crate::tasks::{Task, TaskModels, TrainCommand};
+use crate::tensor_io::{check_params, expected_params, read, WeightFile};
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::Rng as _;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// The classifier and the held-out features the evaluation needs, loaded once.
+struct EvalNets {
+    classifier: Classifier,
+    real: Tensor,
+}
+
+#[derive(Default)]
+pub struct DigitsTask {
+    eval: OnceLock<EvalNets>,
+}
+
+/// DDPM's linear β over 1000 training steps (the digits are pixel-space, as in DDPM).
+pub fn schedule() -> NoiseSchedule {
+    NoiseSchedule::new(BetaSchedule::DDPM, 1000)
+}
+
+pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
+    DdimSampler::new(
+        schedule,
+        steps,
+        eta,
+        Spacing::Trailing,
+        schedule.alpha_bar(0),
+    )
+}
+
+pub fn model_config(path: &Path, file: &WeightFile) -> Result<ClassConditionalConfig> {
+    match file.metadata.get("config") {
+        Some(c) => serde_json::from_str(c)
+            .map_err(|e| anyhow!("{}: bad `config` metadata: {e}", path.display())),
+        None => Ok(ClassConditionalConfig::digits()),
+    }
+}
+
+/// A frozen class-conditional UNet from a checked weight file.
+pub fn load_unet(
+    path: &Path,
+    device: &Device,
+    command: &str,
+) -> Result<(
+    ClassConditionalUNet,
+    ClassConditionalConfig,
+    HashMap<String, Tensor>,
+)> {
+    let file = read(path, device).with_context(|| {
+        format!(
+            "the digits task needs {}; `{command}` makes it",
+            path.display()
+        )
+    })?;
+    let cfg = model_config(path, &file)?;
+    check_params(
+        path,
+        &file,
+        &expected_params(|vb| ClassConditionalUNet::new(vb, &cfg, None))?,
+    )?;
+    let net = ClassConditionalUNet::new(
+        VarBuilder::from_tensors(file.tensors.clone(), crate::DTYPE, device),
+        &cfg,
+        None,
+    )?;
+    Ok((net, cfg, file.tensors))
+}
+
+pub fn load_consistency(dir: &Path, device: &Device) -> Result<ConsistencyModel> {
+    let path = dir.join(CONSISTENCY_FILE);
+    let (net, _, _) = load_unet(&path, device, "sqdf distill digits")?;
+    let file_meta = read(&path, device)?.metadata;
+    let scalings = match file_meta.get("scalings") {
+        Some(s) => serde_json::from_str(s)?,
+        None => BoundaryScalings::default(),
+    };
+    Ok(ConsistencyModel {
+        net: Arc::new(net),
+        scalings,
+        schedule: schedule(),
+    })
+}
+
+/// Whether two trait objects are the same model (the reference evaluated as itself).
+fn same(a: &dyn Denoiser, b: &dyn Denoiser) -> bool {
+    std::ptr::eq(
+        a as *const dyn Denoiser as *const u8,
+        b as *const dyn Denoiser as *const u8,
+    )
+}
+
+impl Task for DigitsTask {
+    fn name(&self) -> &'static str {
+        "digits"
+    }
+
+    fn build(&self, dir: &Path, run: &RunConfig, device: &Device) -> Result<TaskModels> {
+        let path = dir.join(UNET_FILE);
+        let (reference, cfg, base) = load_unet(&path, device, "sqdf pretrain digits")?;
+        let policy_vars = VarMap::new();
+        let policy = if run.lora_rank > 0 {
+            let lora = LoraConfig {
+                rank: run.lora_rank,
+                // alpha = rank (scale 1), as diffusers' LoRA training scripts set it.
+                alpha: run.lora_rank as f64,
+                convs: false,
+            };
+            let builder = LoraBuilder::new(
+                lora,
+                VarBuilder::from_varmap(&policy_vars, crate::DTYPE, device),
+            );
+            let net = ClassConditionalUNet::new(
+                VarBuilder::from_tensors(base, crate::DTYPE, device),
+                &cfg,
+                Some(&builder),
+            )?;
+            // Adapters start from the run's seed (candle's own init is unseeded); B stays 0.
+            crate::nn::init::seeded_init(&policy_vars, &mut seeded(run.seed ^ 0x10_4a))?;
+            net
+        } else {
+            let net = ClassConditionalUNet::new(
+                VarBuilder::from_varmap(&policy_vars, crate::DTYPE, device),
+                &cfg,
+                None,
+            )?;
+            crate::tensor_io::set_vars(&policy_vars, &base, &path)?;
+            net
+        };
+        let guided = |net: ClassConditionalUNet| -> Arc<dyn Denoiser> {
+            Arc::new(Guided {
+                inner: Arc::new(net),
+                scale: run.guidance,
+                null: NULL_PROMPT,
+            })
+        };
+        let consistency = if run.x0 == X0Estimator::Consistency
+            || dir.join(CONSISTENCY_FILE).is_file()
+        {
+            Some(load_consistency(dir, device).context("config.x0 = \"consistency\" needs the consistency model; set config.x0 = \"tweedie\" to run without it")?)
+        } else {
+            None
+        };
+        let learned = Arc::new(reward::load(dir, device)?);
+        let rewards: Vec<(String, TensorFn)> = vec![
+            (
+                "learned".into(),
+                Arc::new(move |x: &Tensor| learned.forward(x)),
+            ),
+            ("gold".into(), Arc::new(boldness)),
+        ];
+        let s = schedule();
+        Ok(TaskModels {
+            device: device.clone(),
+            sampler: sampler(&s, run.steps, run.eta),
+            schedule: s,
+            state_shape: vec![
+                cfg.unet.in_channels,
+                cfg.unet.sample_size,
+                cfg.unet.sample_size,
+            ],
+            policy: guided(policy),
+            policy_vars,
+            reference: guided(reference),
+            consistency,
+            rewards,
+        })
+    }
+
+    fn pretrain(&self, cmd: &TrainCommand) -> Result<()> {
+        super::unet::run(cmd)
+    }
+
+    fn distill(&self, cmd: &TrainCommand) -> Result<()> {
+        super::distill::run(cmd)
+    }
+
+    fn conditions(&self, n: usize, rng: &mut Rng) -> Vec<u32> {
+        (0..n).map(|_| rng.random_range(0..10)).collect()
+    }
+
+    fn evaluate(
+        &self,
+        models: &TaskModels,
+        policy: &dyn Denoiser,
+        script: &Script,
+        out_dir: &Path,
+        label: &str,
+        log: &RunLog,
+    ) -> Result<serde_json::Value> {
+        let dir = crate::tasks::weights_dir("digits", script.config.weights.as_deref());
+        let nets = match self.eval.get() {
+            Some(n) => n,
+            None => {
+                let classifier = classifier::load(&dir, &models.device)?;
+                let (_, held) = data(&models.device)?;
+                let real = real_features(&classifier, &held.images)?;
+                let _ = self.eval.set(EvalNets { classifier, real });
+                self.eval.get().expect("just set")
+            }
+        };
+        let is_reference = same(policy, models.reference.as_ref());
+        let cfg = &script.config;
+        let seed = cfg.seed.wrapping_add(EVAL_SEED);
+        let key = CacheKey {
+            unet: eval_cache::file_fingerprint(&dir.join(UNET_FILE))?,
+            steps: cfg.steps,
+            eta: cfg.eta,
+            guidance: cfg.guidance,
+            seed,
+        };
+        let cached = if is_reference {
+            eval_cache::load(&dir, &key, &models.device)
+        } else {
+            None
+        };
+        let (samples, kl) = match cached {
+            Some(samples) => {
+                log.info(format!(
+                    "{label}: the pretrained model's samples from {}",
+                    dir.join(eval_cache::FILE).display()
+                ));
+                (samples, 0.0)
+            }
+            None => {
+                let (samples, kl) = sample_all(models, policy, !is_reference, seed)?;
+                // `sqdf eval` of the pretrained model (label "pretrained") refreshes the cache,
+                // as `sqdf pretrain digits` writes it.
+                if is_reference && label == "pretrained" {
+                    eval_cache::save(&dir, &key, &samples)?;
+                    log.info(format!(
+                        "saved the pretrained samples as {}",
+                        dir.join(eval_cache::FILE).display()
+                    ));
+                }
+                (samples, kl)
+            }
+        };
+        let m = evaluate(
+            &samples,
+            kl,
+            script,
+            &nets.classifier,
+            &nets.real,
+            out_dir,
+            label,
+            log,
+        )?;
+        Ok(serde_json::to_value(m)?)
+    }
+}

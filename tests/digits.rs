@@ -1,0 +1,137 @@
+//! The digits benchmark's pieces: LoRA trains only the adapters; the shipped evaluation and
+//! reward networks give their documented figures; the evaluation is repeatable; a short
+//! run on a tiny UNet goes through the whole loop (LoRA, guidance, consistency model).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use sqdf::rng::{randn, seeded};
+use std::path::Path;
+
+#[test]
+fn lora_gradients_reach_only_the_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let vars = sqdf::tensor_io::sorted_vars(&t.models.policy_vars);
+    assert!(!vars.is_empty());
+    for (name, _) in &vars {
+        assert!(
+            name.contains(".lora_A.") || name.contains(".lora_B."),
+            "{name} is trainable but not an adapter"
+        );
+    }
+    let dev = Device::Cpu;
+    let x = randn(&mut seeded(1), (3, 1, 28, 28), &dev).unwrap();
+    let tt = Tensor::new(&[100f32, 500., 900.], &dev).unwrap();
+    let c = Tensor::new(&[1u32, 4, 7], &dev).unwrap();
+    // B = 0 at the start: the policy is exactly the pretrained model.
+    let p = t.models.policy.eps(&x, &tt, &c).unwrap();
+    let r = t.models.reference.eps(&x, &tt, &c).unwrap();
+    assert_eq!(common::max_abs_diff(&p, &r), 0.0);
+    // With B != 0 every adapter receives a gradient, and nothing else is a variable.
+    for (i, (_, v)) in vars.iter().enumerate() {
+        v.set(
+            &randn(&mut seeded(10 + i as u64), v.shape(), &dev)
+                .unwrap()
+                .affine(0.1, 0.0)
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    let g = t
+        .models
+        .policy
+        .eps(&x, &tt, &c)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, v) in &vars {
+        let n = g
+            .get(v.as_tensor())
+            .map(|g| common::max_abs_diff(g, &g.zeros_like().unwrap()))
+            .unwrap_or(0.0);
+        assert!(n > 0.0, "{name} got no gradient");
+    }
+}
+
+#[test]
+fn a_short_digits_run_trains_the_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let (mut t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let before: Vec<Tensor> = sqdf::tensor_io::sorted_vars(&t.models.policy_vars)
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy().unwrap())
+        .collect();
+    let m = t.run_epoch().unwrap();
+    assert!(m["kl"].as_f64().unwrap().is_finite());
+    let after = sqdf::tensor_io::sorted_vars(&t.models.policy_vars);
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, (_, a))| common::max_abs_diff(b, a.as_tensor()) > 0.0)
+        .count();
+    assert_eq!(moved, after.len(), "every adapter moves in an update");
+}
+
+#[test]
+fn the_evaluation_is_repeatable_for_a_fixed_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let log = sqdf::run_log::RunLog::captured();
+    let a =
+        sqdf::train::evaluate::evaluate(&script, None, &[], &dir.path().join("e1"), log.clone())
+            .unwrap();
+    let b =
+        sqdf::train::evaluate::evaluate(&script, None, &[], &dir.path().join("e2"), log).unwrap();
+    assert_eq!(a, b);
+    for k in [
+        "reward",
+        "gold",
+        "alignment_prob",
+        "alignment_acc",
+        "diversity_feature",
+        "diversity_lpips",
+        "frechet",
+        "kl",
+    ] {
+        assert!(a[k].as_f64().is_some(), "eval lacks {k}");
+    }
+    assert!(dir.path().join("e1/samples_pretrained.png").is_file());
+}
+
+/// The figures the cards in models/digits document, on the held-out split.
+#[test]
+fn shipped_evaluation_networks_give_their_documented_figures() {
+    let dev = Device::Cpu;
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    let (_, held) = sqdf::tasks::digits::data(&dev).unwrap();
+    // classifier.md: 98.70% held-out accuracy.
+    let clf = sqdf::tasks::digits::classifier::load(&models, &dev).unwrap();
+    let (acc, _) =
+        sqdf::tasks::digits::classifier::accuracy(&clf, &held.images, &held.labels).unwrap();
+    assert!((acc - 0.987).abs() <= 0.002, "held-out accuracy {acc}");
+    // reward.md: RMSE 0.0089, r = 0.989 on plain held-out digits.
+    let net = sqdf::tasks::digits::reward::load(&models, &dev).unwrap();
+    let pred = candle_core::Module::forward(&net, &held.images)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let gold = sqdf::rewards::gold::boldness(&held.images)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let (rmse, r) = sqdf::tasks::digits::reward::agreement(&pred, &gold);
+    assert!(
+        (rmse - 0.0089).abs() < 0.0005 && (r - 0.989).abs() < 0.002,
+        "rmse {rmse}, r {r}"
+    );
+}
