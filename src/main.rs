@@ -3,8 +3,6 @@
 
 use anyhow::{Context, Result};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use sqdf::run_log::RunLog;

@@ -4,10 +4,6 @@
 
 mod common;
 
-// As the binary: glibc's allocator maps and unmaps every mid-sized tensor, which would
-// make the timing below unrepresentative.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
