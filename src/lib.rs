@@ -26,3 +26,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Every tensor the framework creates is f32; frozen half-precision copies come later with SD-1.5.
 pub const DTYPE: candle_core::DType = candle_core::DType::F32;
+
+/// Tells mimalloc never to return freed memory to the OS: the same large tensors are
+/// allocated every step, and each fresh mapping is zeroed page by page by the kernel
+/// (a third of a UNet forward). `MIMALLOC_PURGE_DELAY` set by the user wins.
+pub fn keep_freed_memory() {
+    /// `mi_option_purge_delay` in mimalloc.h (the crate has no constant for it).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide option before any thread of ours starts.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}

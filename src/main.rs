@@ -96,7 +96,7 @@ enum Command {
 
 fn main() {
     pin_thread_count();
-    keep_freed_memory();
+    sqdf::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
@@ -113,18 +113,6 @@ fn pin_thread_count() {
             .map(|n| n.get())
             .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
-/// Tells mimalloc never to return freed memory to the OS: the same large tensors are
-/// allocated every step, and each fresh mapping is zeroed page by page by the kernel
-/// (a third of a UNet forward). `MIMALLOC_PURGE_DELAY` set by the user wins.
-fn keep_freed_memory() {
-    /// `mi_option_purge_delay` in mimalloc.h (the crate has no constant for it).
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide option before any thread of ours starts.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::max_abs_diff;

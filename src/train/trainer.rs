@@ -101,6 +101,7 @@ impl Trainer {
     /// Loads and checks the script, the task's weights and (with `resume`) the checkpoint.
     /// Everything a user can get wrong fails here, before the first epoch.
     pub fn new(opts: RunOptions) -> Result<Self> {
+        crate::keep_freed_memory();
         let log = opts.log.clone();
         let script_dir = opts
             .script
