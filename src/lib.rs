@@ -34,7 +34,7 @@ pub fn keep_freed_memory() {
     /// `mi_option_purge_delay` in mimalloc.h (the crate has no constant for it).
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide option before any thread of ours starts.
+        // SAFETY: a plain FFI call; mimalloc stores options atomically, at any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
