@@ -74,6 +74,12 @@ fn script_mistakes_are_reported_with_file_and_line() {
         &["config.gamma has the wrong type"],
     );
     expect_error(
+        "many_steps",
+        &common::standard_script(&w, "steps = 5000"),
+        dir,
+        &["config.steps must be in 1..999"],
+    );
+    expect_error(
         "bad_gamma",
         &common::standard_script(&w, "gamma = 1.5"),
         dir,

@@ -216,6 +216,12 @@ fn sandbox_has_only_safe_libraries() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("module names"), "{e}");
+    let e = lua
+        .load("require('.tmp.x')")
+        .exec()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("module names"), "{e}");
     // An endless loop runs into the instruction budget instead of hanging the run.
     let e = lua
         .load("while true do end")

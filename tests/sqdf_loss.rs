@@ -115,11 +115,18 @@ fn gradient_matches_finite_differences() {
     // The last step's σ is 0.01 (its KL is ~1e4 times a squared difference), so it is left
     // out here; the Lua-vs-Rust test covers it. Each parameter tensor is checked along a
     // random unit direction v: (L(θ + h v) - L(θ - h v)) / 2h against ∇L · v.
+    // Both one-step estimators: the reward gradient reaches x_{t-1} through either network.
+    for x0 in ["consistency", "tweedie"] {
+        fd_check(x0);
+    }
+}
+
+fn fd_check(x0: &str) {
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gmm2d");
     let (t, batch) = setup_with(
         dir.path(),
-        &format!("weights = {:?}", shipped.display().to_string()),
+        &format!("weights = {:?}, x0 = {x0:?}", shipped.display().to_string()),
         false,
     );
     let grads = rust_loss(&t, &batch, 9).backward().unwrap();
@@ -158,7 +165,7 @@ fn gradient_matches_finite_differences() {
             .unwrap() as f64;
         assert!(
             (fd - ag).abs() <= 1e-3 + 0.03 * ag.abs(),
-            "{name}: autograd {ag}, finite differences {fd}"
+            "{x0}: {name}: autograd {ag}, finite differences {fd}"
         );
     }
 }

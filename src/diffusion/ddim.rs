@@ -81,6 +81,11 @@ impl DdimSampler {
         self.eta
     }
 
+    /// τ_0, ..., τ_{T-1}.
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
     /// Training timestep τ_i of state i (i < T).
     pub fn timestep(&self, i: usize) -> usize {
         self.timesteps[i]

@@ -12,11 +12,28 @@ pub struct ConsistencyModel {
     pub net: Arc<dyn Denoiser>,
     pub scalings: BoundaryScalings,
     pub schedule: NoiseSchedule,
+    /// The timesteps it was distilled on; a query between them is snapped to the nearest
+    /// (as the released code snaps DDIM timesteps to the LCM grid). Empty: no snapping.
+    pub grid: Vec<usize>,
 }
 
 impl ConsistencyModel {
+    /// t itself at 0 (the boundary) or when there is no grid, else the nearest grid timestep.
+    pub fn snap(&self, t: usize) -> usize {
+        if t == 0 || self.grid.is_empty() {
+            return t;
+        }
+        *self
+            .grid
+            .iter()
+            .min_by_key(|&&g| g.abs_diff(t))
+            .expect("non-empty grid")
+    }
+
     /// f_ψ(x_t, t) for per-sample training timesteps `t`.
     pub fn x0(&self, x: &Tensor, t: &[usize], cond: &Tensor) -> Result<Tensor> {
+        let t: Vec<usize> = t.iter().map(|&t| self.snap(t)).collect();
+        let t = t.as_slice();
         let tt: Vec<f32> = t.iter().map(|&t| t as f32).collect();
         let t_tensor = Tensor::from_vec(tt, t.len(), x.device())?;
         let eps = self.net.eps(x, &t_tensor, cond)?;

@@ -73,6 +73,11 @@ impl ReplayBuffer {
         self.pushed
     }
 
+    /// The slot the next push writes (FIFO position).
+    pub fn next_slot(&self) -> usize {
+        self.next
+    }
+
     pub fn reward(&self, slot: usize) -> f32 {
         self.reward[slot]
     }
@@ -214,7 +219,8 @@ impl ReplayBuffer {
         let n = cond.dim(0)?;
         let mut shape = vec![n, self.steps + 1];
         shape.extend(&self.state_shape);
-        if states.dims() != shape.as_slice() || n > self.capacity || next >= self.capacity {
+        let consistent = reward.dims() == [n] && states.dims() == shape.as_slice();
+        if !consistent || n > self.capacity || next >= self.capacity {
             bail!(
                 "the checkpoint's buffer has states {:?} (next {next}), this run's buffer expects [n <= {}, {}, {:?}]",
                 states.dims(),

@@ -328,7 +328,10 @@ impl RunConfig {
 
     fn validate(&self) -> Result<()> {
         let checks: [(bool, &str); 10] = [
-            (self.steps >= 1, "config.steps must be at least 1"),
+            (
+                (1..1000).contains(&self.steps),
+                "config.steps must be in 1..999 (the models have 1000 training timesteps)",
+            ),
             (self.batch >= 1, "config.batch must be at least 1"),
             (self.capacity >= 1, "config.capacity must be at least 1"),
             (

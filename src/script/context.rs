@@ -56,12 +56,15 @@ impl LossContext {
         m.sampler.step(&b.x, &eps, &b.idx)
     }
 
-    /// Tweedie's x0 of the frozen reference at the states after the batch's step.
+    /// Tweedie's x0 of the frozen reference at the states after the batch's step,
+    /// differentiable in `x_prev`.
     pub fn tweedie_next(&self, x_prev: &Tensor, b: &Batch) -> candle_core::Result<Tensor> {
         let m = &self.models;
         let next: Vec<usize> = b.idx.iter().map(|&i| i + 1).collect();
         let t = m.sampler.timesteps_tensor(&next, x_prev.device())?;
-        let eps = m.reference.eps(x_prev, &t, &b.cond)?.detach();
+        // Not detached: the reward gradient reaches x_{t-1} through ε' as well (Eq. 12 needs
+        // dx̂0/dx_{t-1}); the reference's weights are not variables, so none reaches them.
+        let eps = m.reference.eps(x_prev, &t, &b.cond)?;
         let a: Vec<f64> = next.iter().map(|&i| m.sampler.alpha_bar(i)).collect();
         tweedie::x0_from_eps_with(x_prev, &eps, &a)
     }

@@ -14,6 +14,10 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Seed of the RNG a script's top-level code draws from while it loads: every load of the
+/// same source (a reload, a resume) builds the same values.
+pub const LOAD_SEED: u64 = 0x10ad;
+
 /// Hooks every script must define, with what they receive and return.
 pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
     ("reward", "function(x0, cond, config) -> tensor [B]"),
@@ -93,6 +97,11 @@ impl Script {
             .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
         let origin = path.display().to_string();
         let (lua, budget, required) = new_state(opts)?;
+        // Top-level randomness (`local W = tensor.randn(...)`) is the same at every load.
+        lua.set_app_data(super::TensorEnv {
+            device: opts.tensors.device.clone(),
+            rng: crate::rng::shared(LOAD_SEED),
+        });
         budget.reset();
         let value: Value = lua
             .load(&src)
@@ -294,6 +303,10 @@ impl Script {
                 show(&other)
             ),
         }
+        // The userdata Lua holds (step means, x0, rewards...) keep the whole autograd graph of
+        // this update alive; Lua sees only their few bytes, so its collector would wait tens
+        // of updates. Collect now: the Lua heap is small, the graphs are not.
+        self.lua.gc_collect()?;
         Ok(LossOutput { loss, stats })
     }
 

@@ -149,7 +149,9 @@ fn install_require(lua: &Lua, script_dir: &Path, required: Required) -> LuaResul
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            && !name.contains("..");
+            && !name.contains("..")
+            && !name.starts_with('.')
+            && !name.ends_with('.');
         if !valid {
             return Err(lua_err(format!(
                 "require \"{name}\": module names are letters, digits, '_' and '.'"

@@ -86,6 +86,9 @@ fn binary(a: Operand, b: Operand, op: Bin) -> LuaResult<LuaTensor> {
         (N(n), T(b), Bin::Sub) => b.affine(-1.0, n),
         (N(n), T(b), Bin::Mul) => b.affine(n, 0.0),
         (N(n), T(b), Bin::Div) => b.recip().and_then(|r| r.affine(n, 0.0)),
+        (N(n), T(_), Bin::Pow) if n <= 0.0 => {
+            return Err(lua_err(format!("{n} ^ tensor needs a positive base")))
+        }
         (N(n), T(b), Bin::Pow) => b.affine(n.ln(), 0.0).and_then(|x| x.exp()),
         (N(_), N(_), _) => return Err(lua_err("tensor arithmetic needs at least one tensor")),
     };
@@ -105,8 +108,26 @@ pub fn dim(t: &Tensor, d: i64) -> LuaResult<usize> {
     Ok(z as usize)
 }
 
+/// Elements a tensor made in Lua may have (2^28 f32 = 1 GiB): a typo in a shape is an
+/// error, not an abort of the whole process.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
 /// A shape given as numbers or as one table of numbers.
 pub fn shape_arg(args: &Variadic<Value>) -> LuaResult<Vec<usize>> {
+    let shape = shape_numbers(args)?;
+    if shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none_or(|n| n > MAX_ELEMENTS)
+    {
+        return Err(lua_err(format!(
+            "a tensor of shape {shape:?} is larger than {MAX_ELEMENTS} elements"
+        )));
+    }
+    Ok(shape)
+}
+
+fn shape_numbers(args: &Variadic<Value>) -> LuaResult<Vec<usize>> {
     let nums: Vec<Value> = match args.first() {
         Some(Value::Table(t)) => t
             .clone()
@@ -136,7 +157,10 @@ fn indices(v: Value, len: usize, device: &Device) -> LuaResult<Tensor> {
     let idx: Vec<i64> = match v {
         Value::Table(t) => t.sequence_values::<i64>().collect::<LuaResult<_>>()?,
         other => {
-            let t = LuaTensor::from_lua(other, &Lua::new())?.0;
+            let t = match other {
+                Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
+                other => return Err(conv_err(other.type_name(), "indices (a table or a tensor)")),
+            };
             t.to_dtype(DType::F64)
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f64>())
@@ -344,7 +368,13 @@ impl UserData for LuaTensor {
                     .collect::<LuaResult<_>>()?,
                 _ => args
                     .iter()
-                    .map(|v| i64::from_lua(v.clone(), &Lua::new()))
+                    .map(|v| match v {
+                        Value::Integer(i) => Ok(*i),
+                        Value::Number(n) if n.fract() == 0.0 => Ok(*n as i64),
+                        other => Err(lua_err(format!(
+                            "reshape: sizes are integers, got {other:?}"
+                        ))),
+                    })
                     .collect::<LuaResult<_>>()?,
             };
             let known: i64 = raw.iter().filter(|&&d| d != -1).product();

@@ -55,6 +55,8 @@ impl AdamW {
         let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
         for (j, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = &grads[j] else { continue };
+            // A gradient may carry a graph; the moments must not chain one step to the next.
+            let g = &g.detach();
             self.m[j] = self.m[j]
                 .affine(self.beta1, 0.0)?
                 .add(&g.affine(1.0 - self.beta1, 0.0)?)?;

@@ -27,8 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Seed of the RNG a script's top-level code sees while it loads (so a load is repeatable).
-const LOAD_SEED: u64 = 0x10ad;
 /// Consecutive non-finite losses after which a run stops (its last checkpoint stays).
 pub const MAX_NAN_STREAK: usize = 5;
 
@@ -113,7 +111,7 @@ impl Trainer {
             log.clone(),
             TensorEnv {
                 device: opts.device.clone(),
-                rng: rng::shared(LOAD_SEED),
+                rng: rng::shared(crate::script::experiment::LOAD_SEED),
             },
         );
         let script = Script::load(&opts.script, &opts.overrides, &sandbox)?;
@@ -457,13 +455,23 @@ impl Trainer {
             "seconds": start.elapsed().as_secs_f64(),
             "script_generation": self.generation,
         });
+        // Numbers from the hooks go beside the framework's, never over them.
+        let free = |line: &Json, k: &str| {
+            if line.get(k).is_some() {
+                format!("hook.{k}")
+            } else {
+                k.to_string()
+            }
+        };
         for (k, v) in &stats {
             if k != "kl" {
-                line[k.as_str()] = json!(mean(v));
+                let key = free(&line, k);
+                line[key.as_str()] = json!(mean(v));
             }
         }
         for (k, v) in self.script.on_epoch_end(&line)? {
-            line[k.as_str()] = json!(v);
+            let key = free(&line, &k);
+            line[key.as_str()] = json!(v);
         }
         self.metrics.append(&line)?;
         Ok(line)
@@ -604,7 +612,7 @@ impl Trainer {
             config: self.script.config.clone(),
             optim_step: self.optim.step,
             rng: self.rng.lock().unwrap().clone(),
-            buffer_next: self.buffer.to_tensors()?.3,
+            buffer_next: self.buffer.next_slot(),
             buffer_pushed: self.buffer.pushed(),
             nan_streak: self.nan_streak,
         };

@@ -2,7 +2,7 @@
 //! ODE of the guided teacher, scale 5.0, as the policy samples with guidance), with a card
 //! comparing its one-step x0 with Tweedie's against the 50-step ODE solution over t.
 
-use super::task::{load_unet, sampler, schedule};
+use super::task::{distillation_grid, load_unet, sampler, schedule};
 use super::{data, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
 use crate::diffusion::consistency::BoundaryScalings;
 use crate::diffusion::{per_sample, tweedie};
@@ -59,6 +59,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         net: Arc::new(net),
         scalings,
         schedule: schedule(),
+        grid: distillation_grid(),
     };
     let (student, target) = (cm(student_net), cm(target_net.clone()));
     let ode = sampler(&schedule(), 50, 0.0);

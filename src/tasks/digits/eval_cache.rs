@@ -12,8 +12,13 @@ use std::path::Path;
 
 pub const FILE: &str = "eval_pretrained.safetensors";
 
+/// Bumped whenever the evaluation's sampling changes (prompts, samples per prompt, seeding,
+/// grid): a cache of an older protocol is never used.
+pub const PROTOCOL: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheKey {
+    pub protocol: u32,
     /// FNV-1a of the UNet weight file's bytes.
     pub unet: String,
     pub steps: usize,
@@ -40,7 +45,14 @@ pub fn load(dir: &Path, key: &CacheKey, device: &Device) -> Option<Tensor> {
     if &saved != key {
         return None;
     }
-    file.tensors.get("samples").cloned()
+    let samples = file.tensors.get("samples")?;
+    let expected = [
+        super::evaluate::PROMPTS * super::evaluate::PER_PROMPT,
+        1,
+        28,
+        28,
+    ];
+    (samples.dims() == expected).then(|| samples.clone())
 }
 
 pub fn save(dir: &Path, key: &CacheKey, samples: &Tensor) -> Result<()> {

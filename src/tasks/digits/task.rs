@@ -41,6 +41,11 @@ pub fn schedule() -> NoiseSchedule {
     NoiseSchedule::new(BetaSchedule::DDPM, 1000)
 }
 
+/// The timesteps the consistency model was distilled on (the 50-step grid).
+pub fn distillation_grid() -> Vec<usize> {
+    sampler(&schedule(), 50, 0.0).timesteps().to_vec()
+}
+
 pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
     DdimSampler::new(
         schedule,
@@ -101,6 +106,7 @@ pub fn load_consistency(dir: &Path, device: &Device) -> Result<ConsistencyModel>
         net: Arc::new(net),
         scalings,
         schedule: schedule(),
+        grid: distillation_grid(),
     })
 }
 
@@ -225,6 +231,7 @@ impl Task for DigitsTask {
         let cfg = &script.config;
         let seed = cfg.seed.wrapping_add(EVAL_SEED);
         let key = CacheKey {
+            protocol: eval_cache::PROTOCOL,
             unet: eval_cache::file_fingerprint(&dir.join(UNET_FILE))?,
             steps: cfg.steps,
             eta: cfg.eta,

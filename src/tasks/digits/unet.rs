@@ -57,6 +57,7 @@ pub fn guided_accuracy(
     };
     let (samples, _) = sample_all(&models, guided.as_ref(), false, EVAL_SEED)?;
     let key = CacheKey {
+        protocol: eval_cache::PROTOCOL,
         unet: eval_cache::file_fingerprint(&dir.join(UNET_FILE))?,
         steps: 50,
         eta: 1.0,

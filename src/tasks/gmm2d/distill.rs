@@ -2,7 +2,9 @@
 //! that measures its one-step x0 against the 50-step ODE solution next to Tweedie's (the
 //! numbers behind the paper's Fig. 2) and a picture like Fig. 2.
 
-use super::{load_frozen, sampler, schedule, CONSISTENCY_FILE, DENOISER_FILE, EVAL_SEED};
+use super::{
+    distillation_grid, load_frozen, sampler, schedule, CONSISTENCY_FILE, DENOISER_FILE, EVAL_SEED,
+};
 use crate::data::GaussianMixture;
 use crate::diffusion::consistency::BoundaryScalings;
 use crate::diffusion::{per_sample, tweedie};
@@ -57,6 +59,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         net: Arc::new(net),
         scalings,
         schedule: schedule(),
+        grid: distillation_grid(),
     };
     let (student, target) = (cm(student_net), cm(target_net.clone()));
     let ode = sampler(&schedule(), 50, 0.0);

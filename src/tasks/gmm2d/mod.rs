@@ -38,6 +38,11 @@ pub fn schedule() -> NoiseSchedule {
     NoiseSchedule::new(BetaSchedule::DDPM, 1000)
 }
 
+/// The timesteps the consistency model was distilled on (the 50-step grid).
+pub fn distillation_grid() -> Vec<usize> {
+    sampler(&schedule(), 50, 0.0).timesteps().to_vec()
+}
+
 /// The T-step grid, trailing (x_T at t = 999), ending at ᾱ_0 so the last step's σ > 0.
 pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
     DdimSampler::new(
@@ -88,6 +93,7 @@ pub fn load_consistency(dir: &Path, device: &Device) -> Result<ConsistencyModel>
         net: Arc::new(net),
         scalings,
         schedule: schedule(),
+        grid: distillation_grid(),
     })
 }
 
