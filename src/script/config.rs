@@ -45,6 +45,7 @@ pub struct RunConfig {
     pub x0: X0Estimator,
     pub eval_samples: usize,
     pub lora_rank: usize,
+    pub lora_convs: bool,
     pub guidance: f64,
     pub params: Map<String, Json>,
 }
@@ -70,6 +71,7 @@ impl Default for RunConfig {
             x0: X0Estimator::Consistency,
             eval_samples: 2000,
             lora_rank: 4,
+            lora_convs: false,
             guidance: 5.0,
             params: Map::new(),
         }
@@ -155,6 +157,11 @@ pub const KEYS: &[(&str, bool, &str)] = &[
         "lora_rank",
         false,
         "LoRA rank on the attention projections (paper: 4); 0 fine-tunes every weight (digits)",
+    ),
+    (
+        "lora_convs",
+        false,
+        "LoRA on the resnets' 3x3 convolutions too, not only attention (digits)",
     ),
     (
         "guidance",
@@ -309,7 +316,9 @@ impl RunConfig {
                     Some(f) if f >= 0.0 && f.fract() == 0.0 => Json::from(f as u64),
                     _ => bail!("{origin}: config.{k} must be a non-negative integer, got {n}"),
                 },
-                (Json::Number(_), Json::Number(_)) | (Json::String(_), Json::String(_)) => v,
+                (Json::Number(_), Json::Number(_))
+                | (Json::String(_), Json::String(_))
+                | (Json::Bool(_), Json::Bool(_)) => v,
                 (Json::Object(_), Json::Object(_)) => v,
                 (Json::Object(_), Json::Array(a)) if a.is_empty() => Json::Object(Map::new()),
                 (Json::Null, Json::String(_)) => v,

@@ -132,7 +132,7 @@ impl Task for DigitsTask {
                 rank: run.lora_rank,
                 // alpha = rank (scale 1), as diffusers' LoRA training scripts set it.
                 alpha: run.lora_rank as f64,
-                convs: false,
+                convs: run.lora_convs,
             };
             let builder = LoraBuilder::new(
                 lora,
