@@ -62,6 +62,7 @@ impl ClassConditionalUNet {
 impl Denoiser for ClassConditionalUNet {
     fn eps(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let context = self.prompts.index_select(cond, 0)?;
-        self.unet.forward(x, t, &context)
+        let class = self.unet.config().num_class_embeds.map(|_| cond);
+        self.unet.forward_with_class(x, t, &context, class)
     }
 }

@@ -135,6 +135,7 @@ pub fn tiny_digits_config() -> sqdf::models::class_conditional::ClassConditional
             norm_num_groups: 2,
             norm_eps: 1e-5,
             use_linear_projection: false,
+            num_class_embeds: None,
         },
         tokens: 2,
     }

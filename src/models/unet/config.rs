@@ -41,6 +41,10 @@ pub struct UNetConfig {
     pub norm_eps: f64,
     /// proj_in/proj_out are Linear layers (SD-2) instead of 1x1 convolutions (SD-1.5).
     pub use_linear_projection: bool,
+    /// diffusers' `num_class_embeds`: a learned class embedding added to the time embedding
+    /// (`class_embedding.weight`); SD-1.5 has none.
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
 }
 
 impl UNetConfig {
@@ -61,6 +65,7 @@ impl UNetConfig {
             norm_num_groups: 32,
             norm_eps: 1e-5,
             use_linear_projection: false,
+            num_class_embeds: None,
         }
     }
 
@@ -84,6 +89,9 @@ impl UNetConfig {
             norm_num_groups: 4,
             norm_eps: 1e-5,
             use_linear_projection: false,
+            // The 10 classes and the null prompt: the class also enters every resnet through the
+            // time embedding (see models/digits/unet.md for why).
+            num_class_embeds: Some(11),
         }
     }
 

@@ -28,6 +28,7 @@ pub struct UNet2DConditionModel {
     cfg: UNetConfig,
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
+    class_embedding: Option<candle_nn::Embedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
@@ -77,6 +78,14 @@ impl UNet2DConditionModel {
             cfg: cfg.clone(),
             conv_in: conv2d_layer(cfg.in_channels, ch[0], 3, pad1, vb.pp("conv_in"))?,
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], ctx.temb_c)?,
+            class_embedding: match cfg.num_class_embeds {
+                Some(n) => Some(candle_nn::embedding(
+                    n,
+                    ctx.temb_c,
+                    vbs.base.pp("class_embedding"),
+                )?),
+                None => None,
+            },
             down_blocks,
             mid_block: MidBlock::new(&ctx, ch[n - 1], &vbs.pp("mid_block"))?,
             up_blocks,
@@ -97,9 +106,25 @@ impl UNet2DConditionModel {
     /// ε prediction for x [B, in_channels, H, W] at per-sample training timesteps
     /// t (f32 [B]) under context [B, L, cross_attention_dim].
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.forward_with_class(x, t, context, None)
+    }
+
+    /// `forward` with class ids (u32 [B]) for a model with `num_class_embeds`.
+    pub fn forward_with_class(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Tensor> {
         // diffusers' Timesteps(block_out[0], flip_sin_to_cos=True, downscale_freq_shift=0).
         let temb = sinusoidal_embedding(t, self.cfg.block_out_channels[0])?;
-        let temb = self.time_embedding.forward(&temb.to_dtype(x.dtype())?)?;
+        let mut temb = self.time_embedding.forward(&temb.to_dtype(x.dtype())?)?;
+        match (&self.class_embedding, class) {
+            (Some(e), Some(c)) => temb = temb.add(&e.forward(c)?)?,
+            (Some(_), None) => candle_core::bail!("this UNet has num_class_embeds: pass class ids"),
+            _ => {}
+        }
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
         for b in &self.down_blocks {
