@@ -135,3 +135,37 @@ fn shipped_evaluation_networks_give_their_documented_figures() {
         "rmse {rmse}, r {r}"
     );
 }
+
+/// consistency.md's row for t = 15 of 50, recomputed: the shipped consistency model's one-step
+/// x0 is closer to the guided ODE solution than Tweedie's, by the figures the card gives.
+#[test]
+fn shipped_consistency_model_gives_its_documented_error() {
+    use sqdf::tasks::digits::{distill, task};
+    let dev = Device::Cpu;
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    let (_, held) = sqdf::tasks::digits::data(&dev).unwrap();
+    let (unet, _, _) = task::load_unet(&models.join("unet.safetensors"), &dev, "-").unwrap();
+    let teacher = sqdf::models::guidance::Guided {
+        inner: std::sync::Arc::new(unet),
+        scale: distill::GUIDANCE,
+        null: sqdf::models::class_conditional::NULL_PROMPT,
+    };
+    let cm = task::load_consistency(&models, &dev).unwrap();
+    let e = distill::one_step_errors(&teacher, &cm, &held, 15, distill::CARD_DIGITS).unwrap();
+    let card = std::fs::read_to_string(models.join("consistency.md")).unwrap();
+    let row: Vec<f64> = card
+        .lines()
+        .find(|l| l.starts_with("| 15 |"))
+        .expect("consistency.md has a row for t = 15")
+        .split('|')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let (tweedie, consistency) = (row[2], row[3]);
+    assert!(
+        (e.tweedie - tweedie).abs() < 2e-3 && (e.consistency - consistency).abs() < 2e-3,
+        "measured Tweedie {:.4}, consistency {:.4}; card {tweedie}, {consistency}",
+        e.tweedie,
+        e.consistency
+    );
+    assert!(e.consistency < e.tweedie);
+}

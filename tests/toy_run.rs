@@ -31,6 +31,7 @@ fn a_short_toy_run_raises_the_mean_reward() {
         "eval.json",
         "samples_before.png",
         "samples_after.png",
+        "training_curve.png",
         "checkpoint.safetensors",
         "run.log",
     ] {

@@ -5,3 +5,4 @@ pub mod frechet;
 pub mod image_grid;
 pub mod scatter;
 pub mod toy;
+pub mod training_curve;

@@ -11,6 +11,7 @@ use super::hot_reload::{self, Reload};
 use super::metrics::MetricsWriter;
 use super::smoke_test::smoke_test;
 use super::{rollout, run_dir, AdamW};
+use crate::eval::training_curve::plot_training_curve;
 use crate::replay::{ReplayBuffer, StateRef};
 use crate::rng::{self, SharedRng};
 use crate::run_log::RunLog;
@@ -226,6 +227,9 @@ impl Trainer {
         bar.finish_and_clear();
         self.log.set_bar(None);
         result?;
+        let curve = self.run_dir.join("training_curve.png");
+        plot_training_curve(&self.run_dir.join("metrics.jsonl"), &curve)?;
+        self.log.info(format!("wrote {}", curve.display()));
         self.log.info("evaluating the fine-tuned model");
         let after = self.task.evaluate(
             &self.models,

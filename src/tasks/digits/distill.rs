@@ -4,6 +4,7 @@
 
 use super::task::{distillation_grid, load_unet, sampler, schedule};
 use super::{data, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
+use crate::data::mnist::Digits;
 use crate::diffusion::consistency::BoundaryScalings;
 use crate::diffusion::{per_sample, tweedie};
 use crate::eval::image_grid::save_grid;
@@ -25,7 +26,8 @@ use std::time::Instant;
 
 pub const DEFAULT_STEPS: usize = 2000;
 const BATCH: usize = 32;
-const GUIDANCE: f64 = 5.0;
+/// The teacher's guidance scale: the policy samples with guidance 5 (config `guidance`).
+pub const GUIDANCE: f64 = 5.0;
 /// Remaining steps (of 50) at which the card compares one-step estimates.
 pub const REPORT_T: [usize; 5] = [45, 35, 25, 15, 5];
 
@@ -38,6 +40,59 @@ fn mean_dist(a: &Tensor, b: &Tensor) -> Result<f64> {
         .sqrt()?
         .mean_all()?
         .to_scalar::<f32>()? as f64)
+}
+
+/// Held-out digits in the card's comparison (4 per class).
+pub const CARD_DIGITS: usize = 40;
+
+/// One-step x0 errors at `t` remaining steps of 50, against the guided ODE solution.
+pub struct OneStepErrors {
+    pub tweedie: f64,
+    pub consistency: f64,
+    /// The first 10 samples of the ODE solution, Tweedie's and the CM's x0 (for the grid).
+    pub rows: Vec<Tensor>,
+}
+
+/// Forward-noises the first `n` held-out digits of the card's selection (digit i of class c
+/// is held-out index 100c + i) to `t` of 50 with seed EVAL_SEED + t, solves the 50-step
+/// guided ODE from there, and measures both one-step estimates against it. A test repeats
+/// it for one `t` and checks the card's figure.
+pub fn one_step_errors(
+    teacher: &Guided,
+    cm: &ConsistencyModel,
+    held: &Digits,
+    t: usize,
+    n: usize,
+) -> Result<OneStepErrors> {
+    let device = held.images.device();
+    let ode = sampler(&schedule(), 50, 0.0);
+    let i = 50 - t;
+    let a = ode.alpha_bar(i);
+    let pick: Vec<u32> = (0..n as u32).map(|j| (j % 10) * 100 + j / 10).collect();
+    let x_real = held
+        .images
+        .index_select(&Tensor::from_vec(pick.clone(), n, device)?, 0)?;
+    let labels: Vec<u32> = pick.iter().map(|&j| held.labels[j as usize]).collect();
+    let cond = cond_tensor(&labels, device)?;
+    let mut rng = seeded(EVAL_SEED + t as u64);
+    let noise = randn(&mut rng, x_real.shape(), device)?;
+    let x_t = x_real
+        .broadcast_mul(&per_sample(&vec![a.sqrt(); n], &x_real)?)?
+        .add(&noise.affine((1.0 - a).sqrt(), 0.0)?)?;
+    let (ode_x0, _) = rollout::denoise(teacher, &ode, x_t.clone(), i, &cond, &mut rng, false)?;
+    let tt = ode.timesteps_tensor(&vec![i; n], device)?;
+    let tw = tweedie::x0_from_eps_with(&x_t, &teacher.eps(&x_t, &tt, &cond)?, &vec![a; n])?;
+    let cmx = cm.x0(&x_t, &vec![ode.timestep(i); n], &cond)?;
+    let k = n.min(10);
+    Ok(OneStepErrors {
+        tweedie: mean_dist(&tw, &ode_x0)?,
+        consistency: mean_dist(&cmx, &ode_x0)?,
+        rows: vec![
+            ode_x0.narrow(0, 0, k)?,
+            tw.narrow(0, 0, k)?,
+            cmx.narrow(0, 0, k)?,
+        ],
+    })
 }
 
 pub fn run(cmd: &TrainCommand) -> Result<()> {
@@ -113,43 +168,21 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     save_varmap(&path, &target_vars, meta)?;
     drop(student_vars);
 
-    // One-step x0 from x_t (forward-noised held-out digits, one per class and seed) against
-    // the 50-step guided ODE solution from the same x_t.
     let final_cm = cm(target_net);
-    let n = 40;
-    let (x_real, labels) = held.slice(0, 1000)?;
-    let pick: Vec<u32> = (0..n as u32).map(|i| (i % 10) * 100 + i / 10).collect();
-    let idx = Tensor::from_vec(pick.clone(), n, device)?;
-    let x_real = x_real.index_select(&idx, 0)?;
-    let cond = cond_tensor(
-        &pick.iter().map(|&i| labels[i as usize]).collect::<Vec<_>>(),
-        device,
-    )?;
-    let mut erng = seeded(EVAL_SEED);
     let (mut rows, mut cells) = (Vec::new(), Vec::new());
     for t in REPORT_T {
-        let i = 50 - t;
-        let a = ode.alpha_bar(i);
-        let noise = randn(&mut erng, x_real.shape(), device)?;
-        let x_t = x_real
-            .broadcast_mul(&per_sample(&vec![a.sqrt(); n], &x_real)?)?
-            .add(&noise.affine((1.0 - a).sqrt(), 0.0)?)?;
-        let (ode_x0, _) =
-            rollout::denoise(&teacher, &ode, x_t.clone(), i, &cond, &mut erng, false)?;
-        let tt = ode.timesteps_tensor(&vec![i; n], device)?;
-        let tw = tweedie::x0_from_eps_with(&x_t, &teacher.eps(&x_t, &tt, &cond)?, &vec![a; n])?;
-        let cmx = final_cm.x0(&x_t, &vec![ode.timestep(i); n], &cond)?;
-        let (e_tw, e_cm) = (mean_dist(&tw, &ode_x0)?, mean_dist(&cmx, &ode_x0)?);
+        let e = one_step_errors(&teacher, &final_cm, &held, t, CARD_DIGITS)?;
         rows.push(format!(
-            "| {t} | {} | {e_tw:.3} | {e_cm:.3} |",
-            ode.timestep(i)
+            "| {t} | {} | {:.3} | {:.3} |",
+            ode.timestep(50 - t),
+            e.tweedie,
+            e.consistency
         ));
         cmd.log.info(format!(
-            "t = {t}: one-step error vs ODE, Tweedie {e_tw:.3}, consistency {e_cm:.3}"
+            "t = {t}: one-step error vs ODE, Tweedie {:.3}, consistency {:.3}",
+            e.tweedie, e.consistency
         ));
-        for x in [&ode_x0, &tw, &cmx] {
-            cells.push(x.narrow(0, 0, 10)?);
-        }
+        cells.extend(e.rows);
     }
     save_grid(
         &out.join("consistency_grid.png"),
@@ -165,7 +198,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
          - Command: `{command}` ({seconds:.0} s on this project's 2-core CPU machine, release build), after `sqdf pretrain digits`.\n\
          - Consistency distillation on the 50-step grid from the guided UNet (`{UNET_FILE}`): one guided DDIM ODE step (η = 0) of the teacher from forward-noised training digits at grid state n to n+1; the student's f(x_n) is pulled to the EMA target's f(x_(n+1)) (x_(n+1) itself at the clean end). Student and target start from the teacher's weights; EMA 0.95; {steps} AdamW steps of {BATCH}, lr 2e-4. The EMA target ships. Final loss (mean of the last 10%): {final_loss:.5}.\n\n\
          ## What it reaches\n\
-         Mean Euclidean distance (over 784 pixels in [-1, 1]) between one-step x0 estimates from x_t and the 50-step guided ODE solution from the same x_t, for 40 held-out digits (4 per class) noised to t, seed {EVAL_SEED:#x}:\n\n\
+         Mean Euclidean distance (over 784 pixels in [-1, 1]) between one-step x0 estimates from x_t and the 50-step guided ODE solution from the same x_t, for {CARD_DIGITS} held-out digits (4 per class) noised to t, seed {EVAL_SEED:#x} + t:\n\n\
          | t of 50 | training timestep | Tweedie | consistency model |\n|---|---|---|---|\n{rows}\n\n\
          ![one-step estimates](consistency_grid.png)\n\n\
          `consistency_grid.png`: for each t above (top to bottom), three rows: the 50-step ODE solution, Tweedie's one-step x0, the consistency model's.\n",

@@ -1,0 +1,118 @@
+//! `training_curve.png`: a run's `metrics.jsonl` drawn as curves over epochs (reward with
+//! its ±1 std band, KL to the reference, loss), with a dashed line where a reload took effect.
+
+use super::scatter::register_font;
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use serde_json::Value as Json;
+use std::path::Path;
+
+/// One curve: its title, the metrics key, and whether to shade ±`reward_std`.
+struct Curve {
+    title: &'static str,
+    key: &'static str,
+    band: Option<&'static str>,
+}
+
+const CURVES: [Curve; 3] = [
+    Curve {
+        title: "reward (mean ± std of the epoch's trajectories)",
+        key: "reward_mean",
+        band: Some("reward_std"),
+    },
+    Curve {
+        title: "KL to the pretrained model (per state)",
+        key: "kl",
+        band: None,
+    },
+    Curve {
+        title: "loss",
+        key: "loss",
+        band: None,
+    },
+];
+
+fn read_lines(metrics: &Path) -> Result<Vec<Json>> {
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Draws `metrics` (a metrics.jsonl) into `png`; curves without values are left out.
+pub fn plot_training_curve(metrics: &Path, png: &Path) -> Result<()> {
+    register_font();
+    let lines = read_lines(metrics)?;
+    let epoch = |l: &Json| l["epoch"].as_f64().unwrap_or(0.0);
+    let last = lines.iter().map(epoch).fold(1.0, f64::max);
+    let reloads: Vec<f64> = lines
+        .windows(2)
+        .filter(|w| w[0]["script_generation"] != w[1]["script_generation"])
+        .map(|w| epoch(&w[1]) - 0.5)
+        .collect();
+    let (pw, ph) = (420u32, 320u32);
+    let (w, h) = (pw * CURVES.len() as u32, ph);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        for (c, area) in CURVES.iter().zip(root.split_evenly((1, CURVES.len()))) {
+            let pts: Vec<(f64, f64, f64)> = lines
+                .iter()
+                .filter_map(|l| {
+                    let y = l[c.key].as_f64().filter(|y| y.is_finite())?;
+                    let s = c.band.and_then(|b| l[b].as_f64()).unwrap_or(0.0);
+                    Some((epoch(l), y, s))
+                })
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let lo = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
+            let hi = pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.08).max(1e-6);
+            let mut chart = ChartBuilder::on(&area)
+                .caption(c.title, ("sans-serif", 14))
+                .margin(10)
+                .x_label_area_size(28)
+                .y_label_area_size(48)
+                .build_cartesian_2d(0.0..last, (lo - pad)..(hi + pad))
+                .map_err(|e| anyhow!("{e}"))?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .x_labels(6)
+                .y_labels(6)
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+            let blue = RGBColor(31, 119, 180);
+            if c.band.is_some() {
+                let mut poly: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
+                poly.extend(pts.iter().rev().map(|p| (p.0, p.1 - p.2)));
+                chart
+                    .draw_series(std::iter::once(Polygon::new(poly, blue.mix(0.2).filled())))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.1)),
+                    blue.stroke_width(2),
+                ))
+                .map_err(|e| anyhow!("{e}"))?;
+            for &x in &reloads {
+                let dashes = (0..20).map(|i| {
+                    let a = lo - pad + (hi - lo + 2.0 * pad) * i as f64 / 20.0;
+                    PathElement::new(vec![(x, a), (x, a + (hi - lo + 2.0 * pad) / 40.0)], RED)
+                });
+                chart.draw_series(dashes).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    image::save_buffer(png, &buf, w, h, image::ColorType::Rgb8)
+        .map_err(|e| anyhow!("writing {}: {e}", png.display()))
+}
