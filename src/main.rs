@@ -46,7 +46,7 @@ enum Command {
     },
     /// Train a task's base model, or an evaluation or reward network (writes models/<task>/).
     Pretrain {
-        /// gmm2d, digits-classifier or digits-reward.
+        /// gmm2d, digits, digits-classifier or digits-reward.
         task: String,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -55,10 +55,14 @@ enum Command {
         steps: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Continue from this weight file instead of a fresh seeded initialisation, at a
+        /// lower learning rate (digits only; its card records both commands).
+        #[arg(long)]
+        init: Option<PathBuf>,
     },
     /// Distil a task's consistency model from its base model (writes models/<task>/).
     Distill {
-        /// The task: gmm2d.
+        /// The task: gmm2d or digits.
         task: String,
         #[arg(long)]
         out: Option<PathBuf>,
@@ -147,11 +151,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
             steps,
             seed,
+            init,
         } => {
+            if init.is_some() && task != "digits" {
+                anyhow::bail!("--init is supported by `sqdf pretrain digits` only");
+            }
             let cmd = TrainCommand {
                 out,
                 steps,
                 seed,
+                init,
                 progress: !cli.quiet,
                 log,
                 device: Device::Cpu,
@@ -168,6 +177,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 out,
                 steps,
                 seed,
+                init: None,
                 progress: !cli.quiet,
                 log,
                 device: Device::Cpu,

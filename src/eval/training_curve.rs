@@ -71,7 +71,10 @@ pub fn plot_training_curve(metrics: &Path, png: &Path) -> Result<()> {
                 continue;
             }
             let lo = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
-            let hi = pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max);
+            let hi = pts
+                .iter()
+                .map(|p| p.1 + p.2)
+                .fold(f64::NEG_INFINITY, f64::max);
             let pad = ((hi - lo) * 0.08).max(1e-6);
             let mut chart = ChartBuilder::on(&area)
                 .caption(c.title, ("sans-serif", 14))

@@ -40,6 +40,9 @@ pub struct TrainCommand {
     /// Optimiser steps (default: the task's documented number).
     pub steps: Option<usize>,
     pub seed: u64,
+    /// Weights to start from instead of a seeded initialisation (continues a pretraining;
+    /// `pretrain digits` only).
+    pub init: Option<PathBuf>,
     pub progress: bool,
     pub log: Arc<RunLog>,
     pub device: Device,

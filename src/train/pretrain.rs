@@ -19,6 +19,9 @@ pub struct PretrainSettings {
     pub weight_decay: f64,
     /// Linear warm-up steps, then cosine decay to 10% of `lr`.
     pub warmup: usize,
+    /// Decay of an exponential moving average of the weights, which replaces them at the
+    /// end (Ho et al. 2020 sample from an EMA: the last iterate of a short run is noisy).
+    pub ema: Option<f64>,
 }
 
 /// The learning rate at step s: linear warm-up, then cosine decay to a tenth.
@@ -41,7 +44,15 @@ pub fn train_denoiser(
     rng: &mut Rng,
     bar: &ProgressBar,
 ) -> Result<f64> {
-    let mut opt = AdamW::new(sorted_vars(vars))?;
+    let params = sorted_vars(vars);
+    let mut opt = AdamW::new(params.clone())?;
+    let mut ema: Vec<Tensor> = match s.ema {
+        Some(_) => params
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?,
+        None => Vec::new(),
+    };
     let mut tail = Vec::new();
     for step in 0..s.steps {
         let (x0, cond) = data(rng, s.batch)?;
@@ -62,6 +73,13 @@ pub fn train_denoiser(
         )?;
         let loss = model.eps(&x_t, &tt, &cond)?.sub(&eps)?.sqr()?.mean_all()?;
         let l = opt.minimise(&loss, lr_at(s, step), s.weight_decay)?;
+        if let Some(d) = s.ema {
+            for (e, (_, v)) in ema.iter_mut().zip(&params) {
+                *e = e
+                    .affine(d, 0.0)?
+                    .add(&v.as_tensor().affine(1.0 - d, 0.0)?)?;
+            }
+        }
         if step >= s.steps - s.steps / 10 {
             tail.push(l);
         }
@@ -69,6 +87,9 @@ pub fn train_denoiser(
         if step % 50 == 0 {
             bar.set_message(format!("loss {l:.4}"));
         }
+    }
+    for (e, (_, v)) in ema.iter().zip(&params) {
+        v.set(e)?;
     }
     Ok(tail.iter().sum::<f64>() / tail.len().max(1) as f64)
 }

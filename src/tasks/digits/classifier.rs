@@ -70,6 +70,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         lr: 2e-3,
         weight_decay: 1e-4,
         warmup: 100,
+        ema: None,
     };
     let bar = cmd.bar(s.steps, "pretrain digits-classifier");
     let start = Instant::now();

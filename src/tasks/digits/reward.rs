@@ -75,6 +75,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         lr: 2e-3,
         weight_decay: 1e-4,
         warmup: 100,
+        ema: None,
     };
     let bar = cmd.bar(s.steps, "pretrain digits-reward");
     let start = Instant::now();

@@ -71,6 +71,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
             lr: 5e-4,
             weight_decay: 0.0,
             warmup: 100,
+            ema: None,
         },
         ema: 0.95,
     };

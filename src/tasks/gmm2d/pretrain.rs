@@ -33,6 +33,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         lr: 2e-3,
         weight_decay: 0.0,
         warmup: 200,
+        ema: None,
     };
     let mut rng = seeded(cmd.seed);
     crate::nn::init::seeded_init(&varmap, &mut rng)?;

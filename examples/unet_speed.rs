@@ -1,0 +1,40 @@
+//! Scratch: forward+backward time of the digits UNet at a few widths (batch 64).
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sqdf::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet};
+use sqdf::models::Denoiser;
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    sqdf::keep_freed_memory();
+    let dev = Device::Cpu;
+    for (ch, groups) in [
+        (vec![8, 16, 32], 4),
+        (vec![16, 32, 32], 8),
+        (vec![16, 32, 64], 8),
+    ] {
+        let mut cfg = ClassConditionalConfig::digits();
+        cfg.unet.block_out_channels = ch.clone();
+        cfg.unet.norm_num_groups = groups;
+        let vm = VarMap::new();
+        let net =
+            ClassConditionalUNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg, None)?;
+        let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        let x = Tensor::randn(0f32, 1., (64, 1, 28, 28), &dev)?;
+        let t = Tensor::ones(64, DType::F32, &dev)?.affine(500., 0.)?;
+        let c = Tensor::zeros(64, DType::U32, &dev)?;
+        for r in 0..3 {
+            let s = Instant::now();
+            let l = net.eps(&x, &t, &c)?.sqr()?.mean_all()?;
+            let f = s.elapsed().as_secs_f64();
+            l.backward()?;
+            if r > 0 {
+                println!(
+                    "{ch:?} params {n}: fwd {f:.3} s, fwd+bwd {:.3} s",
+                    s.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
+}
