@@ -136,16 +136,20 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     if let Some(path) = &cmd.init {
         command.push_str(&format!(" --init {}", path.display()));
     }
-    // The whole history: what made the starting file, then this command.
+    // The whole history, each command with its time: what made the starting file, then this.
     let (history, total_seconds) = match &earlier {
+        Some(e) if e.made_by.ends_with(" s)") => (
+            format!("{}, then {command} ({seconds:.0} s)", e.made_by),
+            e.seconds + seconds,
+        ),
         Some(e) => (
             format!(
-                "`{}` ({:.0} s), then `{command}` ({seconds:.0} s)",
+                "{} ({:.0} s), then {command} ({seconds:.0} s)",
                 e.made_by, e.seconds
             ),
             e.seconds + seconds,
         ),
-        None => (format!("`{command}` ({seconds:.0} s)"), seconds),
+        None => (format!("{command} ({seconds:.0} s)"), seconds),
     };
     let path = out.join(UNET_FILE);
     let meta = HashMap::from([
@@ -154,7 +158,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
             "kind".to_string(),
             "digits class-conditional UNet (eps-prediction)".to_string(),
         ),
-        ("made_by".to_string(), history.replace('`', "")),
+        ("made_by".to_string(), history.clone()),
         ("seconds".to_string(), format!("{total_seconds:.0}")),
     ]);
     save_varmap(&path, &varmap, meta)?;
@@ -178,7 +182,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         "# digits UNet (`{UNET_FILE}`)\n\n\
          The \"text-to-image\" model of the digits benchmark: a diffusers-style UNet2DConditionModel in pixel space (28x28, one channel), whose prompt (a class, or the null prompt) is a learned sequence of {tokens} context vectors read by cross-attention.\n\n\
          ## How it was made\n\
-         - Commands: {history}: {total_seconds:.0} s on this project's 2-core CPU machine, release build.\n\
+         - Commands, in order: {history}; {total_seconds:.0} s in all on this project's 2-core CPU machine, release build.\n\
          - Network: {params} parameters; {unet}.\n\
          - Training: noise-prediction loss (Eq. 3), DDPM linear β over 1000 steps, on the 9,000-digit training split, {PROMPT_DROPOUT} of labels replaced by the null prompt; {steps} AdamW steps of {BATCH} in this command, peak lr {lr} ({warmup} warm-up, cosine to a tenth; a continuation peaks at 3e-4), weights averaged with EMA decay {EMA}. Final loss (mean of the last 10%): {final_loss:.4}.\n\n\
          ## What it reaches\n\
