@@ -535,9 +535,14 @@ fn digits_forward_and_parameter_count() {
     let t = Tensor::new(&[5f32, 900.], &DEV).unwrap();
     let ctx = randn(&mut rng, (2, 4, 32), &DEV).unwrap();
     let class = Tensor::new(&[3u32, 10], &DEV).unwrap();
-    let out = model.forward_with_class(&x, &t, &ctx, Some(&class)).unwrap();
+    let out = model
+        .forward_with_class(&x, &t, &ctx, Some(&class))
+        .unwrap();
     assert_eq!(out.dims(), &[2, 1, 28, 28]);
-    assert!(model.forward(&x, &t, &ctx).is_err(), "a class-embedding UNet needs class ids");
+    assert!(
+        model.forward(&x, &t, &ctx).is_err(),
+        "a class-embedding UNet needs class ids"
+    );
     let m = scalar(&out.abs().unwrap().max_all().unwrap());
     assert!(m.is_finite() && m > 0.0);
 }
@@ -559,7 +564,9 @@ fn digits_timing() {
     let class = Tensor::from_vec((0..bsz).map(|i| (i % 11) as u32).collect(), bsz, &DEV).unwrap();
     for rep in 0..3 {
         let t0 = std::time::Instant::now();
-        let out = model.forward_with_class(&x, &t, &ctx, Some(&class)).unwrap();
+        let out = model
+            .forward_with_class(&x, &t, &ctx, Some(&class))
+            .unwrap();
         let t1 = t0.elapsed();
         let _g = out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
         println!(
