@@ -210,18 +210,11 @@ fn sandbox_has_only_safe_libraries() {
     }
     let ok: bool = lua.load("return math.floor(2.5) == 2 and string.rep('a', 2) == 'aa' and table.concat({'x'}) == 'x'").eval().unwrap();
     assert!(ok);
-    let e = lua
-        .load("require('../etc/passwd')")
-        .exec()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("module names"), "{e}");
-    let e = lua
-        .load("require('.tmp.x')")
-        .exec()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("module names"), "{e}");
+    // Paths that climb out of the allowed folders, with slashes or with leading dots.
+    for bad in ["require('../etc/passwd')", "require('.tmp.x')"] {
+        let e = lua.load(bad).exec().unwrap_err().to_string();
+        assert!(e.contains("module names"), "{e}");
+    }
     // An endless loop runs into the instruction budget instead of hanging the run.
     let e = lua
         .load("while true do end")

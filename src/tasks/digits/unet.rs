@@ -212,24 +212,10 @@ struct Earlier {
     seconds: f64,
 }
 
-/// Sets every variable of `varmap` from `path`, which must hold each with the same shape.
+/// Sets every variable of `varmap` from `path` (each key and shape checked by `set_vars`).
 fn load_into(varmap: &VarMap, path: &std::path::Path, device: &Device) -> Result<Earlier> {
     let file = crate::tensor_io::read(path, device)?;
-    for (name, var) in crate::tensor_io::sorted_vars(varmap) {
-        let t = file
-            .tensors
-            .get(&name)
-            .ok_or_else(|| anyhow::anyhow!("{}: no tensor `{name}`", path.display()))?;
-        if t.dims() != var.dims() {
-            anyhow::bail!(
-                "{}: `{name}` has shape {:?}, the digits UNet needs {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            );
-        }
-        var.set(t)?;
-    }
+    crate::tensor_io::set_vars(varmap, &file.tensors, path)?;
     let meta = |k: &str| file.metadata.get(k).cloned();
     Ok(Earlier {
         made_by: meta("made_by").unwrap_or_else(|| "an unrecorded command".into()),
