@@ -6,6 +6,7 @@
 pub mod consistency;
 pub mod ddim;
 pub mod kl;
+pub mod log_prob;
 pub mod schedule;
 pub mod tweedie;
 

@@ -24,6 +24,9 @@ pub struct ReplayBuffer {
     states: Vec<f32>,
     cond: Vec<u32>,
     reward: Vec<f32>,
+    /// log p(x_{i+1} | x_i) of each stored action under the policy that sampled it (DDPO's
+    /// old log-probabilities); NaN until `set_log_probs`.
+    log_prob: Vec<f32>,
     next: usize,
     pushed: u64,
     priorities: SumTree,
@@ -41,6 +44,7 @@ impl ReplayBuffer {
             states: Vec::new(),
             cond: Vec::new(),
             reward: Vec::new(),
+            log_prob: Vec::new(),
             next: 0,
             pushed: 0,
             priorities: SumTree::new(capacity * steps),
@@ -113,11 +117,14 @@ impl ReplayBuffer {
             self.states.extend_from_slice(states);
             self.cond.push(cond);
             self.reward.push(reward);
+            self.log_prob
+                .extend(std::iter::repeat_n(f32::NAN, self.steps));
         } else {
             let o = slot * self.traj_len();
             self.states[o..o + states.len()].copy_from_slice(states);
             self.cond[slot] = cond;
             self.reward[slot] = reward;
+            self.log_prob[slot * self.steps..(slot + 1) * self.steps].fill(f32::NAN);
         }
         for i in 0..self.steps {
             self.priorities.set(slot * self.steps + i, 0.0);
@@ -125,6 +132,37 @@ impl ReplayBuffer {
         self.next = (slot + 1) % self.capacity;
         self.pushed += 1;
         Ok(slot)
+    }
+
+    /// The behaviour policy's log-probability of every action of the trajectory in `slot`.
+    pub fn set_log_probs(&mut self, slot: usize, log_probs: &[f32]) -> Result<()> {
+        if log_probs.len() != self.steps || slot >= self.len() {
+            bail!(
+                "log-probabilities of slot {slot}: expected {} values for a stored slot (< {}), got {}",
+                self.steps,
+                self.len(),
+                log_probs.len()
+            );
+        }
+        self.log_prob[slot * self.steps..(slot + 1) * self.steps].copy_from_slice(log_probs);
+        Ok(())
+    }
+
+    pub fn log_prob(&self, r: StateRef) -> f32 {
+        self.log_prob[r.slot * self.steps + r.i]
+    }
+
+    /// The slots of the `n` most recently pushed trajectories, oldest first.
+    pub fn latest(&self, n: usize) -> Vec<usize> {
+        let n = n.min(self.len());
+        (0..n)
+            .map(|j| (self.next + self.capacity - n + j) % self.capacity)
+            .collect()
+    }
+
+    /// Every stored trajectory's (condition, final reward), for statistics per prompt.
+    pub fn rewards_by_cond(&self) -> (&[u32], &[f32]) {
+        (&self.cond, &self.reward)
     }
 
     pub fn set_priority(&mut self, r: StateRef, p: f64) {
@@ -207,6 +245,29 @@ impl ReplayBuffer {
         ))
     }
 
+    /// The stored log-probabilities, [len, steps], for a checkpoint.
+    pub fn log_probs_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.log_prob.clone(),
+            (self.len(), self.steps),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Restores log-probabilities saved by `log_probs_tensor` (after `restore`).
+    pub fn restore_log_probs(&mut self, t: &Tensor) -> Result<()> {
+        if t.dims() != [self.len(), self.steps] {
+            bail!(
+                "the checkpoint's buffer log-probabilities have shape {:?}, expected [{}, {}]",
+                t.dims(),
+                self.len(),
+                self.steps
+            );
+        }
+        self.log_prob = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(())
+    }
+
     /// Restores contents saved by `to_tensors` into an empty buffer of the same geometry.
     pub fn restore(
         &mut self,
@@ -232,6 +293,7 @@ impl ReplayBuffer {
         self.states = states.flatten_all()?.to_vec1::<f32>()?;
         self.cond = cond.to_vec1::<u32>()?;
         self.reward = reward.to_vec1::<f32>()?;
+        self.log_prob = vec![f32::NAN; n * self.steps];
         self.next = next;
         self.pushed = pushed;
         self.priorities = SumTree::new(self.capacity * self.steps);

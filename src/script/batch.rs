@@ -26,6 +26,8 @@ pub struct Batch {
     pub reward: Tensor,
     /// Condition ids, u32 [B].
     pub cond: Tensor,
+    /// log p(next | x) under the policy that sampled the action, f32 [B] (NaN if unknown).
+    pub log_prob: Tensor,
 }
 
 impl Batch {
@@ -43,6 +45,8 @@ impl Batch {
         let cond: Vec<u32> = refs.iter().map(|r| buffer.cond(r.slot)).collect();
         let mut b = Self::from_parts(x, next, &idx, &reward, &cond, sampler, discount)?;
         b.refs = refs.to_vec();
+        let lp: Vec<f32> = refs.iter().map(|&r| buffer.log_prob(r)).collect();
+        b.log_prob = Tensor::from_vec(lp, refs.len(), device)?;
         Ok(b)
     }
 
@@ -68,6 +72,7 @@ impl Batch {
                 .collect())?,
             reward: f(reward.to_vec())?,
             cond: Tensor::from_vec(cond.to_vec(), n, &device)?,
+            log_prob: Tensor::full(f32::NAN, n, &device)?,
             refs: idx.iter().map(|&i| StateRef { slot: 0, i }).collect(),
             idx: idx.to_vec(),
             x,
@@ -89,6 +94,14 @@ impl UserData for Batch {
         f.add_field_method_get("discount", |_, b| Ok(LuaTensor(b.discount.clone())));
         f.add_field_method_get("reward", |_, b| Ok(LuaTensor(b.reward.clone())));
         f.add_field_method_get("cond", |_, b| Ok(LuaTensor(b.cond.clone())));
+        f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor(b.log_prob.clone())));
+        // The sampling index of the batch's states when they share one (trajectory views).
+        f.add_field_method_get("i", |_, b| {
+            Ok(b.idx
+                .first()
+                .copied()
+                .filter(|&i| b.idx.iter().all(|&j| j == i)))
+        });
         f.add_field_method_get("size", |_, b| Ok(b.size()));
     }
 }

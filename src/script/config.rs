@@ -23,6 +23,19 @@ pub enum X0Estimator {
     Consistency,
     /// Tweedie's formula with the frozen reference model (the "w/o CM" ablation).
     Tweedie,
+    /// `x0_steps` deterministic DDIM steps of the frozen reference down to x_0, with the
+    /// gradient through all of them (the paper's n-step ablation of the consistency model).
+    Ddim,
+}
+
+/// What one update's `loss` receives (§3, on- versus off-policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateOn {
+    /// `batch` states drawn from the replay buffer (SQDF, Algorithm 1).
+    States,
+    /// The `batch` trajectories sampled this epoch, whole (DRaFT, ReFL, DDPO: on-policy).
+    Trajectories,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +56,11 @@ pub struct RunConfig {
     pub gamma: f64,
     pub sampling: Sampling,
     pub x0: X0Estimator,
+    pub x0_steps: usize,
+    pub update_on: UpdateOn,
+    pub evals: usize,
     pub eval_samples: usize,
+    pub eval_per_prompt: usize,
     pub lora_rank: usize,
     pub lora_convs: bool,
     pub guidance: f64,
@@ -69,7 +86,11 @@ impl Default for RunConfig {
             gamma: 0.9,
             sampling: Sampling::Uniform,
             x0: X0Estimator::Consistency,
+            x0_steps: 2,
+            update_on: UpdateOn::States,
+            evals: 0,
             eval_samples: 2000,
+            eval_per_prompt: 32,
             lora_rank: 4,
             lora_convs: false,
             guidance: 5.0,
@@ -146,12 +167,32 @@ pub const KEYS: &[(&str, bool, &str)] = &[
     (
         "x0",
         true,
-        "one-step x0 estimator in the soft Q: \"consistency\" or \"tweedie\"",
+        "x0 estimator in the soft Q: \"consistency\", \"tweedie\" or \"ddim\" (x0_steps reference steps)",
+    ),
+    (
+        "x0_steps",
+        true,
+        "DDIM steps of the x0 = \"ddim\" estimator (the paper's ablation: 2 and 4)",
+    ),
+    (
+        "update_on",
+        false,
+        "\"states\": each update draws batch states from the buffer (SQDF); \"trajectories\": it gets this epoch's batch trajectories whole (DRaFT, ReFL, DDPO)",
+    ),
+    (
+        "evals",
+        false,
+        "evaluations along training at evenly spaced epochs, into evals.jsonl (sqdf compare sets 6; 0: only before and after)",
     ),
     (
         "eval_samples",
         true,
         "samples for the toy's evaluation in eval.json (2000)",
+    ),
+    (
+        "eval_per_prompt",
+        true,
+        "samples per digit of the digits evaluation in eval.json (32; sqdf compare --quick: 8)",
     ),
     (
         "lora_rank",
@@ -336,7 +377,16 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 13] = [
+            (
+                self.eval_per_prompt >= 2,
+                "config.eval_per_prompt must be at least 2 (diversity is pairwise)",
+            ),
+            (
+                self.update_on == UpdateOn::States || self.capacity >= self.batch,
+                "config.capacity must be at least config.batch when update_on = \"trajectories\" (the epoch's trajectories live in the buffer)",
+            ),
+            (self.x0_steps >= 1, "config.x0_steps must be at least 1"),
             (
                 (1..1000).contains(&self.steps),
                 "config.steps must be in 1..999 (the models have 1000 training timesteps)",

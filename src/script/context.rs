@@ -8,6 +8,7 @@ use super::config::X0Estimator;
 use super::experiment::call_reward;
 use super::tensor::{lua_err, LuaTensor};
 use crate::diffusion::kl::{gaussian_kl, KlForm};
+use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::{per_sample, tweedie, Step};
 use crate::rng::SharedRng;
 use crate::tasks::TaskModels;
@@ -24,6 +25,10 @@ pub struct LossContext {
     pub rng: SharedRng,
     pub epoch: usize,
     pub origin: String,
+    /// DDIM steps of the `ddim` x0 estimator.
+    pub x0_steps: usize,
+    /// (condition, final reward) of every trajectory in the replay buffer.
+    pub buffer_rewards: Arc<(Vec<u32>, Vec<f32>)>,
 }
 
 fn step_table(lua: &Lua, s: Step) -> LuaResult<LuaTable> {
@@ -47,13 +52,74 @@ fn step_from(t: &LuaTable) -> LuaResult<(Tensor, Tensor)> {
 impl LossContext {
     /// One step of p_θ (policy = true, with gradient) or p' (detached) from the batch's x_t.
     pub fn step(&self, b: &Batch, policy: bool) -> candle_core::Result<Step> {
+        self.step_from(b, &b.x, policy)
+    }
+
+    /// The same step taken from `x` instead of the stored x_t (at the batch's timesteps):
+    /// DRaFT-K chains K of these, the graph running through every `x`. The reference's ε is
+    /// detached only when `x` carries no graph to pass on.
+    pub fn step_from(&self, b: &Batch, x: &Tensor, policy: bool) -> candle_core::Result<Step> {
         let m = &self.models;
         let net = if policy { &m.policy } else { &m.reference };
-        let mut eps = net.eps(&b.x, &b.t, &b.cond)?;
-        if !policy {
+        let mut eps = net.eps(x, &b.t, &b.cond)?;
+        if !policy && !x.track_op() {
             eps = eps.detach();
         }
-        m.sampler.step(&b.x, &eps, &b.idx)
+        m.sampler.step(x, &eps, &b.idx)
+    }
+
+    /// q(x_t | x_0) at the batch's timesteps: √ᾱ x0 + √(1-ᾱ) ε (DRaFT-LV re-noises x_0).
+    pub fn noise_to(&self, x0: &Tensor, b: &Batch) -> LuaResult<Tensor> {
+        let m = &self.models;
+        let a: Vec<f64> = b.idx.iter().map(|&i| m.sampler.alpha_bar(i)).collect();
+        let eps = {
+            let mut rng = self.rng.lock().unwrap();
+            crate::rng::randn(&mut rng, x0.shape(), x0.device()).map_err(lua_err)?
+        };
+        let sa: Vec<f64> = a.iter().map(|v| v.sqrt()).collect();
+        let sb: Vec<f64> = a.iter().map(|v| (1.0 - v).sqrt()).collect();
+        (|| {
+            x0.broadcast_mul(&per_sample(&sa, x0)?)?
+                .add(&eps.broadcast_mul(&per_sample(&sb, x0)?)?)
+        })()
+        .map_err(lua_err)
+    }
+
+    /// x̂0 by `n` deterministic DDIM steps of the frozen reference from the states after the
+    /// batch's step down to t = 0, differentiable in `x_prev` through all of them (Table 2's
+    /// n-step ablation: n reference calls instead of one consistency-model call).
+    pub fn ddim_next(&self, x_prev: &Tensor, b: &Batch, n: usize) -> candle_core::Result<Tensor> {
+        let m = &self.models;
+        let start: Vec<usize> = b.idx.iter().map(|&i| m.sampler.time_of(i + 1)).collect();
+        // t_j = τ (n - j) / n, j = 0..n: an even grid from the state's timestep to 0.
+        let t_at = |j: usize| -> Vec<usize> {
+            start
+                .iter()
+                .map(|&t| (t as f64 * (n - j) as f64 / n as f64).round() as usize)
+                .collect()
+        };
+        let mut x = x_prev.clone();
+        let mut x0 = x.clone();
+        for j in 0..n {
+            let t = t_at(j);
+            let tt: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+            let t_tensor = Tensor::from_vec(tt, t.len(), x.device())?;
+            let eps = m.reference.eps(&x, &t_tensor, &b.cond)?;
+            let a: Vec<f64> = t.iter().map(|&v| m.schedule.alpha_bar(v)).collect();
+            x0 = tweedie::x0_from_eps_with(&x, &eps, &a)?;
+            if j + 1 < n {
+                let a_next: Vec<f64> = t_at(j + 1)
+                    .iter()
+                    .map(|&v| m.schedule.alpha_bar(v))
+                    .collect();
+                let sa: Vec<f64> = a_next.iter().map(|v| v.sqrt()).collect();
+                let sb: Vec<f64> = a_next.iter().map(|v| (1.0 - v).sqrt()).collect();
+                x = x0
+                    .broadcast_mul(&per_sample(&sa, &x)?)?
+                    .add(&eps.broadcast_mul(&per_sample(&sb, &x)?)?)?;
+            }
+        }
+        Ok(x0)
     }
 
     /// Tweedie's x0 of the frozen reference at the states after the batch's step,
@@ -86,6 +152,7 @@ impl LossContext {
         let est = match which {
             X0Estimator::Consistency => self.consistency_next(x_prev, b)?,
             X0Estimator::Tweedie => self.tweedie_next(x_prev, b).map_err(lua_err)?,
+            X0Estimator::Ddim => self.ddim_next(x_prev, b, self.x0_steps).map_err(lua_err)?,
         };
         let steps = self.models.sampler.steps();
         let last: Vec<f64> = b
@@ -113,13 +180,57 @@ impl UserData for LossContext {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("policy_step", |lua, c, b: LuaAnyUserData| {
-            let b = b.borrow::<Batch>()?;
-            step_table(lua, c.step(&b, true).map_err(lua_err)?)
+        // ctx:policy_step(batch[, x]): from x instead of batch.x when given (DRaFT-K).
+        m.add_method(
+            "policy_step",
+            |lua, c, (b, x): (LuaAnyUserData, Option<LuaTensor>)| {
+                let b = b.borrow::<Batch>()?;
+                let x = x.map(|t| t.0).unwrap_or_else(|| b.x.clone());
+                step_table(lua, c.step_from(&b, &x, true).map_err(lua_err)?)
+            },
+        );
+        m.add_method(
+            "reference_step",
+            |lua, c, (b, x): (LuaAnyUserData, Option<LuaTensor>)| {
+                let b = b.borrow::<Batch>()?;
+                let x = x.map(|t| t.0).unwrap_or_else(|| b.x.clone());
+                step_table(lua, c.step_from(&b, &x, false).map_err(lua_err)?)
+            },
+        );
+        // ctx:log_prob(step, x): log p(x | x_t) under a step's Gaussian, mean over dims, [B].
+        m.add_method("log_prob", |_, _, (s, x): (LuaTable, LuaTensor)| {
+            let (mean, sigma) = step_from(&s)?;
+            gaussian_log_prob(&x.0, &mean, &sigma)
+                .map(LuaTensor)
+                .map_err(lua_err)
         });
-        m.add_method("reference_step", |lua, c, b: LuaAnyUserData| {
+        m.add_method("noise_to", |_, c, (x0, b): (LuaTensor, LuaAnyUserData)| {
             let b = b.borrow::<Batch>()?;
-            step_table(lua, c.step(&b, false).map_err(lua_err)?)
+            c.noise_to(&x0.0, &b).map(LuaTensor)
+        });
+        m.add_method(
+            "ddim",
+            |_, c, (x, b, n): (LuaTensor, LuaAnyUserData, Option<usize>)| {
+                let b = b.borrow::<Batch>()?;
+                let n = n.unwrap_or(c.x0_steps).max(1);
+                c.ddim_next(&x.0, &b, n).map(LuaTensor).map_err(lua_err)
+            },
+        );
+        // ctx:buffer_rewards(): {cond = u32 [N], reward = [N]} of every stored trajectory
+        // (DDPO's per-prompt statistics; they survive reloads and resumes with the buffer).
+        m.add_method("buffer_rewards", |lua, c, ()| {
+            let (cond, reward) = &*c.buffer_rewards;
+            let dev = &c.models.device;
+            let t = lua.create_table()?;
+            t.set(
+                "cond",
+                LuaTensor(Tensor::from_vec(cond.clone(), cond.len(), dev).map_err(lua_err)?),
+            )?;
+            t.set(
+                "reward",
+                LuaTensor(Tensor::from_vec(reward.clone(), reward.len(), dev).map_err(lua_err)?),
+            )?;
+            Ok(t)
         });
         m.add_method("x0_hat", |_, c, (x, b): (LuaTensor, LuaAnyUserData)| {
             let b = b.borrow::<Batch>()?;

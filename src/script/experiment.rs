@@ -5,7 +5,6 @@ use super::config::RunConfig;
 use super::context::LossContext;
 use super::sandbox::{new_state, Budget, SandboxOptions};
 use super::tensor::{lua_err, LuaTensor};
-use super::Batch;
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 use mlua::prelude::*;
@@ -250,7 +249,8 @@ impl Script {
     }
 
     /// loss(batch, ctx): a scalar tensor and an optional table of numbers to log.
-    pub fn loss(&self, batch: Batch, ctx: LossContext) -> Result<LossOutput> {
+    /// `batch` is a `Batch` of states or, with `update_on = "trajectories"`, `Trajectories`.
+    pub fn loss(&self, batch: impl IntoLua, ctx: LossContext) -> Result<LossOutput> {
         self.budget.reset();
         let out: LuaMultiValue = self
             .loss

@@ -8,11 +8,13 @@ pub mod experiment;
 pub mod library;
 pub mod sandbox;
 pub mod tensor;
+pub mod trajectories;
 pub mod watcher;
 
 pub use batch::Batch;
-pub use config::{RunConfig, Sampling, X0Estimator};
+pub use config::{RunConfig, Sampling, UpdateOn, X0Estimator};
 pub use context::LossContext;
 pub use experiment::{LossOutput, Script, TensorFn};
 pub use sandbox::SandboxOptions;
 pub use tensor::{LuaTensor, TensorEnv};
+pub use trajectories::Trajectories;

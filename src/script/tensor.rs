@@ -330,6 +330,23 @@ impl UserData for LuaTensor {
             }
             Ok(LuaTensor(x))
         });
+        // Elementwise max / min with a tensor (broadcast) or a number (PPO's clipped ratio).
+        m.add_method("maximum", |_, t, o: Operand| {
+            match o {
+                Operand::T(o) => t.0.broadcast_maximum(&o),
+                Operand::N(n) => t.0.maximum(n),
+            }
+            .map(LuaTensor)
+            .map_err(lua_err)
+        });
+        m.add_method("minimum", |_, t, o: Operand| {
+            match o {
+                Operand::T(o) => t.0.broadcast_minimum(&o),
+                Operand::N(n) => t.0.minimum(n),
+            }
+            .map(LuaTensor)
+            .map_err(lua_err)
+        });
         m.add_method("pow", |_, t, e: f64| {
             t.0.powf(e).map(LuaTensor).map_err(lua_err)
         });

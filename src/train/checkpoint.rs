@@ -60,6 +60,7 @@ pub fn save(
     t.insert("buffer.states".into(), states);
     t.insert("buffer.cond".into(), cond);
     t.insert("buffer.reward".into(), reward);
+    t.insert("buffer.log_prob".into(), buffer.log_probs_tensor()?);
     let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(state)?)]);
     tensor_io::write_atomic(path, &t, meta)
 }
@@ -136,6 +137,12 @@ impl Loaded {
             self.get("buffer.reward", path)?,
             self.state.buffer_next,
             self.state.buffer_pushed,
-        )
+        )?;
+        // Checkpoints written before DDPO existed have no log-probabilities: they stay NaN,
+        // which only a PPO loss reads (and then fails loudly with a non-finite loss).
+        match self.tensors.get("buffer.log_prob") {
+            Some(t) => buffer.restore_log_probs(t),
+            None => Ok(()),
+        }
     }
 }

@@ -1,11 +1,64 @@
 //! Sampling trajectories with a denoiser, detached: nothing sampled keeps a graph (candle
 //! has no no-grad mode; a graph lives as long as its output tensor).
 
+use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::DdimSampler;
 use crate::models::Denoiser;
 use crate::rng::{randn, Rng};
 use anyhow::Result;
 use candle_core::Tensor;
+
+/// What a sampling run kept.
+pub struct Rollout {
+    pub x0: Tensor,
+    /// Every state from the start on (x_start, ..., x_0), when asked for.
+    pub states: Vec<Tensor>,
+    /// log p(x_{i+1} | x_i) of every action under the sampling policy, [B] each, when asked
+    /// for (DDPO's old log-probabilities; mean over dimensions).
+    pub log_probs: Vec<Tensor>,
+}
+
+fn run(
+    model: &dyn Denoiser,
+    sampler: &DdimSampler,
+    x_start: Tensor,
+    start: usize,
+    cond: &Tensor,
+    rng: &mut Rng,
+    keep: bool,
+) -> Result<Rollout> {
+    let b = x_start.dim(0)?;
+    let mut x = x_start.detach();
+    let (mut states, mut log_probs) = (Vec::new(), Vec::new());
+    for i in start..sampler.steps() {
+        if keep {
+            states.push(x.clone());
+        }
+        let idx = vec![i; b];
+        let t = sampler.timesteps_tensor(&idx, x.device())?;
+        let eps = model.eps(&x, &t, cond)?.detach();
+        let step = sampler.step(&x, &eps, &idx)?;
+        x = if sampler.sigma(i) > 0.0 {
+            let z = randn(rng, x.shape(), x.device())?;
+            let next = step.mean.add(&z.broadcast_mul(&step.sigma)?)?;
+            if keep {
+                log_probs.push(gaussian_log_prob(&next, &step.mean, &step.sigma)?);
+            }
+            next
+        } else {
+            step.mean
+        }
+        .detach();
+    }
+    if keep {
+        states.push(x.clone());
+    }
+    Ok(Rollout {
+        x0: x,
+        states,
+        log_probs,
+    })
+}
 
 /// Runs the sampler from state index `start` (0 = x_T) to the clean end point. Returns
 /// x_0 and, if `keep`, every state from `start` on (x_start, ..., x_0).
@@ -18,29 +71,14 @@ pub fn denoise(
     rng: &mut Rng,
     keep: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let b = x_start.dim(0)?;
-    let mut x = x_start.detach();
-    let mut states = Vec::new();
-    for i in start..sampler.steps() {
-        if keep {
-            states.push(x.clone());
-        }
-        let idx = vec![i; b];
-        let t = sampler.timesteps_tensor(&idx, x.device())?;
-        let eps = model.eps(&x, &t, cond)?.detach();
-        let step = sampler.step(&x, &eps, &idx)?;
-        x = if sampler.sigma(i) > 0.0 {
-            let z = randn(rng, x.shape(), x.device())?;
-            step.mean.add(&z.broadcast_mul(&step.sigma)?)?
-        } else {
-            step.mean
-        }
-        .detach();
-    }
-    if keep {
-        states.push(x.clone());
-    }
-    Ok((x, states))
+    let r = run(model, sampler, x_start, start, cond, rng, keep)?;
+    Ok((r.x0, r.states))
+}
+
+fn noise(sampler_shape: &[usize], cond: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+    let mut shape = vec![cond.dim(0)?];
+    shape.extend(sampler_shape);
+    Ok(randn(rng, shape, cond.device())?)
 }
 
 /// B trajectories from pure noise: x_T ~ N(0, I), then T policy steps (Eq. 1).
@@ -52,8 +90,19 @@ pub fn sample(
     rng: &mut Rng,
     keep: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let mut shape = vec![cond.dim(0)?];
-    shape.extend(state_shape);
-    let x_t = randn(rng, shape, cond.device())?;
+    let x_t = noise(state_shape, cond, rng)?;
     denoise(model, sampler, x_t, 0, cond, rng, keep)
+}
+
+/// B whole trajectories from pure noise with their states and log-probabilities, as the
+/// trainer stores them.
+pub fn sample_trajectories(
+    model: &dyn Denoiser,
+    sampler: &DdimSampler,
+    state_shape: &[usize],
+    cond: &Tensor,
+    rng: &mut Rng,
+) -> Result<Rollout> {
+    let x_t = noise(state_shape, cond, rng)?;
+    run(model, sampler, x_t, 0, cond, rng, true)
 }

@@ -3,7 +3,7 @@
 //! It draws from its own RNG: testing a script never shifts the run's random stream.
 
 use crate::rng::{randn, shared};
-use crate::script::{Batch, LossContext, Script, TensorEnv};
+use crate::script::{Batch, LossContext, Script, TensorEnv, Trajectories, UpdateOn};
 use crate::tasks::TaskModels;
 use anyhow::{bail, Result};
 use std::sync::Arc;
@@ -22,11 +22,14 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
     let idx = [0, steps - 1];
     let mut shape = vec![idx.len()];
     shape.extend(&models.state_shape);
-    let (x, next) = {
+    let (x, next, traj) = {
         let mut r = rng.lock().unwrap();
+        let mut traj_shape = vec![idx.len(), steps + 1];
+        traj_shape.extend(&models.state_shape);
         (
             randn(&mut r, shape.clone(), &models.device)?,
             randn(&mut r, shape, &models.device)?,
+            randn(&mut r, traj_shape, &models.device)?,
         )
     };
     let batch = Batch::from_parts(
@@ -47,8 +50,25 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
         rng,
         epoch: 0,
         origin: script.path.display().to_string(),
+        x0_steps: script.config.x0_steps,
+        buffer_rewards: Arc::new((vec![cond, cond], vec![0.0, 1.0])),
     };
-    let out = script.loss(batch, ctx)?;
+    let out = match script.config.update_on {
+        UpdateOn::States => script.loss(batch, ctx)?,
+        UpdateOn::Trajectories => {
+            // Two random trajectories whose actions had log-probability 0.
+            let lp = candle_core::Tensor::zeros((2, steps), crate::DTYPE, &models.device)?;
+            let t = Trajectories::from_parts(
+                traj,
+                lp,
+                vec![0.0, 1.0],
+                vec![cond, cond],
+                &models.sampler,
+                &discount,
+            );
+            script.loss(t, ctx)?
+        }
+    };
     if let Err(e) = out.loss.backward() {
         bail!(
             "{}: hook `loss` returned a tensor whose gradient cannot be computed: {e}",
