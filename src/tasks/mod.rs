@@ -89,7 +89,9 @@ pub trait Task: Send + Sync {
     fn conditions(&self, n: usize, rng: &mut Rng) -> Vec<u32>;
 
     /// Task metrics of `policy`'s samples under the script's reward, and plots in `out_dir`
-    /// named after `label` ("before", "after").
+    /// named after `label` ("before", "after"). `along` asks for the smaller evaluation
+    /// made at checkpoints along training (`config.evals`).
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
         models: &TaskModels,
@@ -98,6 +100,7 @@ pub trait Task: Send + Sync {
         out_dir: &Path,
         label: &str,
         log: &RunLog,
+        along: bool,
     ) -> Result<serde_json::Value>;
 }
 

@@ -45,7 +45,7 @@ pub fn evaluate(
         }
         None => ("pretrained", models.reference.clone()),
     };
-    let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log)?;
+    let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log, false)?;
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
     Ok(v)
 }

@@ -2,12 +2,15 @@
 //! reload between epochs, and the pretraining and distillation of the framework's models.
 
 pub mod adamw;
+pub mod along_training;
 pub mod bench;
 pub mod checkpoint;
 pub mod distill;
 pub mod evaluate;
 pub mod grad_clip;
 pub mod hot_reload;
+pub mod memory;
+pub mod method_bench;
 pub mod metrics;
 pub mod pretrain;
 pub mod reference_loss;

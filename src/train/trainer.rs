@@ -5,6 +5,7 @@
 //!      (Eq. 16 in `lua/sqdf.lua`), backpropagate, clip, AdamW;
 //!   3. log a line of metrics, reload the script if it changed, checkpoint.
 
+use super::along_training::{self, EvalLog};
 use super::checkpoint::{self, fingerprint, CheckpointState};
 use super::grad_clip::clip_grad_norm;
 use super::hot_reload::{self, Reload};
@@ -16,7 +17,9 @@ use crate::replay::{ReplayBuffer, StateRef};
 use crate::rng::{self, SharedRng};
 use crate::run_log::RunLog;
 use crate::script::watcher::ScriptWatcher;
-use crate::script::{config, Batch, LossContext, Sampling, SandboxOptions, Script, TensorEnv};
+use crate::script::{
+    config, Batch, LossContext, Sampling, SandboxOptions, Script, TensorEnv, Trajectories, UpdateOn,
+};
 use crate::tasks::{self, cond_tensor, Task, TaskModels};
 use crate::tensor_io::sorted_vars;
 use anyhow::{anyhow, bail, Context, Result};
@@ -93,6 +96,7 @@ pub struct Trainer {
     discounts: Vec<f64>,
     watcher: Option<ScriptWatcher>,
     metrics: MetricsWriter,
+    evals: EvalLog,
     last_rejected: Option<Vec<Option<String>>>,
 }
 
@@ -144,6 +148,7 @@ impl Trainer {
         let discounts = script.discounts(cfg.steps)?;
         let mut t = Self {
             metrics: MetricsWriter::new(&run_dir.join("metrics.jsonl")),
+            evals: EvalLog::new(&run_dir),
             task,
             models,
             script,
@@ -209,7 +214,13 @@ impl Trainer {
             cfg.x0,
             cfg.sampling
         ));
+        let started = Instant::now();
         let before = self.evaluate_before()?;
+        if cfg.evals > 0 && !self.evals.has(0) {
+            // The curve's first point: the pretrained model at the along-training size.
+            let m = self.evaluate_along_with(self.models.reference.as_ref(), 0)?;
+            self.evals.append(0, &m)?;
+        }
         let bar = if self.opts.progress {
             ProgressBar::new(cfg.epochs as u64)
         } else {
@@ -238,11 +249,15 @@ impl Trainer {
             &self.run_dir,
             "after",
             &self.log,
+            false,
         )?;
         let eval = json!({
             "before": before,
             "after": after,
             "epochs": self.epoch,
+            // This process's time (a resumed run counts from its resume) and memory.
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "peak_rss_mib": super::memory::peak_rss_mib(),
             "script": self.script.path.display().to_string(),
             "script_generation": self.generation,
             "config": self.script.config,
@@ -259,6 +274,8 @@ impl Trainer {
     }
 
     fn train_epochs(&mut self, bar: &ProgressBar) -> Result<()> {
+        // A run stopped between its checkpoint and that epoch's evaluation makes it up.
+        self.evaluate_along()?;
         while self.epoch < self.script.config.epochs {
             if self.epoch > 0 {
                 self.maybe_reload();
@@ -266,6 +283,7 @@ impl Trainer {
             bar.set_length(self.script.config.epochs as u64);
             let m = self.run_epoch()?;
             self.save_checkpoint()?;
+            self.evaluate_along()?;
             bar.set_position(self.epoch as u64);
             bar.set_message(format!(
                 "reward {:.3} ± {:.3}, kl {}, gen {}",
@@ -279,6 +297,37 @@ impl Trainer {
             ));
         }
         Ok(())
+    }
+
+    /// The smaller evaluation after this epoch, if it is one of the `evals` evenly spaced
+    /// ones, into evals.jsonl (the points of Fig. 3).
+    fn evaluate_along(&self) -> Result<()> {
+        let cfg = &self.script.config;
+        if !along_training::eval_epochs(cfg.epochs, cfg.evals).contains(&self.epoch)
+            || self.evals.has(self.epoch)
+        {
+            return Ok(());
+        }
+        let m = self.evaluate_along_with(self.models.policy.as_ref(), self.epoch)?;
+        self.evals.append(self.epoch, &m)
+    }
+
+    fn evaluate_along_with(
+        &self,
+        model: &dyn crate::models::Denoiser,
+        epoch: usize,
+    ) -> Result<Json> {
+        let dir = self.run_dir.join("along_training");
+        std::fs::create_dir_all(&dir)?;
+        self.task.evaluate(
+            &self.models,
+            model,
+            &self.script,
+            &dir,
+            &format!("epoch_{epoch:03}"),
+            &self.log,
+            true,
+        )
     }
 
     /// The pretrained model's metrics, computed once per run folder.
@@ -297,6 +346,7 @@ impl Trainer {
             &self.run_dir,
             "before",
             &self.log,
+            false,
         )?;
         std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
         Ok(v)
@@ -312,6 +362,11 @@ impl Trainer {
             rng: self.rng.clone(),
             epoch: self.epoch,
             origin: self.script.path.display().to_string(),
+            x0_steps: self.script.config.x0_steps,
+            buffer_rewards: {
+                let (c, r) = self.buffer.rewards_by_cond();
+                Arc::new((c.to_vec(), r.to_vec()))
+            },
         }
     }
 
@@ -321,19 +376,24 @@ impl Trainer {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
         let steps = m.sampler.steps();
-        let (cond, x0, states) = {
+        let (cond, x0, states, log_probs) = {
             let mut rng = self.rng.lock().unwrap();
             let cond = self.task.conditions(cfg.batch, &mut rng);
             let ct = cond_tensor(&cond, &m.device)?;
-            let (x0, states) = rollout::sample(
+            let r = rollout::sample_trajectories(
                 m.policy.as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,
                 &mut rng,
-                true,
             )?;
-            (cond, x0, states)
+            // [B, T]: the behaviour policy's log-probabilities, for PPO-style losses.
+            let lp = if r.log_probs.len() == steps {
+                Some(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?)
+            } else {
+                None
+            };
+            (cond, r.x0, r.states, lp)
         };
         let rewards = self
             .script
@@ -346,6 +406,9 @@ impl Trainer {
         let per = traj.len() / cfg.batch;
         for (b, chunk) in traj.chunks(per).enumerate() {
             let slot = self.buffer.push(chunk, cond[b], rewards[b])?;
+            if let Some(lp) = &log_probs {
+                self.buffer.set_log_probs(slot, &lp[b])?;
+            }
             if cfg.sampling == Sampling::Priority {
                 for i in 0..steps {
                     let p = self.script.priority(
@@ -367,9 +430,25 @@ impl Trainer {
     pub fn update(&mut self) -> Result<Option<Update>> {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
-        let refs = self.sample_states(cfg.batch, cfg.sampling)?;
-        let batch = Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
-        let out = self.script.loss(batch, self.context())?;
+        let out = match cfg.update_on {
+            UpdateOn::States => {
+                let refs = self.sample_states(cfg.batch, cfg.sampling)?;
+                let batch =
+                    Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
+                self.script.loss(batch, self.context())?
+            }
+            UpdateOn::Trajectories => {
+                let slots = self.buffer.latest(cfg.batch);
+                let traj = Trajectories::from_buffer(
+                    &self.buffer,
+                    &slots,
+                    &m.sampler,
+                    &self.discounts,
+                    &m.device,
+                )?;
+                self.script.loss(traj, self.context())?
+            }
+        };
         let loss = out
             .loss
             .to_dtype(candle_core::DType::F64)?
@@ -656,6 +735,7 @@ impl Trainer {
             ));
         }
         self.metrics.truncate_after(self.epoch)?;
+        self.evals.truncate_after(self.epoch)?;
         self.log
             .info(format!("resumed {} at epoch {}", dir.display(), self.epoch));
         Ok(())

@@ -1,7 +1,9 @@
 //! The pretrained model's evaluation samples, saved once by `sqdf pretrain digits`: every
 //! run evaluates the pretrained model on the same seeds, so the 320 guided 50-step samples
 //! are the same every time. A run uses them only when everything that made them matches
-//! (the UNet file's bytes, steps, η, guidance, seed); otherwise it samples afresh.
+//! (the UNet file's bytes, steps, η, guidance, seed); otherwise it samples afresh. The file
+//! holds one tensor per evaluation size: `samples` (the protocol's 32 per digit) and
+//! `samples_8` (the evaluations along training, 8 per digit).
 
 use crate::tensor_io::{read, write_atomic};
 use anyhow::Result;
@@ -38,25 +40,37 @@ pub fn file_fingerprint(path: &Path) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
-/// The cached samples [prompts * per_prompt, ...] if the cache exists and its key matches.
-pub fn load(dir: &Path, key: &CacheKey, device: &Device) -> Option<Tensor> {
+fn name(per_prompt: usize) -> String {
+    if per_prompt == super::evaluate::PER_PROMPT {
+        "samples".into()
+    } else {
+        format!("samples_{per_prompt}")
+    }
+}
+
+/// The file's tensors if it exists and its key matches.
+fn matching(dir: &Path, key: &CacheKey, device: &Device) -> Option<HashMap<String, Tensor>> {
     let file = read(&dir.join(FILE), device).ok()?;
     let saved: CacheKey = serde_json::from_str(file.metadata.get("key")?).ok()?;
-    if &saved != key {
-        return None;
-    }
-    let samples = file.tensors.get("samples")?;
-    let expected = [
-        super::evaluate::PROMPTS * super::evaluate::PER_PROMPT,
-        1,
-        28,
-        28,
-    ];
+    (&saved == key).then_some(file.tensors)
+}
+
+/// The cached samples [prompts * per_prompt, ...] if the cache exists, its key matches and
+/// it holds this size.
+pub fn load(dir: &Path, key: &CacheKey, per_prompt: usize, device: &Device) -> Option<Tensor> {
+    let tensors = matching(dir, key, device)?;
+    let samples = tensors.get(&name(per_prompt))?;
+    let expected = [super::evaluate::PROMPTS * per_prompt, 1, 28, 28];
     (samples.dims() == expected).then(|| samples.clone())
 }
 
-pub fn save(dir: &Path, key: &CacheKey, samples: &Tensor) -> Result<()> {
-    let t = BTreeMap::from([("samples".to_string(), samples.clone())]);
+/// Stores the samples of one size, keeping the other sizes if the key still matches.
+pub fn save(dir: &Path, key: &CacheKey, per_prompt: usize, samples: &Tensor) -> Result<()> {
+    let mut t: BTreeMap<String, Tensor> = matching(dir, key, &Device::Cpu)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    t.insert(name(per_prompt), samples.to_device(&Device::Cpu)?);
     let meta = HashMap::from([("key".to_string(), serde_json::to_string(key)?)]);
     write_atomic(&dir.join(FILE), &t, meta)
 }

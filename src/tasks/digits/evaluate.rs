@@ -21,6 +21,9 @@ use std::path::Path;
 
 pub const PROMPTS: usize = 10;
 pub const PER_PROMPT: usize = 32;
+/// Samples per prompt of the evaluations along training (`config.evals`): a quarter of the
+/// protocol, so that six of them cost about one full evaluation.
+pub const PER_PROMPT_ALONG: usize = 8;
 /// Samples per prompt whose trajectory KL to the pretrained model is measured (the reference
 /// model costs a second guided pass per step, so not all 32).
 pub const KL_SAMPLES: usize = 8;
@@ -114,8 +117,9 @@ pub fn sample_all(
     policy: &dyn Denoiser,
     with_kl: bool,
     seed: u64,
+    per_prompt: usize,
 ) -> Result<(Tensor, f64)> {
-    let mut shape = vec![PER_PROMPT];
+    let mut shape = vec![per_prompt];
     shape.extend(&models.state_shape);
     let (mut xs, mut kls) = (Vec::new(), Vec::new());
     for class in 0..PROMPTS as u32 {
@@ -156,11 +160,12 @@ pub fn evaluate(
     log: &RunLog,
 ) -> Result<DigitsMetrics> {
     let dev = samples.device();
+    let per_prompt = samples.dim(0)? / PROMPTS;
     let mut all = Vec::new();
     let (mut div_f, mut div_l, mut prob, mut hits) = (0.0, 0.0, 0.0, 0usize);
     let (mut features, mut rewards, mut golds) = (Vec::new(), Vec::new(), Vec::new());
     for class in 0..PROMPTS as u32 {
-        let x0 = samples.narrow(0, class as usize * PER_PROMPT, PER_PROMPT)?;
+        let x0 = samples.narrow(0, class as usize * per_prompt, per_prompt)?;
         let out = classifier.forward_all(&x0)?;
         let p = softmax(&out.logits, D::Minus1)?.narrow(1, class as usize, 1)?;
         prob += p.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -169,11 +174,11 @@ pub fn evaluate(
         div_f += cosine_diversity(&out.features)?;
         div_l += lpips_diversity(&out.early)?;
         features.push(out.features);
-        rewards.push(script.reward(&x0, &cond_tensor(&[class; PER_PROMPT], dev)?)?);
+        rewards.push(script.reward(&x0, &cond_tensor(&vec![class; per_prompt], dev)?)?);
         golds.push(boldness(&x0)?);
-        all.push(x0.narrow(0, 0, GRID_COLS)?);
+        all.push(x0.narrow(0, 0, GRID_COLS.min(per_prompt))?);
     }
-    let n = PROMPTS * PER_PROMPT;
+    let n = PROMPTS * per_prompt;
     let mean = |ts: &[Tensor]| -> Result<f64> {
         Ok(Tensor::cat(ts, 0)?
             .mean_all()?
@@ -192,7 +197,13 @@ pub fn evaluate(
         kl,
     };
     let grid = out_dir.join(format!("samples_{label}.png"));
-    save_grid(&grid, &Tensor::cat(&all, 0)?, PROMPTS, GRID_COLS, 2)?;
+    save_grid(
+        &grid,
+        &Tensor::cat(&all, 0)?,
+        PROMPTS,
+        GRID_COLS.min(per_prompt),
+        2,
+    )?;
     log.info(format!(
         "{label}: reward {:.4}, gold {:.4}, alignment {:.1}% (p {:.3}), diversity {:.4} / {:.4}, Fréchet {:.2}, KL {:.2} ({})",
         m.reward,

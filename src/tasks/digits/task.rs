@@ -215,7 +215,14 @@ impl Task for DigitsTask {
         out_dir: &Path,
         label: &str,
         log: &RunLog,
+        along: bool,
     ) -> Result<serde_json::Value> {
+        let per_prompt = if along {
+            super::evaluate::PER_PROMPT_ALONG
+        } else {
+            script.config.eval_per_prompt
+        };
+
         let dir = crate::tasks::weights_dir("digits", script.config.weights.as_deref());
         let nets = match self.eval.get() {
             Some(n) => n,
@@ -229,7 +236,9 @@ impl Task for DigitsTask {
         };
         let is_reference = same(policy, models.reference.as_ref());
         let cfg = &script.config;
-        let seed = cfg.seed.wrapping_add(EVAL_SEED);
+        // Fixed evaluation noise whatever the run's seed: across seeds, the spread of a
+        // metric is the training's, and every seed reuses the pretrained model's samples.
+        let seed = EVAL_SEED;
         let key = CacheKey {
             protocol: eval_cache::PROTOCOL,
             unet: eval_cache::file_fingerprint(&dir.join(UNET_FILE))?,
@@ -239,7 +248,7 @@ impl Task for DigitsTask {
             seed,
         };
         let cached = if is_reference {
-            eval_cache::load(&dir, &key, &models.device)
+            eval_cache::load(&dir, &key, per_prompt, &models.device)
         } else {
             None
         };
@@ -252,11 +261,11 @@ impl Task for DigitsTask {
                 (samples, 0.0)
             }
             None => {
-                let (samples, kl) = sample_all(models, policy, !is_reference, seed)?;
+                let (samples, kl) = sample_all(models, policy, !is_reference, seed, per_prompt)?;
                 // `sqdf eval` of the pretrained model (label "pretrained") refreshes the cache,
                 // as `sqdf pretrain digits` writes it.
                 if is_reference && label == "pretrained" {
-                    eval_cache::save(&dir, &key, &samples)?;
+                    eval_cache::save(&dir, &key, per_prompt, &samples)?;
                     log.info(format!(
                         "saved the pretrained samples as {}",
                         dir.join(eval_cache::FILE).display()

@@ -57,7 +57,7 @@ pub fn guided_accuracy(
         consistency: None,
         rewards: Vec::new(),
     };
-    let (samples, _) = sample_all(&models, guided.as_ref(), false, EVAL_SEED)?;
+    let (samples, _) = sample_all(&models, guided.as_ref(), false, EVAL_SEED, PER_PROMPT)?;
     let key = CacheKey {
         protocol: eval_cache::PROTOCOL,
         unet: eval_cache::file_fingerprint(&dir.join(UNET_FILE))?,
@@ -66,7 +66,7 @@ pub fn guided_accuracy(
         guidance: GUIDANCE,
         seed: EVAL_SEED,
     };
-    eval_cache::save(dir, &key, &samples)?;
+    eval_cache::save(dir, &key, PER_PROMPT, &samples)?;
     let (mut per, mut cells) = (Vec::new(), Vec::new());
     for class in 0..PROMPTS {
         let x0 = samples.narrow(0, class * PER_PROMPT, PER_PROMPT)?;

@@ -149,6 +149,7 @@ impl Task for Gmm2d {
         out_dir: &Path,
         label: &str,
         log: &RunLog,
+        _along: bool,
     ) -> Result<serde_json::Value> {
         let cfg = &script.config;
         let mut rng = seeded(cfg.seed.wrapping_add(EVAL_SEED));
