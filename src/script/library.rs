@@ -1,7 +1,22 @@
 //! The framework's Lua library (`lua/` in the repository), compiled into the binary so that
 //! `require "sqdf"` works wherever a script lives.
 
-pub const MODULES: &[(&str, &str)] = &[("sqdf", include_str!("../../lua/sqdf.lua"))];
+pub const MODULES: &[(&str, &str)] = &[
+    ("sqdf", include_str!("../../lua/sqdf.lua")),
+    ("digits_reward", include_str!("../../lua/digits_reward.lua")),
+    (
+        "baselines.draft",
+        include_str!("../../lua/baselines/draft.lua"),
+    ),
+    (
+        "baselines.refl",
+        include_str!("../../lua/baselines/refl.lua"),
+    ),
+    (
+        "baselines.ddpo",
+        include_str!("../../lua/baselines/ddpo.lua"),
+    ),
+];
 
 pub fn find(name: &str) -> Option<&'static str> {
     MODULES

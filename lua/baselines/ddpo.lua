@@ -1,0 +1,96 @@
+-- DDPO (Black et al. 2024): PPO-clip on the log-probabilities of the Gaussian actions,
+-- advantages normalised per prompt, no reward gradient. With config.alpha > 0 it is
+-- DDPO+KL as the SQDF paper defines it (Appendix D.1.1): the detached per-step KL to the
+-- pretrained model is subtracted from the advantage.
+--
+-- Paper's hyperparameters (official DDPO code): DDPM 50 steps, lr 3e-4, clip range 1e-4,
+-- advantages clipped to +-5, per-prompt statistics over the last 16 rewards (fewer than 16
+-- seen: the batch's), 1 inner epoch, every timestep trained; DDPO+KL alpha = 0.2 (0.2, 0.3,
+-- 0.4 in Fig. 4). config.updates_per_epoch is the number of PPO epochs over the batch.
+local M = {}
+
+-- (r - mean) / std per prompt over the rewards in the buffer (config.capacity keeps the
+-- last ones); prompts seen fewer than `min_count` times use the whole buffer's statistics.
+function M.advantages(traj, ctx)
+  local p = ctx.config.params
+  local min_count = p.min_count or 16
+  local seen = ctx:buffer_rewards()
+  local conds, rs = seen.cond:totable(), seen.reward:totable()
+  local sum, sq, n = {}, {}, {}
+  local gsum, gsq = 0, 0
+  for j, c in ipairs(conds) do
+    sum[c] = (sum[c] or 0) + rs[j]
+    sq[c] = (sq[c] or 0) + rs[j] ^ 2
+    n[c] = (n[c] or 0) + 1
+    gsum, gsq = gsum + rs[j], gsq + rs[j] ^ 2
+  end
+  local function stats(s, q, k)
+    local mean = s / k
+    return mean, math.sqrt(math.max(q / k - mean ^ 2, 0))
+  end
+  local gmean, gstd = stats(gsum, gsq, #rs)
+  local adv = {}
+  local r, c = traj.reward:totable(), traj.cond:totable()
+  for j = 1, #r do
+    local mean, std = gmean, gstd
+    if (n[c[j]] or 0) >= min_count then
+      mean, std = stats(sum[c[j]], sq[c[j]], n[c[j]])
+    end
+    adv[j] = (r[j] - mean) / (std + 1e-6)
+  end
+  local clip = p.adv_clip or 5
+  return tensor.from(adv):clamp(-clip, clip)
+end
+
+-- `n` distinct step indices of 0..T-1, in random order.
+local function some_steps(T, n)
+  local pool = {}
+  for i = 0, T - 1 do
+    pool[#pool + 1] = i
+  end
+  for j = 1, n do
+    local pick = math.random(j, T)
+    pool[j], pool[pick] = pool[pick], pool[j]
+  end
+  return { table.unpack(pool, 1, n) }
+end
+
+function M.loss(traj, ctx)
+  local cfg, p = ctx.config, ctx.config.params
+  local eps = p.clip_range or 1e-4
+  local adv = M.advantages(traj, ctx)
+  local T = traj.steps
+  local steps = some_steps(T, math.max(1, math.floor(T * (p.timestep_fraction or 1) + 0.5)))
+  local loss, ratio_dev, kl_sum = nil, 0, 0
+  for _, i in ipairs(steps) do
+    local b = traj:at(i)
+    local step = ctx:policy_step(b)
+    local a = adv
+    if cfg.alpha > 0 then
+      local kl = ctx:kl(step, ctx:reference_step(b)):detach()
+      a = adv - cfg.alpha * kl
+      kl_sum = kl_sum + kl:mean():item()
+    end
+    -- Ratio of the new policy to the one that sampled the action (stored at sampling).
+    local ratio = (ctx:log_prob(step, b.next) - b.log_prob):exp()
+    local clipped = ratio:clamp(1 - eps, 1 + eps)
+    local l = (-(a * ratio)):maximum(-(a * clipped)):mean()
+    loss = loss and (loss + l) or l
+    ratio_dev = math.max(ratio_dev, (ratio - 1):abs():max():item())
+  end
+  local stats = { ratio_dev = ratio_dev }
+  if cfg.alpha > 0 then
+    stats.kl = kl_sum / #steps
+  end
+  return loss / #steps, stats
+end
+
+function M.discount()
+  return 1
+end
+
+function M.priority()
+  return 0
+end
+
+return M
