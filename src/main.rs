@@ -84,6 +84,37 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Time and memory of one update of every method on the digits model, for T = 10, 25,
+    /// 50 and DRaFT's K = 1..8 (a benchmark; prints a Markdown table, JSON to --json).
+    BenchMethods {
+        /// States or trajectories per update.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One case of bench-methods, in its own process: two updates on random trajectories,
+    /// prints their time and the first one's peak memory as JSON.
+    #[command(hide = true)]
+    BenchUpdate {
+        script: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Run a comparison file (scripts/compare/*.lua: methods x seeds) and write its report:
+    /// report.md (mean ± std over seeds) and the plots of the paper's Fig. 3 and Fig. 4.
+    Compare {
+        /// The comparison file, e.g. scripts/compare/paper.lua.
+        file: PathBuf,
+        /// One seed and shorter runs (the file's `quick` table): a smoke check.
+        #[arg(long)]
+        quick: bool,
+        /// Report folder (default runs/compare-<file name>[-quick]); finished runs in it are
+        /// kept, interrupted ones resumed.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Evaluate the pretrained model, or a run's checkpoint, under a script's reward and config.
     Eval {
         script: PathBuf,
@@ -192,6 +223,34 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let v = sqdf::train::bench::bench(&script, overrides(&set)?, batch, repeats, log)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::BenchMethods { batch, json } => {
+            let exe = std::env::current_exe().context("locating the sqdf executable")?;
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let v = sqdf::train::method_bench::bench_methods(&exe, root, batch, &log)?;
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(())
+        }
+        Command::BenchUpdate { script, set } => {
+            let v = sqdf::train::method_bench::bench_update(&script, overrides(&set)?, log)?;
+            println!("{v}");
+            Ok(())
+        }
+        Command::Compare { file, quick, out } => {
+            let opts = sqdf::compare::runner::CompareOptions {
+                file,
+                out,
+                quick,
+                exe: std::env::current_exe().context("locating the sqdf executable")?,
+                progress: !cli.quiet,
+                log,
+            };
+            let dir = sqdf::compare::runner::compare(&opts)?;
+            println!("{}", dir.join("report.md").display());
             Ok(())
         }
         Command::Eval {

@@ -1,0 +1,192 @@
+//! A comparison file (`scripts/compare/*.lua`): a Lua table naming the runs, read into the
+//! list of (script, overrides, seed) to execute. It is data, not an experiment: it returns
+//!
+//!   { title = "...", seeds = {0, 1, 2}, evals = 6, set = {...},
+//!     quick = { seeds = {0}, evals = 3, set = { epochs = 6, eval_per_prompt = 8 } },
+//!     runs = { { label = "SQDF", script = "../digits_sqdf.lua", set = {...},
+//!                sweep = { alpha = {2, 3, 4} } }, ... } }
+//!
+//! `set` at the top applies to every run, a run's own `set` on top of it; `sweep` makes one
+//! run per value (the Fig. 4 trade-off curves), and `base = "<label>"` adds that label's
+//! runs to the curve at their own value of the key; script paths are relative to the file.
+
+use crate::script::config::lua_to_json;
+use anyhow::{anyhow, bail, Context, Result};
+use mlua::{Lua, LuaOptions, StdLib, Value};
+use serde_json::{Map, Value as Json};
+use std::path::{Path, PathBuf};
+
+/// One process to run.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub label: String,
+    pub script: PathBuf,
+    pub seed: u64,
+    pub sweep: Option<(String, f64)>,
+    /// Every `--set`, in order (the sweep value and the seed last).
+    pub overrides: Vec<(String, Json)>,
+    /// The run's folder name under the comparison's `runs/`.
+    pub dir_name: String,
+    /// For a sweep: the label of the runs that are this curve's point at their own value
+    /// (`base = "SQDF"`: the SQDF runs at alpha 2 join the alpha curve without rerunning).
+    pub base: Option<String>,
+}
+
+pub struct Plan {
+    pub title: String,
+    pub runs: Vec<PlannedRun>,
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+fn table<'a>(j: &'a Json, key: &str, at: &str) -> Result<Option<&'a Map<String, Json>>> {
+    match j.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(m)) => Ok(Some(m)),
+        Some(Json::Array(a)) if a.is_empty() => Ok(None),
+        Some(_) => bail!("{at}: `{key}` must be a table of key = value"),
+    }
+}
+
+fn seeds(j: &Json, at: &str) -> Result<Option<Vec<u64>>> {
+    match j.get("seeds") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_u64()
+                    .ok_or_else(|| anyhow!("{at}: `seeds` must be a list of non-negative integers"))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(_) => bail!("{at}: `seeds` must be a list, e.g. {{0, 1, 2}}"),
+    }
+}
+
+/// Reads `path`; `quick` applies its `quick` table (fewer seeds, shorter runs).
+pub fn load(path: &Path, quick: bool) -> Result<Plan> {
+    let at = path.display().to_string();
+    let src = std::fs::read_to_string(path).with_context(|| format!("reading {at}"))?;
+    let lua = Lua::new_with(
+        StdLib::MATH | StdLib::STRING | StdLib::TABLE,
+        LuaOptions::default(),
+    )?;
+    let v: Value = lua
+        .load(&src)
+        .set_name(format!("@{at}"))
+        .eval()
+        .map_err(|e| anyhow!("{}", crate::script::experiment::describe(&e)))?;
+    let j = lua_to_json(&v, &at)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let q = if quick {
+        j.get("quick")
+            .cloned()
+            .ok_or_else(|| anyhow!("{at}: --quick needs a `quick` table"))?
+    } else {
+        Json::Object(Map::new())
+    };
+    let seed_list = seeds(&q, &at)?
+        .or(seeds(&j, &at)?)
+        .unwrap_or_else(|| vec![0]);
+    let evals = q
+        .get("evals")
+        .or(j.get("evals"))
+        .and_then(Json::as_u64)
+        .unwrap_or(6);
+    let mut common: Vec<(String, Json)> = vec![("evals".into(), Json::from(evals))];
+    for t in [table(&j, "set", &at)?, table(&q, "set", &at)?]
+        .into_iter()
+        .flatten()
+    {
+        common.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let Some(Json::Array(runs)) = j.get("runs") else {
+        bail!("{at}: `runs` must be a list of {{ label = ..., script = ... }}")
+    };
+    let mut out = Vec::new();
+    for (n, r) in runs.iter().enumerate() {
+        let rat = format!("{at}: runs[{}]", n + 1);
+        let label = r
+            .get("label")
+            .and_then(Json::as_str)
+            .ok_or_else(|| anyhow!("{rat}: needs a `label` string"))?;
+        let script = r
+            .get("script")
+            .and_then(Json::as_str)
+            .ok_or_else(|| anyhow!("{rat} ({label}): needs a `script` path"))?;
+        let script = dir.join(script);
+        if !script.is_file() {
+            bail!("{rat} ({label}): script {} not found", script.display());
+        }
+        let mut base = common.clone();
+        if let Some(t) = table(r, "set", &rat)? {
+            base.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let sweeps: Vec<Option<(String, f64)>> = match table(r, "sweep", &rat)? {
+            None => vec![None],
+            Some(m) if m.len() == 1 => {
+                let (k, vals) = m.iter().next().expect("one entry");
+                let vals = vals
+                    .as_array()
+                    .ok_or_else(|| anyhow!("{rat}: sweep.{k} must be a list of numbers"))?;
+                vals.iter()
+                    .map(|v| {
+                        v.as_f64()
+                            .map(|x| Some((k.clone(), x)))
+                            .ok_or_else(|| anyhow!("{rat}: sweep.{k} must be a list of numbers"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            Some(_) => {
+                bail!("{rat}: `sweep` takes one key, e.g. sweep = {{ alpha = {{2, 3, 4}} }}")
+            }
+        };
+        let sweep_base = r.get("base").and_then(Json::as_str).map(str::to_string);
+        for sweep in &sweeps {
+            for &seed in &seed_list {
+                let mut overrides = base.clone();
+                let mut name = slug(label);
+                if let Some((k, x)) = sweep {
+                    overrides.push((k.clone(), Json::from(*x)));
+                    name = format!("{name}-{k}-{x}");
+                }
+                overrides.push(("seed".into(), Json::from(seed)));
+                out.push(PlannedRun {
+                    label: label.to_string(),
+                    script: script.clone(),
+                    seed,
+                    sweep: sweep.clone(),
+                    overrides,
+                    dir_name: format!("{name}-seed{seed}"),
+                    base: sweep_base.clone(),
+                });
+            }
+        }
+    }
+    let mut names: Vec<&str> = out.iter().map(|r| r.dir_name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "{at}: two runs would share the folder `{}`; give them different labels",
+            w[0]
+        );
+    }
+    Ok(Plan {
+        title: j
+            .get("title")
+            .and_then(Json::as_str)
+            .unwrap_or("Comparison")
+            .to_string(),
+        runs: out,
+    })
+}

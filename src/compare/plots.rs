@@ -1,0 +1,274 @@
+//! The paper's trade-off figures: alignment and diversity against the target reward, along
+//! training (Fig. 3) and across a swept hyperparameter after training (Fig. 4). Drawn as the
+//! rest of the project draws: plotters into an RGB buffer, `image` encodes the PNG.
+
+use super::report::{compact, groups, mean_std, metric, symbol};
+use super::RunResult;
+use crate::eval::scatter::register_font;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use serde_json::Value as Json;
+use std::path::Path;
+
+/// The three panels: the y metric, its axis title, and the caption's start.
+#[rustfmt::skip]
+const PANELS: [(&str, &str, &str); 3] = [
+    ("alignment_prob", "alignment (classifier prob.)", "alignment"),
+    ("diversity_feature", "diversity (feature)", "feature diversity"),
+    ("diversity_lpips", "diversity (LPIPS)", "LPIPS diversity"),
+];
+
+/// Twelve colours that stay apart on white (tab10 and two darker ones); a comparison of
+/// more methods than that reuses them, in order.
+#[rustfmt::skip]
+const PALETTE: [RGBColor; 12] = [
+    RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194), RGBColor(127, 127, 127), RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207), RGBColor(0, 0, 128), RGBColor(0, 100, 0),
+];
+
+const PANEL: (u32, u32) = (440, 360);
+const LEGEND_COLS: usize = 4;
+const LEGEND_ROW: u32 = 22;
+
+/// One method's line: per point the target reward, the three panel metrics, and the text
+/// written beside the point (Fig. 4's swept value).
+struct Series {
+    name: String,
+    points: Vec<(f64, [f64; 3], String)>,
+}
+
+/// The image size: three panels, and a legend strip below them with as many rows as the
+/// series need (under the panels, the legend never hides a point).
+fn size(n_series: usize) -> (u32, u32) {
+    let rows = n_series.div_ceil(LEGEND_COLS) as u32;
+    (PANEL.0 * 3, PANEL.1 + rows * LEGEND_ROW + 8)
+}
+
+/// A point from the seeds' evals at one checkpoint or sweep value: the reward and the panel
+/// metrics, each the mean of the seeds' finite values (as the table's cells are).
+fn averaged(evals: &[&Json], note: String) -> (f64, [f64; 3], String) {
+    let avg = |k: &str| {
+        let v: Vec<f64> = evals.iter().filter_map(|e| metric(e, k)).collect();
+        mean_std(&v).map_or(f64::NAN, |m| m.0)
+    };
+    (avg("reward"), PANELS.map(|p| avg(p.0)), note)
+}
+
+/// Fig. 3: for each method (no sweep), its seed-averaged curve, checkpoint by checkpoint,
+/// from the pretrained model (epoch 0, the hollow marker) to the last checkpoint.
+pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
+    let plain = results.iter().filter(|r| r.sweep.is_none());
+    let series: Vec<Series> = groups(plain, |r| r.label.clone())
+        .into_iter()
+        .map(|seeds| {
+            let mut epochs: Vec<usize> = seeds[0].curve.iter().map(|c| c.0).collect();
+            epochs.sort_unstable();
+            epochs.dedup();
+            // Only checkpoints every seed reached: a point is the mean of the same seeds.
+            epochs.retain(|e| seeds.iter().all(|s| s.curve.iter().any(|c| c.0 == *e)));
+            let points = epochs.iter().map(|&e| {
+                let evals: Vec<&Json> = seeds
+                    .iter()
+                    .filter_map(|s| s.curve.iter().find(|c| c.0 == e))
+                    .map(|c| &c.1)
+                    .collect();
+                averaged(&evals, String::new())
+            });
+            Series {
+                name: seeds[0].label.clone(),
+                points: points.collect(),
+            }
+        })
+        .collect();
+    draw(png, &series, "along training", true)
+}
+
+/// Fig. 4: for each swept method, one point per swept value (the final eval, averaged over
+/// seeds), in increasing order of the value, each written beside its point.
+pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
+    let swept = results.iter().filter(|r| r.sweep.is_some());
+    let value = |r: &RunResult| r.sweep.as_ref().map_or(f64::NAN, |s| s.1);
+    let series: Vec<Series> = groups(swept, |r| r.label.clone())
+        .into_iter()
+        .map(|runs| {
+            let name = runs[0].label.clone();
+            let mut by_value = groups(runs, |r| format!("{:x}", value(r).to_bits()));
+            by_value.sort_by(|a, b| value(a[0]).total_cmp(&value(b[0])));
+            let points = by_value.iter().map(|same| {
+                let (key, v) = same[0].sweep.clone().unwrap_or_default();
+                let evals: Vec<&Json> = same.iter().map(|r| &r.after).collect();
+                averaged(&evals, format!("{}={}", symbol(&key), compact(v)))
+            });
+            Series {
+                name,
+                points: points.collect(),
+            }
+        })
+        .collect();
+    let mut keys: Vec<&str> = Vec::new();
+    for r in results {
+        if let Some(k) = r.sweep.as_ref().map(|s| symbol(&s.0)) {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    draw(png, &series, &format!("across {}", keys.join(", ")), false)
+}
+
+/// An axis range over the finite values, padded so that a single point or a flat line sits
+/// inside the panel rather than on its edge (plotters rejects an empty range).
+fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
+    if lo > hi {
+        return 0.0..1.0;
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.08
+    } else {
+        (lo.abs() * 0.05).max(1e-3)
+    };
+    (lo - pad)..(hi + pad)
+}
+
+/// Draws the three panels and the legend; `hollow_start` marks each line's first point
+/// (the pretrained model) so the direction of training reads off the figure.
+fn draw(png: &Path, series: &[Series], caption_tail: &str, hollow_start: bool) -> Result<()> {
+    register_font();
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    let (w, h) = size(series.len());
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let (top, legend) = root.split_vertically(PANEL.1);
+        let all = || series.iter().flat_map(|s| s.points.iter());
+        let xr = range(all().map(|p| p.0));
+        for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
+            let (_, ytitle, what) = PANELS[k];
+            // Points whose reward or this metric is absent are left out of this panel only.
+            let finite = |s: &Series| -> Vec<(f64, f64, String)> {
+                s.points
+                    .iter()
+                    .filter(|p| p.0.is_finite() && p.1[k].is_finite())
+                    .map(|p| (p.0, p.1[k], p.2.clone()))
+                    .collect()
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!("{what} vs target reward {caption_tail}"),
+                    ("sans-serif", 15),
+                )
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(xr.clone(), range(all().map(|p| p.1[k])))
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .x_desc("target reward")
+                .y_desc(ytitle)
+                .x_labels(6)
+                .y_labels(6)
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(e)?;
+            for (i, s) in series.iter().enumerate() {
+                let c = PALETTE[i % PALETTE.len()];
+                let pts = finite(s);
+                let xy = || pts.iter().map(|p| (p.0, p.1));
+                chart
+                    .draw_series(LineSeries::new(xy(), c.stroke_width(2)))
+                    .map_err(e)?;
+                let marks = xy().enumerate().map(|(j, p)| {
+                    let style = if j == 0 && hollow_start {
+                        c.stroke_width(2)
+                    } else {
+                        c.filled()
+                    };
+                    Circle::new(p, 4, style)
+                });
+                chart.draw_series(marks).map_err(e)?;
+                let notes = pts.iter().filter(|p| !p.2.is_empty()).map(|p| {
+                    EmptyElement::at((p.0, p.1))
+                        + Text::new(
+                            p.2.clone(),
+                            (6, -16),
+                            ("sans-serif", 12).into_font().color(&c),
+                        )
+                });
+                chart.draw_series(notes).map_err(e)?;
+            }
+        }
+        let cw = (w / LEGEND_COLS as u32) as i32;
+        for (i, s) in series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            let x = 20 + cw * (i % LEGEND_COLS) as i32;
+            let y = 12 + LEGEND_ROW as i32 * (i / LEGEND_COLS) as i32;
+            let line = PathElement::new(vec![(x, y), (x + 28, y)], c.stroke_width(2));
+            let name = Text::new(s.name.clone(), (x + 36, y - 8), ("sans-serif", 14));
+            legend.draw(&line).map_err(e)?;
+            legend
+                .draw(&Circle::new((x + 14, y), 4, c.filled()))
+                .map_err(e)?;
+            legend.draw(&name).map_err(e)?;
+        }
+        root.present().map_err(e)?;
+    }
+    image::save_buffer(png, &buf, w, h, image::ColorType::Rgb8)
+        .map_err(|err| anyhow!("writing {}: {err}", png.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::tests::run;
+    use super::*;
+
+    fn check(png: &Path, n_series: usize) {
+        let img = image::open(png).unwrap();
+        assert_eq!((img.width(), img.height()), size(n_series));
+    }
+
+    #[test]
+    fn both_figures_draw_and_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nan = run("DRaFT-1", 0, None, 2.0);
+        nan.curve[1].1["alignment_prob"] = serde_json::json!(f64::NAN);
+        nan.curve[2].1.as_object_mut().unwrap().remove("reward");
+        let mut rs = vec![
+            run("SQDF", 0, None, 1.0),
+            run("SQDF", 1, None, 3.0),
+            nan,
+            run("SQDF", 0, Some(2.0), 1.0),
+            run("SQDF", 1, Some(2.0), 1.5),
+            run("SQDF", 0, Some(0.5), 2.0),
+            run("DRaFT-1", 0, Some(1.0), 2.0),
+        ];
+        rs.extend((0..13).map(|i| run(&format!("m{i}"), 0, None, i as f64)));
+        let (f3, f4) = (dir.path().join("f3.png"), dir.path().join("f4.png"));
+        plot_along_training(&rs, &f3).unwrap();
+        plot_alpha_tradeoff(&rs, &f4).unwrap();
+        check(&f3, 15);
+        check(&f4, 2);
+        // One run: a single point per series in Fig. 4, a flat reward in Fig. 3.
+        let mut flat = run("flat", 0, Some(1.0), 0.0);
+        flat.curve.truncate(1);
+        let plain = RunResult {
+            sweep: None,
+            ..flat.clone()
+        };
+        plot_along_training(&[plain], &f3).unwrap();
+        plot_alpha_tradeoff(&[flat], &f4).unwrap();
+        check(&f3, 1);
+        check(&f4, 1);
+        // Nothing to draw still makes a (blank) figure rather than an error.
+        plot_alpha_tradeoff(&[], &f4).unwrap();
+        check(&f4, 0);
+    }
+}

@@ -1,0 +1,377 @@
+//! The comparison's written part: the Markdown table of the paper (mean ± std over seeds),
+//! `report.md` around it, and `results.json`, from which the report can be rebuilt without
+//! rerunning anything.
+
+use super::{plots, RunResult};
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value as Json};
+use std::path::Path;
+
+pub const FIG3: &str = "fig3_tradeoff_along_training.png";
+pub const FIG4: &str = "fig4_alpha_tradeoff.png";
+
+/// Where a column's number comes from: most are task metrics, two are the run's cost.
+#[derive(Clone, Copy)]
+enum Source {
+    After(&'static str),
+    WallMinutes,
+    MemoryMib,
+}
+
+/// Header, source, scale (a fraction shown as %), decimals.
+#[rustfmt::skip]
+const COLUMNS: [(&str, Source, f64, usize); 10] = [
+    ("target reward", Source::After("reward"), 1.0, 3),
+    ("gold", Source::After("gold"), 1.0, 3),
+    ("alignment acc (%)", Source::After("alignment_acc"), 100.0, 1),
+    ("alignment prob", Source::After("alignment_prob"), 1.0, 3),
+    ("diversity (feature)", Source::After("diversity_feature"), 1.0, 3),
+    ("diversity (LPIPS)", Source::After("diversity_lpips"), 1.0, 3),
+    ("Fréchet", Source::After("frechet"), 1.0, 1),
+    ("KL", Source::After("kl"), 1.0, 3),
+    ("wall time (min)", Source::WallMinutes, 1.0, 1),
+    ("peak memory (MiB)", Source::MemoryMib, 1.0, 0),
+];
+
+/// A metric as a finite number; a missing key, a null (how serde_json writes NaN) or a
+/// non-finite value all read as absent, so one diverged run cannot poison a mean silently.
+pub(super) fn metric(j: &Json, key: &str) -> Option<f64> {
+    j.get(key)?.as_f64().filter(|v| v.is_finite())
+}
+
+/// Mean and population std of the finite values, None when there are none.
+pub(super) fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    Some((mean, var.sqrt()))
+}
+
+/// A sweep value as a person writes it in a config: `2`, `0.5`, `1e-4`.
+pub(super) fn compact(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The swept key as the paper writes it in a figure (α, γ); other keys stay as named.
+pub(super) fn symbol(key: &str) -> &str {
+    match key {
+        "alpha" => "α",
+        "beta" => "β",
+        "gamma" => "γ",
+        other => other,
+    }
+}
+
+/// Runs grouped by `key`, groups in order of first appearance: the order in which the
+/// comparison script lists its methods is the order the reader expects.
+pub(super) fn groups<'a>(
+    results: impl IntoIterator<Item = &'a RunResult>,
+    key: impl Fn(&RunResult) -> String,
+) -> Vec<Vec<&'a RunResult>> {
+    let mut out: Vec<(String, Vec<&RunResult>)> = Vec::new();
+    for r in results {
+        let k = key(r);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, g)) => g.push(r),
+            None => out.push((k, vec![r])),
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+/// The group key for a row: the label and the sweep value's exact bits.
+fn row_key(r: &RunResult) -> String {
+    match &r.sweep {
+        Some((k, v)) => format!("{}\u{0}{k}\u{0}{:x}", r.label, v.to_bits()),
+        None => r.label.clone(),
+    }
+}
+
+fn method(r: &RunResult) -> String {
+    let name = r.label.replace('|', "\\|");
+    match &r.sweep {
+        Some((k, v)) => format!("{name} ({k} = {})", compact(*v)),
+        None => name,
+    }
+}
+
+/// A number with grouped thousands (`12,345.6`), or in scientific notation from 1e5 on:
+/// the Fréchet distance of a collapsed model reaches millions.
+fn number(v: f64, decimals: usize, sci: bool) -> String {
+    if sci {
+        return format!("{v:.2e}");
+    }
+    let s = format!("{v:.decimals$}");
+    let (int, frac) = s
+        .split_once('.')
+        .map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+    let digits = int.trim_start_matches('-');
+    let mut out = String::from(&int[..int.len() - digits.len()]);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    match frac {
+        Some(f) => format!("{out}.{f}"),
+        None => out,
+    }
+}
+
+fn cell(group: &[&RunResult], (_, source, scale, decimals): (&str, Source, f64, usize)) -> String {
+    let values: Vec<f64> = group
+        .iter()
+        .map(|r| match source {
+            Source::After(k) => metric(&r.after, k).unwrap_or(f64::NAN),
+            Source::WallMinutes => r.wall_seconds / 60.0,
+            Source::MemoryMib => r.peak_rss_mib,
+        })
+        .filter(|v| v.is_finite())
+        .map(|v| v * scale)
+        .collect();
+    let Some((mean, std)) = mean_std(&values) else {
+        return "–".into();
+    };
+    let sci = mean.abs() >= 1e5;
+    let mut s = number(mean, decimals, sci);
+    if values.len() > 1 {
+        s = format!("{s} ± {}", number(std, decimals, sci));
+    }
+    // A seed without this metric (diverged, or an older eval.json) is said, not hidden.
+    if values.len() < group.len() {
+        s = format!("{s} (n={})", values.len());
+    }
+    s
+}
+
+/// The comparison table: one row per method (and sweep value), mean ± population std over
+/// its seeds.
+pub fn table(results: &[RunResult]) -> String {
+    let mut out = String::from("| method | seeds |");
+    let mut rule = String::from("|---|---:|");
+    for c in &COLUMNS {
+        out.push_str(&format!(" {} |", c.0));
+        rule.push_str("---:|");
+    }
+    out.push('\n');
+    out.push_str(&rule);
+    out.push('\n');
+    for g in groups(results, row_key) {
+        out.push_str(&format!("| {} | {} |", method(g[0]), g.len()));
+        for c in COLUMNS {
+            out.push_str(&format!(" {} |", cell(&g, c)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn to_json(r: &RunResult) -> Json {
+    let curve: Vec<Json> = r
+        .curve
+        .iter()
+        .map(|(epoch, m)| {
+            let mut o = m.as_object().cloned().unwrap_or_default();
+            o.insert("epoch".into(), json!(epoch));
+            Json::Object(o)
+        })
+        .collect();
+    json!({
+        "label": r.label,
+        "seed": r.seed,
+        "sweep": r.sweep.as_ref().map(|(k, v)| json!({"key": k, "value": v})),
+        "after": r.after,
+        "curve": curve,
+        "wall_seconds": r.wall_seconds,
+        "peak_rss_mib": r.peak_rss_mib,
+    })
+}
+
+fn from_json(j: &Json) -> Option<RunResult> {
+    let num = |k: &str| j[k].as_f64().unwrap_or(f64::NAN);
+    let sweep = match &j["sweep"] {
+        Json::Null => None,
+        s => Some((s["key"].as_str()?.to_string(), s["value"].as_f64()?)),
+    };
+    let curve = j["curve"]
+        .as_array()?
+        .iter()
+        .map(|e| {
+            let mut m = e.as_object()?.clone();
+            let epoch = m.remove("epoch")?.as_u64()? as usize;
+            Some((epoch, Json::Object(m)))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(RunResult {
+        label: j["label"].as_str()?.to_string(),
+        seed: j["seed"].as_u64()?,
+        sweep,
+        after: j["after"].clone(),
+        curve,
+        wall_seconds: num("wall_seconds"),
+        peak_rss_mib: num("peak_rss_mib"),
+    })
+}
+
+/// Reads a `results.json` written by [`write_report`], to redraw a report without the runs.
+pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let j: Json =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    j.as_array()
+        .ok_or_else(|| anyhow!("{}: not an array", path.display()))?
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            from_json(e).ok_or_else(|| anyhow!("{}: entry {i} is malformed", path.display()))
+        })
+        .collect()
+}
+
+/// Writes `report.md`, its figures and `results.json` into `dir`. A figure with nothing to
+/// show (no sweep runs for Fig. 4, only sweep runs for Fig. 3) is left out with its link.
+pub fn write_report(results: &[RunResult], dir: &Path, title: &str, notes: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut md = format!("# {title}\n\n");
+    if !notes.trim().is_empty() {
+        md.push_str(&format!("{}\n\n", notes.trim()));
+    }
+    md.push_str("Each cell is the mean ± population std over the method's seeds; `(n=k)` marks a ");
+    md.push_str("metric that only k seeds reported, `–` one that none did.\n\n");
+    md.push_str(&table(results));
+    if results.iter().any(|r| r.sweep.is_none()) {
+        plots::plot_along_training(results, &dir.join(FIG3))?;
+        md.push_str(&format!(
+            "\n## Trade-off along training (Fig. 3)\n\n![alignment and diversity against the \
+             target reward, checkpoint by checkpoint]({FIG3})\n"
+        ));
+    }
+    if results.iter().any(|r| r.sweep.is_some()) {
+        plots::plot_alpha_tradeoff(results, &dir.join(FIG4))?;
+        md.push_str(&format!(
+            "\n## Trade-off across the swept value (Fig. 4)\n\n![alignment and diversity against \
+             the target reward after training, one point per swept value]({FIG4})\n"
+        ));
+    }
+    let report = dir.join("report.md");
+    std::fs::write(&report, md).with_context(|| format!("writing {}", report.display()))?;
+    let all: Vec<Json> = results.iter().map(to_json).collect();
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&all)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A run whose metrics follow from its final `reward`; along the curve the reward grows
+    /// linearly from 0 at epoch 0 to `reward` at epoch 3.
+    pub fn run(label: &str, seed: u64, sweep: Option<f64>, reward: f64) -> RunResult {
+        let m = |r: f64| {
+            json!({"reward": r, "gold": r, "alignment_prob": 0.9 - 0.1 * r, "alignment_acc": 0.95,
+                   "diversity_feature": 1.0 / (1.0 + r), "diversity_lpips": 0.3, "frechet": 123456.0 * r,
+                   "kl": 0.1 * r})
+        };
+        RunResult {
+            label: label.into(),
+            seed,
+            sweep: sweep.map(|v| ("alpha".into(), v)),
+            after: m(reward),
+            curve: (0..4).map(|e| (e, m(reward * e as f64 / 3.0))).collect(),
+            wall_seconds: 120.0,
+            peak_rss_mib: 512.0,
+        }
+    }
+
+    fn cells(line: &str) -> Vec<String> {
+        line.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn mean_and_population_std_over_seeds() {
+        let t = table(&[run("SQDF", 0, None, 1.0), run("SQDF", 1, None, 3.0)]);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 3, "{t}");
+        let c = cells(rows[2]);
+        assert_eq!(c[0], "SQDF");
+        assert_eq!(c[1], "2");
+        assert_eq!(c[2], "2.000 ± 1.000");
+        assert_eq!(c[4], "95.0 ± 0.0");
+        assert_eq!(c[8], "2.47e5 ± 1.23e5");
+        assert_eq!(c[10], "2.0 ± 0.0");
+        assert_eq!(c[11], "512 ± 0");
+        let one = table(&[run("DRaFT-1", 0, None, 0.01)]);
+        let c = cells(one.lines().nth(2).unwrap());
+        assert_eq!(c[2], "0.010");
+        assert_eq!(c[8], "1,234.6");
+        assert_eq!(number(-1234567.0, 0, false), "-1,234,567");
+        assert_eq!(number(-999.96, 1, false), "-1,000.0");
+    }
+
+    #[test]
+    fn rows_grouped_by_label_and_sweep_in_first_appearance_order() {
+        let rs = [
+            run("SQDF", 0, Some(2.0), 1.0),
+            run("DRaFT-1", 0, None, 1.0),
+            run("SQDF", 0, Some(0.5), 1.0),
+            run("SQDF", 1, Some(2.0), 1.0),
+            run("DRaFT-1", 1, None, 1.0),
+        ];
+        let t = table(&rs);
+        let rows: Vec<Vec<String>> = t.lines().skip(2).map(cells).collect();
+        let names: Vec<String> = rows.iter().map(|c| format!("{}/{}", c[0], c[1])).collect();
+        assert_eq!(
+            names,
+            ["SQDF (alpha = 2)/2", "DRaFT-1/2", "SQDF (alpha = 0.5)/1"]
+        );
+    }
+
+    #[test]
+    fn missing_and_nan_metrics_show_as_dash_or_count() {
+        let mut a = run("SQDF", 0, None, 1.0);
+        let mut b = run("SQDF", 1, None, 3.0);
+        for r in [&mut a, &mut b] {
+            r.after["gold"] = Json::Null;
+            r.after.as_object_mut().unwrap().remove("kl");
+        }
+        a.after["reward"] = json!(f64::NAN);
+        b.wall_seconds = f64::NAN;
+        let c = cells(table(&[a, b]).lines().nth(2).unwrap());
+        assert_eq!(c[2], "3.000 (n=1)");
+        assert_eq!(c[3], "–");
+        assert_eq!(c[9], "–");
+        assert_eq!(c[10], "2.0 (n=1)");
+    }
+
+    #[test]
+    fn report_and_results_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = vec![run("SQDF", 0, None, 1.0), run("SQDF", 0, Some(2.0), 2.0)];
+        write_report(&rs, dir.path(), "digits", "Two methods.").unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.starts_with("# digits\n\nTwo methods.\n"));
+        assert!(md.contains(FIG3) && md.contains(FIG4));
+        assert!(dir.path().join(FIG3).exists() && dir.path().join(FIG4).exists());
+        let back = read_results(&dir.path().join("results.json")).unwrap();
+        assert_eq!(table(&back), table(&rs));
+        assert_eq!(back[1].sweep, Some(("alpha".to_string(), 2.0)));
+        assert_eq!(back[0].curve, rs[0].curve);
+        write_report(&rs[..1], dir.path(), "t", "").unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(!md.contains(FIG4));
+    }
+}

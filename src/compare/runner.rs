@@ -1,0 +1,236 @@
+//! Runs a comparison plan: each run in its own `sqdf run` process (its peak memory is then
+//! its own, and one failing run does not end the others), skipping runs already finished
+//! and resuming interrupted ones, then writes the report from their folders.
+
+use super::plan::{self, PlannedRun};
+use super::{report, RunResult};
+use crate::run_log::RunLog;
+use crate::train::along_training::EvalLog;
+use crate::train::checkpoint;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct CompareOptions {
+    pub file: PathBuf,
+    /// The report folder (default `runs/compare-<file name>[-quick]`).
+    pub out: Option<PathBuf>,
+    pub quick: bool,
+    /// The `sqdf` executable that runs each experiment.
+    pub exe: PathBuf,
+    pub progress: bool,
+    pub log: Arc<RunLog>,
+}
+
+fn set_arg(k: &str, v: &Json) -> String {
+    match v {
+        Json::String(s) => format!("{k}={s}"),
+        other => format!("{k}={other}"),
+    }
+}
+
+/// One run to completion in a child process; its stderr goes to `stderr.log` in its folder.
+fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--quiet").arg("run").arg(&run.script);
+    if dir.join(checkpoint::FILE).is_file() {
+        cmd.arg("--resume").arg(dir);
+    } else {
+        cmd.arg("--out").arg(dir);
+    }
+    cmd.arg("--no-watch");
+    for (k, v) in &run.overrides {
+        cmd.arg("--set").arg(set_arg(k, v));
+    }
+    let err_path = dir.join("stderr.log");
+    let err = std::fs::File::create(&err_path)?;
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(err)
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(6).collect();
+        bail!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    Ok(())
+}
+
+/// A finished run's folder as the report reads it.
+pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
+    let path = dir.join("eval.json");
+    let eval: Json = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    let curve = EvalLog::new(dir)
+        .lines()
+        .into_iter()
+        .filter_map(|l| Some((l["epoch"].as_u64()? as usize, l)))
+        .collect();
+    Ok(RunResult {
+        label: run.label.clone(),
+        seed: run.seed,
+        sweep: run.sweep.clone(),
+        after: eval["after"].clone(),
+        curve,
+        wall_seconds: eval["wall_seconds"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_mib: eval["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+/// A sweep's `base` runs join its curve at their own value of the swept key (read from
+/// their eval.json's config), so the default point is not run twice.
+fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, out: &Path) {
+    let mut extra = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for run in runs {
+        let (Some(base), Some((key, _))) = (&run.base, &run.sweep) else {
+            continue;
+        };
+        if !seen.insert(run.label.clone()) {
+            continue;
+        }
+        for (r, p) in results.iter().zip(runs_of(runs, results)) {
+            if &r.label != base || r.sweep.is_some() {
+                continue;
+            }
+            let eval =
+                std::fs::read_to_string(out.join("runs").join(&p.dir_name).join("eval.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Json>(&t).ok());
+            if let Some(v) = eval.and_then(|e| e["config"][key.as_str()].as_f64()) {
+                let mut copy = r.clone();
+                copy.label = run.label.clone();
+                copy.sweep = Some((key.clone(), v));
+                extra.push(copy);
+            }
+        }
+    }
+    results.extend(extra);
+}
+
+/// The planned run behind each result, in order.
+fn runs_of<'a>(runs: &'a [PlannedRun], results: &[RunResult]) -> Vec<&'a PlannedRun> {
+    results
+        .iter()
+        .filter_map(|r| {
+            runs.iter()
+                .find(|p| p.label == r.label && p.seed == r.seed && p.sweep == r.sweep)
+        })
+        .collect()
+}
+
+/// Runs every planned run not yet finished, then writes report.md, the figures and
+/// results.json into the report folder; returns that folder.
+pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
+    let plan = plan::load(&opts.file, opts.quick)?;
+    let stem = opts
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "compare".into());
+    let out = opts.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "compare-{stem}{}",
+            if opts.quick { "-quick" } else { "" }
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    opts.log.attach_file(&out.join("compare.log"))?;
+    opts.log.info(format!(
+        "{}: {} runs into {}",
+        opts.file.display(),
+        plan.runs.len(),
+        out.display()
+    ));
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(plan.runs.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    opts.log.set_bar(Some(bar.clone()));
+    let (mut results, mut failed) = (Vec::new(), Vec::new());
+    for (n, run) in plan.runs.iter().enumerate() {
+        let dir = out.join("runs").join(&run.dir_name);
+        bar.set_message(format!("{} (seed {})", run.label, run.seed));
+        let started = Instant::now();
+        let done = dir.join("eval.json").is_file();
+        let outcome = if done {
+            Ok(())
+        } else {
+            execute(run, &dir, &opts.exe)
+        };
+        match outcome.and_then(|_| read_result(run, &dir)) {
+            Ok(r) => {
+                opts.log.info(format!(
+                    "run {}/{} {}: {} seed {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
+                    n + 1,
+                    plan.runs.len(),
+                    if done { "already done" } else { "finished" },
+                    run.label,
+                    run.seed,
+                    r.after["reward"].as_f64().unwrap_or(f64::NAN),
+                    r.after["alignment_prob"].as_f64().unwrap_or(f64::NAN),
+                    r.after["diversity_feature"].as_f64().unwrap_or(f64::NAN),
+                    started.elapsed().as_secs_f64()
+                ));
+                results.push(r);
+            }
+            Err(e) => {
+                opts.log.error(format!(
+                    "run {}/{} failed: {} seed {} ({}):\n{e:#}",
+                    n + 1,
+                    plan.runs.len(),
+                    run.label,
+                    run.seed,
+                    dir.display()
+                ));
+                failed.push(format!("{} seed {}", run.label, run.seed));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    opts.log.set_bar(None);
+    add_sweep_bases(&plan.runs, &mut results, &out);
+    let machine = crate::train::bench::machine();
+    let notes = format!(
+        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); wall time and peak resident memory are each run's own process.{}",
+        opts.file.display(),
+        if opts.quick { " --quick" } else { "" },
+        plan.runs.len(),
+        plan.runs.iter().map(|r| r.seed).collect::<std::collections::BTreeSet<_>>().len(),
+        machine["cpu"].as_str().unwrap_or("unknown"),
+        machine["cores"],
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" **Failed runs (left out):** {}.", failed.join(", "))
+        }
+    );
+    report::write_report(&results, &out, &plan.title, &notes)?;
+    opts.log
+        .info(format!("wrote {}", out.join("report.md").display()));
+    if !failed.is_empty() {
+        return Err(anyhow!(
+            "{} of {} runs failed: {}; their stderr.log is in their folders under {}",
+            failed.len(),
+            plan.runs.len(),
+            failed.join(", "),
+            out.join("runs").display()
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,106 @@
+//! `sqdf compare` end to end on the toy: every run in its own process, evaluations along
+//! training, the report with its table and figures, and a second invocation that keeps the
+//! finished runs instead of running them again.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_weights(dir.path());
+    write_script(dir.path(), "toy.lua", &standard_script(&w, ""));
+    let file = write_script(
+        dir.path(),
+        "cmp.lua",
+        r#"return {
+  title = "tiny comparison",
+  seeds = { 0, 1 },
+  evals = 2,
+  set = { epochs = 2 },
+  quick = { seeds = { 0 }, evals = 1 },
+  runs = {
+    { label = "SQDF", script = "toy.lua" },
+    { label = "Tweedie", script = "toy.lua", set = { x0 = "tweedie" } },
+    { label = "SQDF alpha", script = "toy.lua", sweep = { alpha = { 0.5 } }, base = "SQDF" },
+  },
+}"#,
+    );
+    let out = dir.path().join("report");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_sqdf"))
+            .args(["--quiet", "compare"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.starts_with("# tiny comparison"));
+    for row in [
+        "| SQDF |",
+        "| Tweedie |",
+        "| SQDF alpha (alpha = 0.5) |",
+        "| SQDF alpha (alpha = 1) |",
+    ] {
+        assert!(report.contains(row), "no row {row} in\n{report}");
+    }
+    assert!(out.join("fig3_tradeoff_along_training.png").is_file());
+    assert!(out.join("fig4_alpha_tradeoff.png").is_file());
+    // Two seeds of three runs, each evaluated before training and after epochs 1 and 2.
+    let results = sqdf::compare::report::read_results(&out.join("results.json")).unwrap();
+    let own: Vec<_> = results
+        .iter()
+        .filter(|r| r.label != "SQDF alpha" || r.sweep.as_ref().unwrap().1 != 1.0)
+        .collect();
+    assert_eq!(own.len(), 6);
+    for r in &own {
+        let epochs: Vec<usize> = r.curve.iter().map(|(e, _)| *e).collect();
+        assert_eq!(epochs, vec![0, 1, 2], "{} seed {}", r.label, r.seed);
+        assert!(r.peak_rss_mib > 0.0 && r.wall_seconds > 0.0);
+    }
+    let stamp = |p: &str| {
+        std::fs::metadata(out.join("runs").join(p).join("eval.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = stamp("tweedie-seed1");
+    let second = run();
+    assert!(second.status.success());
+    assert_eq!(
+        stamp("tweedie-seed1"),
+        before,
+        "a finished run was run again"
+    );
+}
+
+#[test]
+fn a_bad_comparison_file_names_the_file_and_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_script(
+        dir.path(),
+        "cmp.lua",
+        r#"return { runs = { { label = "A", script = "missing.lua" } } }"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "compare"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cmp.lua: runs[1] (A): script") && err.contains("missing.lua not found"),
+        "{err}"
+    );
+}

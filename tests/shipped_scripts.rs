@@ -1,0 +1,70 @@
+//! Every experiment script the project ships runs one short epoch on the shipped models
+//! (few steps, tiny batches): a copied script starts from one that works. Every comparison
+//! file parses, in both modes, and names scripts that exist.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn lua_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            lua_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "lua") {
+            out.push(p);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_shipped_script_runs_one_short_epoch() {
+    let mut files = Vec::new();
+    lua_files(&root().join("scripts"), &mut files);
+    files.retain(|p| !p.starts_with(root().join("scripts/compare")));
+    files.sort();
+    assert!(
+        files.len() >= 9,
+        "expected the shipped scripts, found {files:?}"
+    );
+    for script in files {
+        let out = tempfile::tempdir().unwrap();
+        let opts = [
+            "steps=3",
+            "batch=2",
+            "capacity=2",
+            "updates_per_epoch=1",
+            "epochs=1",
+        ];
+        let (o, _) = quiet_options(&script, out.path(), &opts);
+        let mut t =
+            sqdf::train::Trainer::new(o).unwrap_or_else(|e| panic!("{}: {e:#}", script.display()));
+        let m = t
+            .run_epoch()
+            .unwrap_or_else(|e| panic!("{}: {e:#}", script.display()));
+        assert!(
+            m["loss"].as_f64().is_some_and(f64::is_finite),
+            "{}: no finite loss in {m}",
+            script.display()
+        );
+    }
+}
+
+#[test]
+fn every_comparison_file_names_existing_scripts() {
+    let mut files = Vec::new();
+    lua_files(&root().join("scripts/compare"), &mut files);
+    assert!(!files.is_empty());
+    for f in files {
+        for quick in [false, true] {
+            let plan = sqdf::compare::plan::load(&f, quick)
+                .unwrap_or_else(|e| panic!("{} (quick {quick}): {e:#}", f.display()));
+            assert!(!plan.runs.is_empty());
+        }
+    }
+}
