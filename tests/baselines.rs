@@ -181,9 +181,11 @@ fn draft_kl_adds_alpha_times_the_summed_kl() {
         ", alpha = 0.5, params = { K = 1, kl_steps = 7 }",
     );
     let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
+    // One step first, so the policy differs from the reference and the KL is not zero; then a
+    // fresh batch, whose first update re-takes its own actions (no fresh noise in the loss).
     t.collect().unwrap();
-    // One step first, so the policy differs from the reference and the KL is not zero.
     t.update().unwrap();
+    t.collect().unwrap();
     let traj = latest(&t);
     let with = scalar(
         &t.script

@@ -6,33 +6,38 @@
 -- Paper's hyperparameters (official DDPO code): DDPM 50 steps, lr 3e-4, clip range 1e-4,
 -- advantages clipped to +-5, per-prompt statistics over the last 16 rewards (fewer than 16
 -- seen: the batch's), 1 inner epoch, every timestep trained; DDPO+KL alpha = 0.2 (0.2, 0.3,
--- 0.4 in Fig. 4). config.updates_per_epoch is the number of PPO epochs over the batch.
+-- 0.4 in Fig. 4). config.updates_per_epoch is the number of PPO epochs over the batch. The
+-- KL of DDPO+KL is the current policy's at each pass (the behaviour policy's on the first).
 local M = {}
 
--- (r - mean) / std per prompt over the rewards in the buffer (config.capacity keeps the
--- last ones); prompts seen fewer than `min_count` times use the whole buffer's statistics.
+-- (r - mean) / std per prompt over its last `buffer_size` rewards (DDPO's stat tracker; the
+-- replay buffer keeps them, oldest first, so they survive reloads and resumes); a prompt
+-- seen fewer than `min_count` times is normalised with the batch's statistics.
 function M.advantages(traj, ctx)
   local p = ctx.config.params
-  local min_count = p.min_count or 16
+  local size, min_count = p.buffer_size or 16, p.min_count or 16
   local seen = ctx:buffer_rewards()
   local conds, rs = seen.cond:totable(), seen.reward:totable()
   local sum, sq, n = {}, {}, {}
-  local gsum, gsq = 0, 0
-  for j, c in ipairs(conds) do
-    sum[c] = (sum[c] or 0) + rs[j]
-    sq[c] = (sq[c] or 0) + rs[j] ^ 2
-    n[c] = (n[c] or 0) + 1
-    gsum, gsq = gsum + rs[j], gsq + rs[j] ^ 2
+  for j = #conds, 1, -1 do -- newest first, up to `size` per prompt
+    local c = conds[j]
+    if (n[c] or 0) < size then
+      sum[c], sq[c], n[c] = (sum[c] or 0) + rs[j], (sq[c] or 0) + rs[j] ^ 2, (n[c] or 0) + 1
+    end
   end
   local function stats(s, q, k)
     local mean = s / k
     return mean, math.sqrt(math.max(q / k - mean ^ 2, 0))
   end
-  local gmean, gstd = stats(gsum, gsq, #rs)
-  local adv = {}
   local r, c = traj.reward:totable(), traj.cond:totable()
+  local bsum, bsq = 0, 0
   for j = 1, #r do
-    local mean, std = gmean, gstd
+    bsum, bsq = bsum + r[j], bsq + r[j] ^ 2
+  end
+  local bmean, bstd = stats(bsum, bsq, #r)
+  local adv = {}
+  for j = 1, #r do
+    local mean, std = bmean, bstd
     if (n[c[j]] or 0) >= min_count then
       mean, std = stats(sum[c[j]], sq[c[j]], n[c[j]])
     end
@@ -72,6 +77,8 @@ function M.loss(traj, ctx)
       kl_sum = kl_sum + kl:mean():item()
     end
     -- Ratio of the new policy to the one that sampled the action (stored at sampling).
+    local lp_old = b.log_prob:sum():item()
+    assert(lp_old == lp_old, "DDPO needs the actions' log-probabilities: config.eta must be > 0")
     local ratio = (ctx:log_prob(step, b.next) - b.log_prob):exp()
     local clipped = ratio:clamp(1 - eps, 1 + eps)
     local l = (-(a * ratio)):maximum(-(a * clipped)):mean()

@@ -9,16 +9,21 @@
 -- without gradient by the trainer; the last K steps are taken again here with gradient.
 local M = {}
 
--- The trajectory's own action noise, eps = (x_{t-1} - mu) / sigma: re-taking a step with it
--- reproduces the stored action, so the update right after sampling differentiates exactly
--- the trajectory that was sampled.
-local function action_noise(b, step)
-  return (b.next - step.mean:detach()) / step.sigma
+-- The noise of a re-taken step. On the first update after sampling it is the trajectory's
+-- own, eps = (x_{t-1} - mu) / sigma, so the gradient is exactly that of the sampled chain;
+-- on later updates of the same batch the policy has moved and that formula would pin x_0
+-- to the old sample, so the step draws fresh noise (DRaFT-K on the stored x_{T-K}).
+local function action_noise(b, step, ctx)
+  if ctx.update == 1 then
+    return (b.next - step.mean:detach()) / step.sigma
+  end
+  return ctx:randn_like(step.mean)
 end
 
 -- Takes the last K steps from the stored x_{T-K} with the graph on; returns x_0, the batch
 -- of the last step (for the reward's conditions) and the summed KL of those K steps.
 function M.last_k_steps(traj, ctx, K, with_kl)
+  assert(ctx.config.eta > 0, "DRaFT here re-takes stochastic steps: it needs config.eta > 0")
   local T = traj.steps
   local x = traj:at(T - K).x
   local kl, b = nil, nil
@@ -29,7 +34,7 @@ function M.last_k_steps(traj, ctx, K, with_kl)
       local k = ctx:kl(step, ctx:reference_step(b, x))
       kl = kl and (kl + k) or k
     end
-    x = step.mean + step.sigma * action_noise(b, step)
+    x = step.mean + step.sigma * action_noise(b, step, ctx)
   end
   return x, b, kl
 end
@@ -78,20 +83,21 @@ function M.loss(traj, ctx)
   return loss:mean(), stats
 end
 
--- DRaFT-LV: DRaFT-1 plus n copies of the last step taken from x_0 re-noised to x_1
--- (q(x_1 | x_0)), whose rewards are averaged in: n + 1 reward gradients for one chain.
+-- DRaFT-LV (DRaFT paper, Algorithm 2): the chain is sampled without gradient; its x_0 is
+-- re-noised to x_1 n times (q(x_1 | x_0)) and the last step is taken from each copy with
+-- gradient. The loss averages the n copies' rewards (the paper sums them: a scale of lr).
 function M.loss_lv(traj, ctx)
   local n = ctx.config.params.lv_copies or 2
-  local x0, last = M.last_k_steps(traj, ctx, 1, false)
-  local r = ctx:reward(x0, last)
-  local clean = last.next
+  local last = traj:at(traj.steps - 1)
+  local r = nil
   for _ = 1, n do
-    local x1 = ctx:noise_to(clean, last)
+    local x1 = ctx:noise_to(last.next, last)
     local step = ctx:policy_step(last, x1)
     local x = step.mean + step.sigma * ctx:randn_like(step.mean)
-    r = r + ctx:reward(x, last)
+    local rc = ctx:reward(x, last)
+    r = r and (r + rc) or rc
   end
-  r = r / (n + 1)
+  r = r / n
   return (-r):mean(), { reward = r:mean():item() }
 end
 

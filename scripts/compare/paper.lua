@@ -11,9 +11,10 @@ return {
   title = "SQDF, its baselines and its ablations on the digits benchmark",
   seeds = { 0, 1, 2 }, -- paper: 3 seeds
   evals = 6, -- evaluations along training per run (the paper plots six points per method)
-  quick = { seeds = { 0 }, evals = 3, set = { epochs = 6, eval_per_prompt = 8 } },
+  quick = { seeds = { 0 }, evals = 2, set = { epochs = 6, eval_per_prompt = 8 } },
   runs = {
-    -- Fig. 3: the methods at their paper settings (one alpha each).
+    -- Fig. 3: the methods, each with its paper's alpha; the scripts name the paper's other
+    -- settings and where the digits runs differ (README, "Baselines, ablations ...").
     { label = "SQDF", script = SQDF },
     { label = "DRaFT-1", script = "../baselines/digits_draft.lua" },
     { label = "DRaFT-LV", script = "../baselines/digits_draft_lv.lua" },

@@ -160,9 +160,13 @@ impl ReplayBuffer {
             .collect()
     }
 
-    /// Every stored trajectory's (condition, final reward), for statistics per prompt.
-    pub fn rewards_by_cond(&self) -> (&[u32], &[f32]) {
-        (&self.cond, &self.reward)
+    /// Every stored trajectory's (condition, final reward), oldest first (statistics per
+    /// prompt over the most recent ones).
+    pub fn rewards_in_push_order(&self) -> (Vec<u32>, Vec<f32>) {
+        self.latest(self.len())
+            .into_iter()
+            .map(|s| (self.cond[s], self.reward[s]))
+            .unzip()
     }
 
     pub fn set_priority(&mut self, r: StateRef, p: f64) {

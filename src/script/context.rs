@@ -27,7 +27,10 @@ pub struct LossContext {
     pub origin: String,
     /// DDIM steps of the `ddim` x0 estimator.
     pub x0_steps: usize,
-    /// (condition, final reward) of every trajectory in the replay buffer.
+    /// 1 for the first update after the epoch's trajectories were sampled, 2 for the next...
+    /// (an on-policy loss knows whether its stored actions are still the policy's own).
+    pub update: usize,
+    /// (condition, final reward) of every trajectory in the replay buffer, oldest first.
     pub buffer_rewards: Arc<(Vec<u32>, Vec<f32>)>,
 }
 
@@ -176,6 +179,7 @@ impl UserData for LossContext {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
         f.add_field_method_get("config", |_, c| Ok(c.config.clone()));
         f.add_field_method_get("epoch", |_, c| Ok(c.epoch));
+        f.add_field_method_get("update", |_, c| Ok(c.update));
         f.add_field_method_get("steps", |_, c| Ok(c.models.sampler.steps()));
     }
 

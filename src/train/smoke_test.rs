@@ -51,6 +51,7 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
         epoch: 0,
         origin: script.path.display().to_string(),
         x0_steps: script.config.x0_steps,
+        update: 1,
         buffer_rewards: Arc::new((vec![cond, cond], vec![0.0, 1.0])),
     };
     let out = match script.config.update_on {

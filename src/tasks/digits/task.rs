@@ -261,7 +261,11 @@ impl Task for DigitsTask {
                 (samples, 0.0)
             }
             None => {
-                let (samples, kl) = sample_all(models, policy, !is_reference, seed, per_prompt)?;
+                // Along training the KL is left out (NaN): it doubles the cost, and Fig. 3 does
+                // not plot it; eval.json's `after` has it.
+                let (samples, kl) =
+                    sample_all(models, policy, !is_reference && !along, seed, per_prompt)?;
+                let kl = if along && !is_reference { f64::NAN } else { kl };
                 // `sqdf eval` of the pretrained model (label "pretrained") refreshes the cache,
                 // as `sqdf pretrain digits` writes it.
                 if is_reference && label == "pretrained" {

@@ -1,0 +1,210 @@
+//! One epoch of Algorithm 1: collect B trajectories, then `updates_per_epoch` updates of
+//! the script's `loss`, then a line of metrics.
+
+use super::*;
+
+impl Trainer {
+    /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
+    /// by the script's `reward` and stored with their priorities. Returns the rewards.
+    pub fn collect(&mut self) -> Result<Vec<f32>> {
+        let cfg = self.script.config.clone();
+        let m = self.models.clone();
+        let steps = m.sampler.steps();
+        self.updates_since_collect = 0;
+        let (cond, x0, states, log_probs) = {
+            let mut rng = self.rng.lock().unwrap();
+            let cond = self.task.conditions(cfg.batch, &mut rng);
+            let ct = cond_tensor(&cond, &m.device)?;
+            let r = rollout::sample_trajectories(
+                m.policy.as_ref(),
+                &m.sampler,
+                &m.state_shape,
+                &ct,
+                &mut rng,
+            )?;
+            // [B, T]: the behaviour policy's log-probabilities, for PPO-style losses.
+            let lp = if r.log_probs.len() == steps {
+                Some(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?)
+            } else {
+                None
+            };
+            (cond, r.x0, r.states, lp)
+        };
+        let rewards = self
+            .script
+            .reward(&x0, &cond_tensor(&cond, &m.device)?)?
+            .to_vec1::<f32>()?;
+        let traj = Tensor::stack(&states, 1)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let per = traj.len() / cfg.batch;
+        for (b, chunk) in traj.chunks(per).enumerate() {
+            let slot = self.buffer.push(chunk, cond[b], rewards[b])?;
+            if let Some(lp) = &log_probs {
+                self.buffer.set_log_probs(slot, &lp[b])?;
+            }
+            if cfg.sampling == Sampling::Priority {
+                for i in 0..steps {
+                    let p = self.script.priority(
+                        rewards[b],
+                        steps - 1 - i,
+                        m.sampler.timestep(i),
+                        cond[b],
+                    )?;
+                    self.buffer.set_priority(StateRef { slot, i }, p);
+                }
+            }
+        }
+        Ok(rewards)
+    }
+
+    /// Step 2, once: B states from the buffer, the script's `loss` (Eq. 16 in lua/sqdf.lua),
+    /// backward, clip, AdamW. None when the loss or its gradient was not finite (skipped;
+    /// five in a row stop the run).
+    pub fn update(&mut self) -> Result<Option<Update>> {
+        let cfg = self.script.config.clone();
+        let m = self.models.clone();
+        let out = match cfg.update_on {
+            UpdateOn::States => {
+                let refs = self.sample_states(cfg.batch, cfg.sampling)?;
+                let batch =
+                    Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
+                self.script.loss(batch, self.context())?
+            }
+            UpdateOn::Trajectories => {
+                let slots = self.buffer.latest(cfg.batch);
+                let traj = Trajectories::from_buffer(
+                    &self.buffer,
+                    &slots,
+                    &m.sampler,
+                    &self.discounts,
+                    &m.device,
+                )?;
+                self.script.loss(traj, self.context())?
+            }
+        };
+        let loss = out
+            .loss
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let mut grads = if loss.is_finite() {
+            let store = out.loss.backward()?;
+            self.optim
+                .params
+                .iter()
+                .map(|(_, v)| store.get(v.as_tensor()).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let norm = if loss.is_finite() {
+            clip_grad_norm(&mut grads, cfg.grad_clip)?
+        } else {
+            f64::NAN
+        };
+        if !norm.is_finite() {
+            self.nan_streak += 1;
+            self.log.warn(format!(
+                "epoch {}: non-finite loss ({loss}) or gradient norm ({norm}); step skipped ({} in a row)",
+                self.epoch + 1,
+                self.nan_streak
+            ));
+            if self.nan_streak >= MAX_NAN_STREAK {
+                bail!(
+                    "{MAX_NAN_STREAK} non-finite losses in a row: the run stops. The last checkpoint ({}, epoch {}) is intact; check the `loss` and `reward` hooks of {}",
+                    self.run_dir.join(checkpoint::FILE).display(),
+                    self.epoch,
+                    self.script.path.display()
+                );
+            }
+            return Ok(None);
+        }
+        self.optim.step(&grads, cfg.lr, cfg.weight_decay)?;
+        self.updates_since_collect += 1;
+        self.nan_streak = 0;
+        Ok(Some(Update {
+            loss,
+            grad_norm: norm,
+            stats: out.stats,
+        }))
+    }
+
+    /// One epoch of Algorithm 1 (collect, then `updates_per_epoch` updates); returns (and
+    /// appends to metrics.jsonl) its metrics.
+    pub fn run_epoch(&mut self) -> Result<Json> {
+        let start = Instant::now();
+        let cfg = self.script.config.clone();
+        let rewards = self.collect()?;
+        let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+        let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..cfg.updates_per_epoch {
+            let Some(u) = self.update()? else {
+                skipped += 1;
+                continue;
+            };
+            losses.push(u.loss);
+            norms.push(u.grad_norm);
+            for (k, v) in u.stats {
+                stats.entry(k).or_default().push(v);
+            }
+        }
+        self.epoch += 1;
+
+        // 3. Metrics.
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                None
+            } else {
+                Some(v.iter().sum::<f64>() / v.len() as f64)
+            }
+        };
+        let r: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
+        let r_mean = mean(&r).unwrap_or(f64::NAN);
+        let r_std = (r.iter().map(|x| (x - r_mean).powi(2)).sum::<f64>() / r.len() as f64).sqrt();
+        let mut line = json!({
+            "epoch": self.epoch,
+            "reward_mean": r_mean,
+            "reward_std": r_std,
+            "kl": stats.get("kl").and_then(|v| mean(v)),
+            "loss": mean(&losses),
+            "grad_norm": mean(&norms),
+            "skipped_steps": skipped,
+            "buffer": self.buffer.len(),
+            "seconds": start.elapsed().as_secs_f64(),
+            "script_generation": self.generation,
+        });
+        // Numbers from the hooks go beside the framework's, never over them.
+        let free = |line: &Json, k: &str| {
+            if line.get(k).is_some() {
+                format!("hook.{k}")
+            } else {
+                k.to_string()
+            }
+        };
+        for (k, v) in &stats {
+            if k != "kl" {
+                let key = free(&line, k);
+                line[key.as_str()] = json!(mean(v));
+            }
+        }
+        for (k, v) in self.script.on_epoch_end(&line)? {
+            let key = free(&line, &k);
+            line[key.as_str()] = json!(v);
+        }
+        self.metrics.append(&line)?;
+        Ok(line)
+    }
+
+    fn sample_states(&mut self, n: usize, sampling: Sampling) -> Result<Vec<StateRef>> {
+        let mut rng = self.rng.lock().unwrap();
+        if sampling == Sampling::Priority {
+            if let Some(refs) = self.buffer.sample_prioritised(n, &mut rng) {
+                return Ok(refs);
+            }
+            self.log
+                .warn("every buffer priority is zero; drawing this batch uniformly");
+        }
+        self.buffer.sample_uniform(n, &mut rng)
+    }
+}

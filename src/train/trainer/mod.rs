@@ -1,0 +1,226 @@
+//! The SQDF training loop (paper Algorithm 1), one epoch at a time:
+//!   1. sample B trajectories with the current policy (detached) and score x_0 with the
+//!      script's `reward`; push them into the replay buffer with `priority`;
+//!   2. `updates_per_epoch` times: draw B states from the buffer, call the script's `loss`
+//!      (Eq. 16 in `lua/sqdf.lua`), backpropagate, clip, AdamW;
+//!   3. log a line of metrics, reload the script if it changed, checkpoint.
+
+use super::along_training::{self, EvalLog};
+use super::checkpoint::{self, fingerprint, CheckpointState};
+use super::grad_clip::clip_grad_norm;
+use super::hot_reload::{self, Reload};
+use super::metrics::MetricsWriter;
+use super::smoke_test::smoke_test;
+use super::{rollout, run_dir, AdamW};
+use crate::eval::training_curve::plot_training_curve;
+use crate::replay::{ReplayBuffer, StateRef};
+use crate::rng::{self, SharedRng};
+use crate::run_log::RunLog;
+use crate::script::watcher::ScriptWatcher;
+use crate::script::{
+    config, Batch, LossContext, Sampling, SandboxOptions, Script, TensorEnv, Trajectories, UpdateOn,
+};
+use crate::tasks::{self, cond_tensor, Task, TaskModels};
+use crate::tensor_io::sorted_vars;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+mod epoch;
+mod reload;
+mod run;
+mod state;
+
+/// Consecutive non-finite losses after which a run stops (its last checkpoint stays).
+pub const MAX_NAN_STREAK: usize = 5;
+
+pub struct RunOptions {
+    pub script: PathBuf,
+    pub overrides: Vec<(String, Json)>,
+    /// The run folder; default `runs/<script name>-<time>`.
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its checkpoint.
+    pub resume: Option<PathBuf>,
+    pub device: Device,
+    /// Watch the script for edits (hot reload).
+    pub watch: bool,
+    pub progress: bool,
+    pub log: Arc<RunLog>,
+}
+
+impl RunOptions {
+    pub fn new(script: impl Into<PathBuf>) -> Self {
+        Self {
+            script: script.into(),
+            overrides: Vec::new(),
+            out: None,
+            resume: None,
+            device: Device::Cpu,
+            watch: true,
+            progress: true,
+            log: RunLog::stderr(),
+        }
+    }
+}
+
+/// One optimiser step's numbers.
+pub struct Update {
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// The numbers the `loss` hook returned to log.
+    pub stats: BTreeMap<String, f64>,
+}
+
+/// What happened at a reload check between epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    NoChange,
+    Reloaded,
+    Rejected,
+}
+
+pub struct Trainer {
+    pub opts: RunOptions,
+    pub task: Box<dyn Task>,
+    pub models: Arc<TaskModels>,
+    pub script: Script,
+    pub generation: u64,
+    pub buffer: ReplayBuffer,
+    pub optim: AdamW,
+    pub rng: SharedRng,
+    pub epoch: usize,
+    pub nan_streak: usize,
+    /// Optimiser steps since the last `collect` (`ctx.update` is this + 1).
+    pub updates_since_collect: usize,
+    pub run_dir: PathBuf,
+    pub log: Arc<RunLog>,
+    sandbox: SandboxOptions,
+    discounts: Vec<f64>,
+    watcher: Option<ScriptWatcher>,
+    metrics: MetricsWriter,
+    evals: EvalLog,
+    last_rejected: Option<Vec<Option<String>>>,
+}
+
+impl Trainer {
+    /// Loads and checks the script, the task's weights and (with `resume`) the checkpoint.
+    /// Everything a user can get wrong fails here, before the first epoch.
+    pub fn new(opts: RunOptions) -> Result<Self> {
+        crate::keep_freed_memory();
+        let log = opts.log.clone();
+        let script_dir = opts
+            .script
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let sandbox = SandboxOptions::new(
+            &script_dir,
+            log.clone(),
+            TensorEnv {
+                device: opts.device.clone(),
+                rng: rng::shared(crate::script::experiment::LOAD_SEED),
+            },
+        );
+        let script = Script::load(&opts.script, &opts.overrides, &sandbox)?;
+        let cfg = script.config.clone();
+        let task =
+            tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", opts.script.display()))?;
+        let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
+        let models = Arc::new(task.build(&weights, &cfg, &opts.device)?);
+        script.provide_rewards(&models.rewards)?;
+        let cond0 = task.conditions(1, &mut rng::seeded(0))[0];
+        smoke_test(&script, &models, cond0)?;
+
+        let rng = rng::shared(cfg.seed);
+        script.set_tensor_env(TensorEnv {
+            device: opts.device.clone(),
+            rng: rng.clone(),
+        });
+        let optim = AdamW::new(sorted_vars(&models.policy_vars))?;
+        let buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &models.state_shape);
+        let run_dir = match (&opts.resume, &opts.out) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => run_dir::default_run_dir(&opts.script),
+        };
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating run folder {}", run_dir.display()))?;
+        log.attach_file(&run_dir.join("run.log"))
+            .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
+        let discounts = script.discounts(cfg.steps)?;
+        let mut t = Self {
+            metrics: MetricsWriter::new(&run_dir.join("metrics.jsonl")),
+            evals: EvalLog::new(&run_dir),
+            task,
+            models,
+            script,
+            generation: 1,
+            buffer,
+            optim,
+            rng,
+            epoch: 0,
+            nan_streak: 0,
+            updates_since_collect: 0,
+            run_dir,
+            log,
+            sandbox,
+            discounts,
+            watcher: None,
+            last_rejected: None,
+            opts,
+        };
+        if let Some(dir) = t.opts.resume.clone() {
+            t.restore(&dir)?;
+        }
+        t.recompute_priorities()?;
+        if t.opts.watch {
+            match ScriptWatcher::new().and_then(|mut w| w.watch(&t.source_paths()).map(|_| w)) {
+                Ok(w) => t.watcher = Some(w),
+                Err(e) => t.log.warn(format!(
+                    "cannot watch the script for edits ({e}); it will be checked every epoch"
+                )),
+            }
+        }
+        Ok(t)
+    }
+
+    /// discount(k) for k = 0..T-1 from the running script.
+    pub fn discounts(&self) -> &[f64] {
+        &self.discounts
+    }
+
+    fn source_paths(&self) -> Vec<PathBuf> {
+        self.script.sources.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    fn fingerprint(&self) -> String {
+        let srcs: Vec<&str> = self
+            .script
+            .sources
+            .iter()
+            .map(|(_, s)| s.as_str())
+            .collect();
+        fingerprint(&srcs)
+    }
+
+    /// The `ctx` the `loss` hook receives this epoch.
+    pub fn context(&self) -> LossContext {
+        LossContext {
+            models: self.models.clone(),
+            reward: self.script.reward_fn(),
+            config: self.script.config_table.clone(),
+            x0: self.script.config.x0,
+            rng: self.rng.clone(),
+            epoch: self.epoch,
+            origin: self.script.path.display().to_string(),
+            x0_steps: self.script.config.x0_steps,
+            update: self.updates_since_collect + 1,
+            buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! A whole run: the evaluation before, the epochs with their evaluations along training,
+//! the training curve and the evaluation after, into eval.json.
+
+use super::*;
+
+impl Trainer {
+    /// Runs to `config.epochs` (a live key), then evaluates; returns eval.json's contents.
+    pub fn run(&mut self) -> Result<Json> {
+        let cfg = self.script.config.clone();
+        self.log.info(format!(
+            "run folder {}; task {}, T = {}, batch {}, alpha {}, gamma {}, x0 {:?}, sampling {:?}",
+            self.run_dir.display(),
+            cfg.task,
+            cfg.steps,
+            cfg.batch,
+            cfg.alpha,
+            cfg.gamma,
+            cfg.x0,
+            cfg.sampling
+        ));
+        let started = Instant::now();
+        let before = self.evaluate_before()?;
+        if cfg.evals > 0 && !self.evals.has(0) {
+            // The curve's first point: the pretrained model at the along-training size.
+            let m = self.evaluate_along_with(self.models.reference.as_ref(), 0)?;
+            self.evals.append(0, &m)?;
+        }
+        let bar = if self.opts.progress {
+            ProgressBar::new(cfg.epochs as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} epochs [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(self.epoch as u64);
+        self.log.set_bar(Some(bar.clone()));
+        let result = self.train_epochs(&bar);
+        bar.finish_and_clear();
+        self.log.set_bar(None);
+        result?;
+        let curve = self.run_dir.join("training_curve.png");
+        plot_training_curve(&self.run_dir.join("metrics.jsonl"), &curve)?;
+        self.log.info(format!("wrote {}", curve.display()));
+        self.log.info("evaluating the fine-tuned model");
+        let after = self.task.evaluate(
+            &self.models,
+            self.models.policy.as_ref(),
+            &self.script,
+            &self.run_dir,
+            "after",
+            &self.log,
+            false,
+        )?;
+        let eval = json!({
+            "before": before,
+            "after": after,
+            "epochs": self.epoch,
+            // This process's time (a resumed run counts from its resume) and memory.
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "peak_rss_mib": crate::train::memory::peak_rss_mib(),
+            "script": self.script.path.display().to_string(),
+            "script_generation": self.generation,
+            "config": self.script.config,
+        });
+        std::fs::write(
+            self.run_dir.join("eval.json"),
+            serde_json::to_string_pretty(&eval)?,
+        )?;
+        self.log.info(format!(
+            "wrote {}",
+            self.run_dir.join("eval.json").display()
+        ));
+        Ok(eval)
+    }
+
+    fn train_epochs(&mut self, bar: &ProgressBar) -> Result<()> {
+        // A run stopped between its checkpoint and that epoch's evaluation makes it up.
+        self.evaluate_along()?;
+        while self.epoch < self.script.config.epochs {
+            if self.epoch > 0 {
+                self.maybe_reload();
+            }
+            bar.set_length(self.script.config.epochs as u64);
+            let m = self.run_epoch()?;
+            self.save_checkpoint()?;
+            self.evaluate_along()?;
+            bar.set_position(self.epoch as u64);
+            bar.set_message(format!(
+                "reward {:.3} ± {:.3}, kl {}, gen {}",
+                m["reward_mean"].as_f64().unwrap_or(f64::NAN),
+                m["reward_std"].as_f64().unwrap_or(f64::NAN),
+                m["kl"]
+                    .as_f64()
+                    .map(|k| format!("{k:.4}"))
+                    .unwrap_or_else(|| "-".into()),
+                self.generation
+            ));
+        }
+        Ok(())
+    }
+
+    /// The smaller evaluation after this epoch, if it is one of the `evals` evenly spaced
+    /// ones, into evals.jsonl (the points of Fig. 3).
+    fn evaluate_along(&self) -> Result<()> {
+        let cfg = &self.script.config;
+        if !along_training::eval_epochs(cfg.epochs, cfg.evals).contains(&self.epoch)
+            || self.evals.has(self.epoch)
+        {
+            return Ok(());
+        }
+        let m = self.evaluate_along_with(self.models.policy.as_ref(), self.epoch)?;
+        self.evals.append(self.epoch, &m)
+    }
+
+    fn evaluate_along_with(
+        &self,
+        model: &dyn crate::models::Denoiser,
+        epoch: usize,
+    ) -> Result<Json> {
+        let dir = self.run_dir.join("along_training");
+        std::fs::create_dir_all(&dir)?;
+        self.task.evaluate(
+            &self.models,
+            model,
+            &self.script,
+            &dir,
+            &format!("epoch_{epoch:03}"),
+            &self.log,
+            true,
+        )
+    }
+
+    /// The pretrained model's metrics, computed once per run folder.
+    fn evaluate_before(&self) -> Result<Json> {
+        let path = self.run_dir.join("eval_before.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return Ok(v);
+            }
+        }
+        self.log.info("evaluating the pretrained model");
+        let v = self.task.evaluate(
+            &self.models,
+            self.models.reference.as_ref(),
+            &self.script,
+            &self.run_dir,
+            "before",
+            &self.log,
+            false,
+        )?;
+        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+        Ok(v)
+    }
+}

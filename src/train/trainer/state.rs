@@ -1,0 +1,64 @@
+//! The run's state on disk: the atomic checkpoint after every epoch, and resuming from it.
+
+use super::*;
+
+impl Trainer {
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.run_dir.join(checkpoint::FILE)
+    }
+
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let state = CheckpointState {
+            epoch: self.epoch,
+            generation: self.generation,
+            script: self.script.path.display().to_string(),
+            script_hash: self.fingerprint(),
+            config: self.script.config.clone(),
+            optim_step: self.optim.step,
+            rng: self.rng.lock().unwrap().clone(),
+            buffer_next: self.buffer.next_slot(),
+            buffer_pushed: self.buffer.pushed(),
+            nan_streak: self.nan_streak,
+        };
+        checkpoint::save(
+            &self.checkpoint_path(),
+            &state,
+            &self.optim.params,
+            &self.optim,
+            &self.buffer,
+        )
+    }
+
+    pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(checkpoint::FILE);
+        let loaded = checkpoint::load(&path)
+            .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        for (k, a, b) in loaded.state.config.diff(&self.script.config) {
+            if !config::is_live(&k) {
+                bail!(
+                    "cannot resume {}: config.{k} was {a} in the checkpoint and is {b} now; it cannot change within a run",
+                    dir.display()
+                );
+            }
+        }
+        let params = self.optim.params.clone();
+        loaded.restore(&path, &params, &mut self.optim, &mut self.buffer)?;
+        *self.rng.lock().unwrap() = loaded.state.rng.clone();
+        self.epoch = loaded.state.epoch;
+        self.generation = loaded.state.generation;
+        self.nan_streak = loaded.state.nan_streak;
+        if self.fingerprint() != loaded.state.script_hash {
+            self.generation += 1;
+            self.log.info(format!(
+                "{} changed since the checkpoint: generation {}",
+                self.script.path.display(),
+                self.generation
+            ));
+        }
+        self.metrics.truncate_after(self.epoch)?;
+        self.evals.truncate_after(self.epoch)?;
+        self.log
+            .info(format!("resumed {} at epoch {}", dir.display(), self.epoch));
+        Ok(())
+    }
+}
