@@ -24,6 +24,8 @@ pub struct RunResult {
     /// The same metrics along training, (epoch, metrics), epoch 0 being the pretrained
     /// model; the checkpoints are evenly spaced.
     pub curve: Vec<(usize, Json)>,
+    /// Training wall time: the sum of the epochs' `seconds` in metrics.jsonl (sampling and
+    /// updates; the evaluations, the same for every method, are left out).
     pub wall_seconds: f64,
     /// Peak resident memory of the run's process (VmHWM), MiB.
     pub peak_rss_mib: f64,

@@ -29,7 +29,7 @@ const COLUMNS: [(&str, Source, f64, usize); 10] = [
     ("diversity (LPIPS)", Source::After("diversity_lpips"), 1.0, 3),
     ("Fréchet", Source::After("frechet"), 1.0, 1),
     ("KL", Source::After("kl"), 1.0, 3),
-    ("wall time (min)", Source::WallMinutes, 1.0, 1),
+    ("training time (min)", Source::WallMinutes, 1.0, 1),
     ("peak memory (MiB)", Source::MemoryMib, 1.0, 0),
 ];
 

@@ -61,6 +61,17 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The sum of the epochs' `seconds` in a run's metrics.jsonl (resumed parts included).
+fn training_seconds(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+            .filter_map(|l| l["seconds"].as_f64())
+            .sum(),
+    )
+}
+
 /// A finished run's folder as the report reads it.
 pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
     let path = dir.join("eval.json");
@@ -79,7 +90,7 @@ pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
         sweep: run.sweep.clone(),
         after: eval["after"].clone(),
         curve,
-        wall_seconds: eval["wall_seconds"].as_f64().unwrap_or(f64::NAN),
+        wall_seconds: training_seconds(dir).unwrap_or(f64::NAN),
         peak_rss_mib: eval["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
     })
 }
@@ -207,7 +218,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     add_sweep_bases(&plan.runs, &mut results, &out);
     let machine = crate::train::bench::machine();
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); wall time and peak resident memory are each run's own process.{}",
+        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),
