@@ -170,6 +170,31 @@ fn summed_kl(t: &Trainer, traj: &Trajectories) -> Tensor {
     sum
 }
 
+/// A trainer one update away from the reference (so the KL is not zero) that has then
+/// sampled a fresh batch: the first update on it re-takes the policy's own actions (ratio 1,
+/// no fresh noise in DRaFT's loss). Returns it with that batch.
+fn moved_then_fresh(script: &std::path::Path, out: &std::path::Path) -> (Trainer, Trajectories) {
+    let (mut t, _) = trainer(script, out, &[]);
+    t.collect().unwrap();
+    t.update().unwrap();
+    t.collect().unwrap();
+    let traj = latest(&t);
+    (t, traj)
+}
+
+/// loss(alpha = 0.5) - loss(alpha = 0) on the same trajectories.
+fn kl_part_of_the_loss(t: &Trainer, traj: &Trajectories) -> f64 {
+    let at = |alpha| {
+        scalar(
+            &t.script
+                .loss(traj.clone(), with_alpha(t.context(), alpha))
+                .unwrap()
+                .loss,
+        )
+    };
+    at(0.5) - at(0.0)
+}
+
 #[test]
 fn draft_kl_adds_alpha_times_the_summed_kl() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,30 +205,13 @@ fn draft_kl_adds_alpha_times_the_summed_kl() {
         "loss",
         ", alpha = 0.5, params = { K = 1, kl_steps = 7 }",
     );
-    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
-    // One step first, so the policy differs from the reference and the KL is not zero; then a
-    // fresh batch, whose first update re-takes its own actions (no fresh noise in the loss).
-    t.collect().unwrap();
-    t.update().unwrap();
-    t.collect().unwrap();
-    let traj = latest(&t);
-    let with = scalar(
-        &t.script
-            .loss(traj.clone(), with_alpha(t.context(), 0.5))
-            .unwrap()
-            .loss,
-    );
-    let without = scalar(
-        &t.script
-            .loss(traj.clone(), with_alpha(t.context(), 0.0))
-            .unwrap()
-            .loss,
-    );
+    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
+    let diff = kl_part_of_the_loss(&t, &traj);
     let kl = scalar(&summed_kl(&t, &traj).mean_all().unwrap());
     assert!(kl > 1e-6, "the KL should be positive after an update: {kl}");
     assert!(
-        ((with - without) - 0.5 * kl).abs() < 1e-5 * (1.0 + kl),
-        "{with} - {without} != 0.5 * {kl}"
+        (diff - 0.5 * kl).abs() < 1e-5 * (1.0 + kl),
+        "{diff} != 0.5 * {kl}"
     );
 }
 
@@ -216,34 +224,17 @@ fn ddpo_kl_takes_alpha_times_the_step_kl_off_the_advantage() {
         "loss",
         ", alpha = 0.5, params = { min_count = 2, timestep_fraction = 1 }",
     );
-    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
-    // One update moves the policy off the reference (KL > 0); the batch collected after it
-    // is the policy's own, so its ratio is 1.
-    t.collect().unwrap();
-    t.update().unwrap();
-    t.collect().unwrap();
-    let traj = latest(&t);
     // On the policy's own batch the ratio is 1: loss = mean_t mean_b -(A - alpha KL_t), so the KL
     // version is larger by alpha times the per-step KL averaged over steps and samples.
-    let with = scalar(
-        &t.script
-            .loss(traj.clone(), with_alpha(t.context(), 0.5))
-            .unwrap()
-            .loss,
-    );
-    let without = scalar(
-        &t.script
-            .loss(traj.clone(), with_alpha(t.context(), 0.0))
-            .unwrap()
-            .loss,
-    );
+    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
+    let diff = kl_part_of_the_loss(&t, &traj);
     let mean_kl = scalar(&summed_kl(&t, &traj).mean_all().unwrap()) / traj.steps() as f64;
     assert!(
         mean_kl > 1e-6,
         "the KL should be positive after an update: {mean_kl}"
     );
     assert!(
-        ((with - without) - 0.5 * mean_kl).abs() < 1e-5 * (1.0 + mean_kl),
-        "{with} - {without} != 0.5 * {mean_kl}"
+        (diff - 0.5 * mean_kl).abs() < 1e-5 * (1.0 + mean_kl),
+        "{diff} != 0.5 * {mean_kl}"
     );
 }

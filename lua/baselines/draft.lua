@@ -101,13 +101,8 @@ function M.loss_lv(traj, ctx)
   return (-r):mean(), { reward = r:mean():item() }
 end
 
--- On-policy methods neither discount nor prioritise; the hooks exist for the contract.
-function M.discount()
-  return 1
-end
-
-function M.priority()
-  return 0
-end
+-- No discount, no priority (lua/baselines/on_policy.lua).
+local on_policy = require("baselines.on_policy")
+M.discount, M.priority = on_policy.discount, on_policy.priority
 
 return M

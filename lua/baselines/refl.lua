@@ -17,12 +17,8 @@ function M.loss(traj, ctx)
   return (-r):mean(), { reward = r:mean():item(), step = i }
 end
 
-function M.discount()
-  return 1
-end
-
-function M.priority()
-  return 0
-end
+-- No discount, no priority (lua/baselines/on_policy.lua).
+local on_policy = require("baselines.on_policy")
+M.discount, M.priority = on_policy.discount, on_policy.priority
 
 return M

@@ -72,8 +72,8 @@ fn training_seconds(dir: &Path) -> Option<f64> {
     )
 }
 
-/// A finished run's folder as the report reads it.
-pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
+/// A finished run's folder as the report reads it, and the config it ran with.
+pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<(RunResult, Json)> {
     let path = dir.join("eval.json");
     let eval: Json = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -84,7 +84,7 @@ pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
         .into_iter()
         .filter_map(|l| Some((l["epoch"].as_u64()? as usize, l)))
         .collect();
-    Ok(RunResult {
+    let result = RunResult {
         label: run.label.clone(),
         seed: run.seed,
         sweep: run.sweep.clone(),
@@ -92,12 +92,14 @@ pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<RunResult> {
         curve,
         wall_seconds: training_seconds(dir).unwrap_or(f64::NAN),
         peak_rss_mib: eval["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
-    })
+    };
+    Ok((result, eval["config"].clone()))
 }
 
-/// A sweep's `base` runs join its curve at their own value of the swept key (read from
-/// their eval.json's config), so the default point is not run twice.
-fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, out: &Path) {
+/// A sweep's `base` runs join its curve at their own value of the swept key (from the
+/// config each run recorded, `configs[i]` beside `results[i]`), so the default point is not
+/// run twice.
+fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, configs: &[Json]) {
     let mut extra = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for run in runs {
@@ -107,15 +109,11 @@ fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, out: &Path
         if !seen.insert(run.label.clone()) {
             continue;
         }
-        for (r, p) in results.iter().zip(runs_of(runs, results)) {
+        for (r, config) in results.iter().zip(configs) {
             if &r.label != base || r.sweep.is_some() {
                 continue;
             }
-            let eval =
-                std::fs::read_to_string(out.join("runs").join(&p.dir_name).join("eval.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<Json>(&t).ok());
-            if let Some(v) = eval.and_then(|e| e["config"][key.as_str()].as_f64()) {
+            if let Some(v) = config[key.as_str()].as_f64() {
                 let mut copy = r.clone();
                 copy.label = run.label.clone();
                 copy.sweep = Some((key.clone(), v));
@@ -124,17 +122,6 @@ fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, out: &Path
         }
     }
     results.extend(extra);
-}
-
-/// The planned run behind each result, in order.
-fn runs_of<'a>(runs: &'a [PlannedRun], results: &[RunResult]) -> Vec<&'a PlannedRun> {
-    results
-        .iter()
-        .filter_map(|r| {
-            runs.iter()
-                .find(|p| p.label == r.label && p.seed == r.seed && p.sweep == r.sweep)
-        })
-        .collect()
 }
 
 /// Runs every planned run not yet finished, then writes report.md, the figures and
@@ -172,7 +159,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         .expect("valid template"),
     );
     opts.log.set_bar(Some(bar.clone()));
-    let (mut results, mut failed) = (Vec::new(), Vec::new());
+    let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for (n, run) in plan.runs.iter().enumerate() {
         let dir = out.join("runs").join(&run.dir_name);
         bar.set_message(format!("{} (seed {})", run.label, run.seed));
@@ -184,7 +171,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
             execute(run, &dir, &opts.exe)
         };
         match outcome.and_then(|_| read_result(run, &dir)) {
-            Ok(r) => {
+            Ok((r, config)) => {
                 opts.log.info(format!(
                     "run {}/{} {}: {} seed {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
                     n + 1,
@@ -198,6 +185,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
                     started.elapsed().as_secs_f64()
                 ));
                 results.push(r);
+                configs.push(config);
             }
             Err(e) => {
                 opts.log.error(format!(
@@ -215,7 +203,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     }
     bar.finish_and_clear();
     opts.log.set_bar(None);
-    add_sweep_bases(&plan.runs, &mut results, &out);
+    add_sweep_bases(&plan.runs, &mut results, &configs);
     let machine = crate::train::bench::machine();
     let notes = format!(
         "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}",

@@ -95,13 +95,6 @@ impl UserData for Batch {
         f.add_field_method_get("reward", |_, b| Ok(LuaTensor(b.reward.clone())));
         f.add_field_method_get("cond", |_, b| Ok(LuaTensor(b.cond.clone())));
         f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor(b.log_prob.clone())));
-        // The sampling index of the batch's states when they share one (trajectory views).
-        f.add_field_method_get("i", |_, b| {
-            Ok(b.idx
-                .first()
-                .copied()
-                .filter(|&i| b.idx.iter().all(|&j| j == i)))
-        });
         f.add_field_method_get("size", |_, b| Ok(b.size()));
     }
 }

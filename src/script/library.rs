@@ -5,6 +5,10 @@ pub const MODULES: &[(&str, &str)] = &[
     ("sqdf", include_str!("../../lua/sqdf.lua")),
     ("digits_reward", include_str!("../../lua/digits_reward.lua")),
     (
+        "baselines.on_policy",
+        include_str!("../../lua/baselines/on_policy.lua"),
+    ),
+    (
         "baselines.draft",
         include_str!("../../lua/baselines/draft.lua"),
     ),

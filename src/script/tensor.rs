@@ -331,22 +331,30 @@ impl UserData for LuaTensor {
             Ok(LuaTensor(x))
         });
         // Elementwise max / min with a tensor (broadcast) or a number (PPO's clipped ratio).
-        m.add_method("maximum", |_, t, o: Operand| {
-            match o {
-                Operand::T(o) => t.0.broadcast_maximum(&o),
-                Operand::N(n) => t.0.maximum(n),
-            }
-            .map(LuaTensor)
-            .map_err(lua_err)
-        });
-        m.add_method("minimum", |_, t, o: Operand| {
-            match o {
-                Operand::T(o) => t.0.broadcast_minimum(&o),
-                Operand::N(n) => t.0.minimum(n),
-            }
-            .map(LuaTensor)
-            .map_err(lua_err)
-        });
+        type Pair = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+        type WithNumber = fn(&Tensor, f64) -> candle_core::Result<Tensor>;
+        let pairs: [(&str, Pair, WithNumber); 2] = [
+            (
+                "maximum",
+                |a, b| a.broadcast_maximum(b),
+                |a, n| a.maximum(n),
+            ),
+            (
+                "minimum",
+                |a, b| a.broadcast_minimum(b),
+                |a, n| a.minimum(n),
+            ),
+        ];
+        for (name, with_tensor, with_number) in pairs {
+            m.add_method(name, move |_, t, o: Operand| {
+                match o {
+                    Operand::T(o) => with_tensor(&t.0, &o),
+                    Operand::N(n) => with_number(&t.0, n),
+                }
+                .map(LuaTensor)
+                .map_err(lua_err)
+            });
+        }
         m.add_method("pow", |_, t, e: f64| {
             t.0.powf(e).map(LuaTensor).map_err(lua_err)
         });

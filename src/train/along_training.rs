@@ -2,9 +2,9 @@
 //! spaced epochs, one JSON line each in `evals.jsonl`, as the paper plots its methods at
 //! six points of training (Fig. 3). A resumed run keeps the lines up to its epoch.
 
-use anyhow::{Context, Result};
+use super::metrics::MetricsWriter;
+use anyhow::Result;
 use serde_json::Value as Json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "evals.jsonl";
@@ -18,14 +18,18 @@ pub fn eval_epochs(total: usize, n: usize) -> Vec<usize> {
     v
 }
 
+/// evals.jsonl: the same append-and-truncate file as metrics.jsonl, read back by epoch.
 pub struct EvalLog {
     path: PathBuf,
+    file: MetricsWriter,
 }
 
 impl EvalLog {
     pub fn new(run_dir: &Path) -> Self {
+        let path = run_dir.join(FILE);
         Self {
-            path: run_dir.join(FILE),
+            file: MetricsWriter::new(&path),
+            path,
         }
     }
 
@@ -53,28 +57,12 @@ impl EvalLog {
                 line[k.as_str()] = v.clone();
             }
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{line}")?;
-        Ok(())
+        self.file.append(&line)
     }
 
     /// Drops the lines after `epoch` (a resume continues from there).
     pub fn truncate_after(&self, epoch: usize) -> Result<()> {
-        if !self.path.exists() {
-            return Ok(());
-        }
-        let kept: Vec<String> = self
-            .lines()
-            .into_iter()
-            .filter(|l| l["epoch"].as_u64().is_some_and(|e| e <= epoch as u64))
-            .map(|l| l.to_string() + "\n")
-            .collect();
-        std::fs::write(&self.path, kept.concat())
-            .with_context(|| format!("rewriting {}", self.path.display()))
+        self.file.truncate_after(epoch)
     }
 }
 

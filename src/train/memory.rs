@@ -1,17 +1,23 @@
-//! Peak resident memory of this process, for the comparison's memory column. The kernel's
-//! high-water mark (VmHWM) counts what the allocator really took, tensors and caches alike;
-//! a comparison runs each method in its own process so the marks do not mix.
+//! This process's memory from /proc/self/status, for the comparison's memory column and
+//! bench-methods. The kernel's high-water mark (VmHWM) counts what the allocator really took,
+//! tensors and caches alike; a comparison runs each method in its own process so the marks
+//! do not mix.
 
-/// VmHWM in MiB, or NaN where /proc is not available.
-pub fn peak_rss_mib() -> f64 {
+/// A /proc/self/status field in KiB (`"VmRSS:"`, `"VmHWM:"`), or NaN where /proc is not
+/// available.
+pub fn status_kib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
+                .and_then(|v| v.parse().ok())
         })
-        .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// VmHWM in MiB.
+pub fn peak_rss_mib() -> f64 {
+    status_kib("VmHWM:") / 1024.0
 }

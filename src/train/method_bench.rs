@@ -8,6 +8,7 @@
 //! mark is reset, and the first update's peak above the resident baseline is its memory.
 //! The time is a second update's, once caches are warm. A benchmark, never a test.
 
+use super::memory::status_kib;
 use super::{RunOptions, Trainer};
 use crate::run_log::RunLog;
 use anyhow::{bail, Context, Result};
@@ -16,18 +17,6 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
-
-fn status_kib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(f64::NAN)
-}
 
 /// One case, in this process: two updates on `batch` random trajectories.
 pub fn bench_update(
