@@ -9,6 +9,7 @@ pub mod compare;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
+pub mod lora_files;
 pub mod models;
 pub mod nn;
 pub mod replay;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod run_log;
 pub mod script;
 pub mod tasks;
+pub mod text;
 pub mod tensor_io;
 pub mod train;
 

@@ -2,12 +2,14 @@
 
 pub mod class_conditional;
 pub mod classifier;
+pub mod clip;
 pub mod consistency_model;
 pub mod denoiser;
 pub mod guidance;
 pub mod reward_net;
 pub mod toy_mlp;
 pub mod unet;
+pub mod vae;
 
 pub use consistency_model::ConsistencyModel;
 pub use denoiser::Denoiser;

@@ -1,0 +1,1 @@
+//! The VAE of Stable Diffusion (AutoencoderKL): its decoder, differentiable.

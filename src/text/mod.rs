@@ -1,0 +1,1 @@
+//! Text: CLIP's byte-level BPE tokenizer.
