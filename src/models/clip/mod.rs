@@ -1,1 +1,65 @@
-//! CLIP (ViT-L/14): the vision tower for rewards and the text tower for prompts.
+//! CLIP (ViT-L/14) in Hugging Face transformers' layout: the vision tower for image
+//! rewards (aesthetic score, CLIP score) and the text tower for prompts (SD-1.5's text
+//! encoder is CLIP ViT-L/14's text model).
+//!
+//! Unlike candle-transformers' CLIP, everything here passes gradients: its layer norm and
+//! softmax are candle-nn's fused ops without a backward (CANDLE-NOTES), so a reward
+//! gradient through it would be silently zero.
+//!
+//! Weight files: SD-1.5's `text_encoder/model.safetensors` holds `text_model.*` only;
+//! openai/clip-vit-large-patch14's `model.safetensors` holds `vision_model.*`,
+//! `text_model.*`, `visual_projection.weight`, `text_projection.weight` and `logit_scale`
+//! (unused here).
+
+mod config;
+mod encoder;
+mod text;
+mod vision;
+pub mod weights;
+
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use encoder::{
+    causal_mask, quick_gelu, ClipAttention, ClipEncoder, ClipEncoderLayer, ClipLayerNorm, ClipMlp,
+    EncoderDims,
+};
+pub use text::ClipText;
+pub use vision::ClipVision;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use std::path::Path;
+
+/// The vision tower and `visual_projection` from a CLIP checkpoint (safetensors, or a
+/// PyTorch `.pth`/`.bin`), in `dtype` on `device`.
+pub fn load_vision(
+    path: &Path,
+    cfg: &ClipVisionConfig,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<ClipVision> {
+    weights::build_checked(path, device, dtype, |vb| ClipVision::new(vb, cfg))
+}
+
+/// The text tower (`text_model.*`), and `text_projection.weight` when `with_projection`,
+/// in `dtype` on `device`.
+pub fn load_text(
+    path: &Path,
+    cfg: &ClipTextConfig,
+    device: &Device,
+    dtype: DType,
+    with_projection: bool,
+) -> anyhow::Result<ClipText> {
+    weights::build_checked(path, device, dtype, |vb| {
+        ClipText::new(vb, cfg, with_projection)
+    })
+}
+
+/// x / ||x|| along the last dimension, in f32 for half-precision input (CLIP embeddings
+/// are compared normalised); f32 and f64 input keep their dtype.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let x = match x.dtype() {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    };
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&norm)
+}

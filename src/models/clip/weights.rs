@@ -1,0 +1,78 @@
+//! Loading frozen models of any dtype from safetensors or PyTorch (`.pth`) files, checked
+//! first: every parameter the model asks for must be in the file with the right shape, and
+//! a missing key or a wrong shape is an error naming the file and the key
+//! (`tensor_io::check_params`). Only the keys the model asks for are converted: the vision
+//! tower read from a whole CLIP checkpoint leaves its text tower on disk.
+
+use crate::tensor_io::{check_params, expected_params, WeightFile};
+use anyhow::{anyhow, Context, Result};
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Whether `path` is a PyTorch pickle archive (`torch.save`): `.pth`, `.pt`, `.bin`.
+/// Anything else is read as safetensors.
+pub fn is_pickle(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("pth" | "pt" | "bin")
+    )
+}
+
+/// The tensors of `path` named in `names` that it holds (on the CPU, in the file's dtype);
+/// absent names are left for `check_params` to report.
+pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tensor>> {
+    if is_pickle(path) {
+        if !path.exists() {
+            anyhow::bail!("weight file {} not found", path.display());
+        }
+        let all = candle_core::pickle::read_all(path)
+            .map_err(|e| anyhow!("{} is not a readable PyTorch file: {e}", path.display()))?;
+        return Ok(all
+            .into_iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .collect());
+    }
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("weight file {} not found", path.display()),
+        _ => anyhow!("cannot read weight file {}: {e}", path.display()),
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for &name in names {
+        if let Ok(view) = st.tensor(name) {
+            let t = view
+                .load(&Device::Cpu)
+                .with_context(|| format!("{}: reading `{name}`", path.display()))?;
+            out.insert(name.to_string(), t);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a frozen model from `path` in `dtype` on `device`, after checking that the file
+/// holds every parameter `build` asks for with the shape it expects.
+pub fn build_checked<M>(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    let expected = expected_params(&build)?;
+    let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let file = WeightFile {
+        tensors: read_tensors(path, &names)?,
+        metadata: HashMap::new(),
+    };
+    check_params(path, &file, &expected)?;
+    let tensors = file
+        .tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(device)?.to_dtype(dtype)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    build(VarBuilder::from_tensors(tensors, dtype, device))
+        .with_context(|| format!("building the model from {}", path.display()))
+}
