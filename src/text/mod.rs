@@ -1,1 +1,5 @@
 //! Text: CLIP's byte-level BPE tokenizer.
+
+pub mod clip_tokenizer;
+
+pub use clip_tokenizer::{bytes_to_unicode, ClipTokenizer};
