@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod eval;
 pub mod lora_files;

@@ -80,9 +80,13 @@ enum Command {
         /// Trajectories sampled, and states per update.
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        /// Timed rounds (after one warm-up round).
+        /// Timed rounds (after one warm-up round; 0: time the one round there is).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Time one update per micro-batch size in this list after each sampling
+        /// (e.g. 8,4,2,1); default: one update at the script's `micro_batch`.
+        #[arg(long, value_delimiter = ',')]
+        micro: Vec<usize>,
     },
     /// Time and memory of one update of every method on the digits model, for T = 10, 25,
     /// 50 and DRaFT's K = 1..8 (a benchmark; prints a Markdown table, JSON to --json).
@@ -101,6 +105,20 @@ enum Command {
         script: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Write an sd15 weight folder with random weights and the real file and key names
+    /// (for timing SD-1.5-sized updates without the public weights, e.g. on a GPU).
+    RandomWeights {
+        /// The folder to write (its layout is README's "Stable Diffusion 1.5").
+        out: PathBuf,
+        /// "sd15" (real sizes, about 3 GB in f16) or "tiny".
+        #[arg(long, default_value = "sd15")]
+        size: String,
+        /// Weight dtype in the files: f32, f16 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Run a comparison file (scripts/compare/*.lua: methods x seeds) and write its report:
     /// report.md (mean ± std over seeds) and the plots of the paper's Fig. 3 and Fig. 4.
@@ -220,8 +238,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             set,
             batch,
             repeats,
+            micro,
         } => {
-            let v = sqdf::train::bench::bench(&script, overrides(&set)?, batch, repeats, log)?;
+            let v =
+                sqdf::train::bench::bench(&script, overrides(&set)?, batch, repeats, &micro, log)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -251,6 +271,28 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             let dir = sqdf::compare::runner::compare(&opts)?;
             println!("{}", dir.join("report.md").display());
+            Ok(())
+        }
+        Command::RandomWeights {
+            out,
+            size,
+            dtype,
+            seed,
+        } => {
+            use sqdf::tasks::sd15::random_weights::{write, Sizes};
+            let sizes = match size.as_str() {
+                "sd15" => Sizes::sd15(),
+                "tiny" => Sizes::tiny(),
+                other => anyhow::bail!("--size must be sd15 or tiny, got {other}"),
+            };
+            let dtype = match dtype.as_str() {
+                "f32" => candle_core::DType::F32,
+                "f16" => candle_core::DType::F16,
+                "bf16" => candle_core::DType::BF16,
+                other => anyhow::bail!("--dtype must be f32, f16 or bf16, got {other}"),
+            };
+            write(&out, &sizes, seed, dtype)?;
+            println!("{}", out.display());
             Ok(())
         }
         Command::Eval {

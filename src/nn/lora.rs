@@ -131,8 +131,23 @@ impl Module for Proj {
         match self {
             Self::Plain(l) => l.forward(x),
             Self::Lora { base, a, b, scale } => {
-                base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
+                let delta = adapter(x, |x| b.forward(&a.forward(x)?), a.weight().dtype())?;
+                base.forward(x)? + (delta * *scale)?
             }
         }
     }
+}
+
+/// Runs an adapter in its own dtype and returns its output in the input's: on a GPU the
+/// frozen base is bf16 or f16 while the trained adapters stay f32 (AdamW's small updates
+/// vanish in half precision). On the CPU both are f32 and nothing is converted.
+pub(crate) fn adapter(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    dtype: candle_core::DType,
+) -> Result<Tensor> {
+    if x.dtype() == dtype {
+        return f(x);
+    }
+    f(&x.to_dtype(dtype)?)?.to_dtype(x.dtype())
 }

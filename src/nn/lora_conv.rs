@@ -50,7 +50,9 @@ impl Module for ConvProj {
         match self {
             Self::Plain(c) => c.forward(x),
             Self::Lora { base, a, b, scale } => {
-                base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
+                let dtype = a.weight().dtype();
+                let delta = super::lora::adapter(x, |x| b.forward(&a.forward(x)?), dtype)?;
+                base.forward(x)? + (delta * *scale)?
             }
         }
     }

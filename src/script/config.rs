@@ -64,6 +64,10 @@ pub struct RunConfig {
     pub lora_rank: usize,
     pub lora_convs: bool,
     pub guidance: f64,
+    pub micro_batch: usize,
+    pub dtype: String,
+    pub prompts: Option<String>,
+    pub lora_init: Option<String>,
     pub params: Map<String, Json>,
 }
 
@@ -94,6 +98,10 @@ impl Default for RunConfig {
             lora_rank: 4,
             lora_convs: false,
             guidance: 5.0,
+            micro_batch: 0,
+            dtype: "auto".into(),
+            prompts: None,
+            lora_init: None,
             params: Map::new(),
         }
     }
@@ -101,7 +109,11 @@ impl Default for RunConfig {
 
 /// (key, may change during a run, meaning and default's reason).
 pub const KEYS: &[(&str, bool, &str)] = &[
-    ("task", false, "the model to fine-tune: \"gmm2d\""),
+    (
+        "task",
+        false,
+        "the model to fine-tune: \"gmm2d\", \"digits\" or \"sd15\"",
+    ),
     (
         "weights",
         false,
@@ -208,6 +220,26 @@ pub const KEYS: &[(&str, bool, &str)] = &[
         "guidance",
         false,
         "classifier-free guidance scale of policy and reference (paper: 5.0; digits)",
+    ),
+    (
+        "micro_batch",
+        true,
+        "trajectories sampled and states updated at once; gradients accumulate over the batch (0: the whole batch)",
+    ),
+    (
+        "dtype",
+        false,
+        "precision of the frozen networks: \"f32\", \"bf16\", \"f16\" or \"auto\" (bf16 on a GPU, f32 on the CPU); adapters stay f32 (sd15)",
+    ),
+    (
+        "prompts",
+        false,
+        "prompt list file, one prompt per line (sd15; default: the 45 animals of DDPO, models/sd15/simple_animals.txt)",
+    ),
+    (
+        "lora_init",
+        false,
+        "a LoRA file (diffusers or kohya format, e.g. a run's lora_diffusers.safetensors) the adapters start from",
     ),
     (
         "params",
@@ -377,7 +409,11 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 14] = [
+            (
+                ["auto", "f32", "bf16", "f16"].contains(&self.dtype.as_str()),
+                "config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\"",
+            ),
             (
                 self.eval_per_prompt >= 2,
                 "config.eval_per_prompt must be at least 2 (diversity is pairwise)",
@@ -425,6 +461,27 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// States (or trajectories) per micro-batch: `micro_batch`, or the whole batch for 0.
+    pub fn micro_batch_size(&self) -> usize {
+        if self.micro_batch == 0 {
+            self.batch
+        } else {
+            self.micro_batch.min(self.batch)
+        }
+    }
+
+    /// The dtype of frozen networks on `device` (`config.dtype`).
+    pub fn frozen_dtype(&self, device: &candle_core::Device) -> Result<candle_core::DType> {
+        use candle_core::DType;
+        Ok(match self.dtype.as_str() {
+            "auto" if device.is_cpu() => DType::F32,
+            "auto" | "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            "f32" => DType::F32,
+            other => bail!("config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{other}\""),
+        })
     }
 
     /// Keys whose values differ between two configs, as (key, old, new).

@@ -31,7 +31,10 @@ const OPTIONAL_HOOKS: &[&str] = &["on_epoch_end"];
 const OTHER_KEYS: &[&str] = &["config", "name", "description"];
 
 /// A differentiable function of a tensor that a task offers scripts (a reward model, say).
-pub type TensorFn = std::sync::Arc<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+/// A reward the task offers scripts: x0 [B, ...] and, for rewards that read the prompt
+/// (a CLIP score), the condition ids [B].
+pub type TensorFn =
+    std::sync::Arc<dyn Fn(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor> + Send + Sync>;
 
 /// What `loss` returned: the scalar to minimise and the numbers it asked to log.
 pub struct LossOutput {
@@ -331,14 +334,20 @@ impl Script {
     }
 
     /// Offers the task's reward functions to the hooks as the global table `rewards`
-    /// (`rewards.learned(x0)`, ...): each takes a tensor and returns a tensor, differentiably.
+    /// (`rewards.learned(x0)`, `rewards.clip_score(x0, cond)`, ...): each takes a tensor (and
+    /// the condition ids where the reward reads the prompt) and returns a tensor,
+    /// differentiably.
     pub fn provide_rewards(&self, fns: &[(String, TensorFn)]) -> Result<()> {
         let t = self.lua.create_table()?;
         for (name, f) in fns {
             let f = f.clone();
             let lf = self
                 .lua
-                .create_function(move |_, x: LuaTensor| f(&x.0).map(LuaTensor).map_err(lua_err))?;
+                .create_function(move |_, (x, c): (LuaTensor, Option<LuaTensor>)| {
+                    f(&x.0, c.as_ref().map(|c| &c.0))
+                        .map(LuaTensor)
+                        .map_err(lua_err)
+                })?;
             t.set(name.as_str(), lf)?;
         }
         self.lua.globals().set("rewards", t)?;

@@ -3,6 +3,7 @@
 
 pub mod digits;
 pub mod gmm2d;
+pub mod sd15;
 
 use crate::diffusion::{DdimSampler, NoiseSchedule};
 use crate::models::{ConsistencyModel, Denoiser};
@@ -124,7 +125,8 @@ pub fn by_name(name: &str) -> Result<Box<dyn Task>> {
     match name {
         "gmm2d" => Ok(Box::new(gmm2d::Gmm2d)),
         "digits" => Ok(Box::new(digits::DigitsTask::default())),
-        other => bail!("unknown task `{other}`; known tasks: gmm2d, digits"),
+        "sd15" => Ok(Box::new(sd15::Sd15Task::default())),
+        other => bail!("unknown task `{other}`; known tasks: gmm2d, digits, sd15"),
     }
 }
 

@@ -33,48 +33,90 @@ fn stats(xs: &[f64]) -> Json {
     json!({ "mean_s": mean, "std_s": sd, "runs": xs })
 }
 
+/// Seconds since the Unix epoch: update windows in the output can be matched against a
+/// GPU memory log (`nvidia-smi --query-gpu=timestamp,memory.used -lms 50`).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 pub fn bench(
     script: &Path,
     overrides: Vec<(String, Json)>,
     batch: usize,
     repeats: usize,
+    micro: &[usize],
     log: std::sync::Arc<RunLog>,
 ) -> Result<Json> {
     let dir = std::env::temp_dir().join(format!("sqdf-bench-{}", std::process::id()));
     let mut opts = RunOptions::new(script);
+    let device = opts.device.clone();
     opts.overrides = overrides;
     opts.overrides.push(("batch".into(), json!(batch)));
     opts.out = Some(dir.clone());
     opts.watch = false;
     opts.progress = false;
     opts.log = log.clone();
+    let start = Instant::now();
     let mut t = Trainer::new(opts)?;
-    let (mut sample, mut update) = (Vec::new(), Vec::new());
+    let build = start.elapsed().as_secs_f64();
+    log.info(format!("models built in {build:.1} s"));
+    // `micro_batch` is live: each timed update may use its own.
+    let micro: Vec<usize> = if micro.is_empty() {
+        vec![t.script.config.micro_batch]
+    } else {
+        micro.to_vec()
+    };
+    let mut sample = Vec::new();
+    let mut update: Vec<Vec<f64>> = vec![Vec::new(); micro.len()];
+    let mut windows = Vec::new();
     for r in 0..=repeats {
         let s = Instant::now();
         t.collect()?;
         let a = s.elapsed().as_secs_f64();
-        let s = Instant::now();
-        t.update()?;
-        let b = s.elapsed().as_secs_f64();
-        // The first round warms caches and the allocator; it is not counted.
-        if r > 0 {
+        // The first round warms caches and the allocator; it is not counted (unless it is
+        // the only one: `--repeats 0` for sizes where one round is all there is time for).
+        let counted = r > 0 || repeats == 0;
+        if counted {
             sample.push(a);
-            update.push(b);
         }
         log.info(format!(
-            "round {r}: sampling {batch} x {} steps {a:.2} s, one update of {batch} {b:.2} s",
+            "round {r}: sampling {batch} x {} steps {a:.2} s",
             t.models.sampler.steps()
         ));
+        for (i, &m) in micro.iter().enumerate() {
+            t.script.config.micro_batch = m;
+            let (t0, s) = (unix_now(), Instant::now());
+            t.update()?;
+            let b = s.elapsed().as_secs_f64();
+            if counted {
+                update[i].push(b);
+                windows.push(json!({ "micro_batch": m, "start_unix": t0, "end_unix": unix_now() }));
+            }
+            log.info(format!(
+                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s"
+            ));
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let updates: Vec<Json> = micro
+        .iter()
+        .zip(&update)
+        .map(|(m, u)| json!({ "micro_batch": m, "update": stats(u) }))
+        .collect();
     Ok(json!({
         "script": script.display().to_string(),
         "task": t.script.config.task,
         "batch": batch,
         "steps": t.models.sampler.steps(),
+        "build_s": build,
         "sampling": stats(&sample),
-        "update": stats(&update),
+        "update": stats(&update[0]),
+        "updates": updates,
+        "update_windows": windows,
         "machine": machine(),
+        "device": format!("{device:?}"),
     }))
 }

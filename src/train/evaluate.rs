@@ -1,5 +1,6 @@
 //! `sqdf eval`: the task's evaluation of the pretrained model or of a run's checkpoint,
-//! under a script's reward and config (the same code a run uses for eval.json).
+//! or of a LoRA file (`--set lora_init=FILE`), under a script's reward and config (the
+//! same code a run uses for eval.json).
 
 use super::checkpoint;
 use crate::rng;
@@ -8,7 +9,6 @@ use crate::script::{SandboxOptions, Script, TensorEnv};
 use crate::tasks;
 use crate::tensor_io::set_vars;
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use serde_json::Value as Json;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub fn evaluate(
     out: &Path,
     log: Arc<RunLog>,
 ) -> Result<Json> {
-    let device = Device::Cpu;
+    let device = crate::device::default_device();
     let dir = script.parent().map(Path::to_path_buf).unwrap_or_default();
     let env = TensorEnv {
         device: device.clone(),
@@ -43,7 +43,14 @@ pub fn evaluate(
             set_vars(&models.policy_vars, &loaded.policy_tensors(), path)?;
             ("checkpoint", models.policy.clone())
         }
-        None => ("pretrained", models.reference.clone()),
+        // A LoRA file (`--set lora_init=FILE`, either format): sample from it.
+        None => match &cfg.lora_init {
+            Some(file) => {
+                super::lora_export::load(Path::new(file), &models, cfg)?;
+                ("lora", models.policy.clone())
+            }
+            None => ("pretrained", models.reference.clone()),
+        },
     };
     let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log, false)?;
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;

@@ -9,6 +9,7 @@ pub mod distill;
 pub mod evaluate;
 pub mod grad_clip;
 pub mod hot_reload;
+pub mod lora_export;
 pub mod memory;
 pub mod method_bench;
 pub mod metrics;

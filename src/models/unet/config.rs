@@ -39,7 +39,9 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     /// Epsilon of the resnets' and the output's group norms (the transformers' is 1e-6).
     pub norm_eps: f64,
-    /// proj_in/proj_out are Linear layers (SD-2) instead of 1x1 convolutions (SD-1.5).
+    /// proj_in/proj_out are Linear layers (SD-2) instead of 1x1 convolutions (SD-1.5,
+    /// whose config.json does not have the key).
+    #[serde(default)]
     pub use_linear_projection: bool,
     /// diffusers' `num_class_embeds`: a learned class embedding added to the time embedding
     /// (`class_embedding.weight`); SD-1.5 has none.

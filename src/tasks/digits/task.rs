@@ -173,9 +173,9 @@ impl Task for DigitsTask {
         let rewards: Vec<(String, TensorFn)> = vec![
             (
                 "learned".into(),
-                Arc::new(move |x: &Tensor| learned.forward(x)),
+                Arc::new(move |x: &Tensor, _: Option<&Tensor>| learned.forward(x)),
             ),
-            ("gold".into(), Arc::new(boldness)),
+            ("gold".into(), Arc::new(|x: &Tensor, _: Option<&Tensor>| boldness(x))),
         ];
         let s = schedule();
         Ok(TaskModels {

@@ -11,38 +11,38 @@ impl Trainer {
         let m = self.models.clone();
         let steps = m.sampler.steps();
         self.updates_since_collect = 0;
-        let (cond, x0, states, log_probs) = {
-            let mut rng = self.rng.lock().unwrap();
-            let cond = self.task.conditions(cfg.batch, &mut rng);
-            let ct = cond_tensor(&cond, &m.device)?;
+        let micro = cfg.micro_batch_size();
+        let cond = self.task.conditions(cfg.batch, &mut self.rng.lock().unwrap());
+        // Sampled and scored `micro_batch` trajectories at a time, so that batch 64 at SD-1.5
+        // size fits any GPU; states go to host memory as soon as they are sampled.
+        let (mut rewards, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in cond.chunks(micro) {
+            let ct = cond_tensor(chunk, &m.device)?;
             let r = rollout::sample_trajectories(
                 m.policy.as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,
-                &mut rng,
+                &mut self.rng.lock().unwrap(),
             )?;
             // [B, T]: the behaviour policy's log-probabilities, for PPO-style losses.
-            let lp = if r.log_probs.len() == steps {
-                Some(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?)
-            } else {
-                None
-            };
-            (cond, r.x0, r.states, lp)
-        };
-        let rewards = self
-            .script
-            .reward(&x0, &cond_tensor(&cond, &m.device)?)?
-            .to_vec1::<f32>()?;
-        let traj = Tensor::stack(&states, 1)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+            if r.log_probs.len() == steps {
+                log_probs.extend(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?);
+            }
+            rewards.extend(self.script.reward(&r.x0, &ct)?.to_vec1::<f32>()?);
+            traj.extend(
+                Tensor::stack(&r.states, 1)?
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
         let per = traj.len() / cfg.batch;
         for (b, chunk) in traj.chunks(per).enumerate() {
             let slot = self.buffer.push(chunk, cond[b], rewards[b])?;
-            if let Some(lp) = &log_probs {
-                self.buffer.set_log_probs(slot, &lp[b])?;
+            if let Some(lp) = log_probs.get(b) {
+                self.buffer.set_log_probs(slot, lp)?;
             }
             if cfg.sampling == Sampling::Priority {
                 for i in 0..steps {
@@ -65,40 +65,71 @@ impl Trainer {
     pub fn update(&mut self) -> Result<Option<Update>> {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
-        let out = match cfg.update_on {
-            UpdateOn::States => {
-                let refs = self.sample_states(cfg.batch, cfg.sampling)?;
-                let batch =
-                    Batch::gather(&self.buffer, &refs, &m.sampler, &self.discounts, &m.device)?;
-                self.script.loss(batch, self.context())?
-            }
-            UpdateOn::Trajectories => {
-                let slots = self.buffer.latest(cfg.batch);
-                let traj = Trajectories::from_buffer(
-                    &self.buffer,
-                    &slots,
-                    &m.sampler,
-                    &self.discounts,
-                    &m.device,
-                )?;
-                self.script.loss(traj, self.context())?
-            }
+        // Gradient accumulation over micro-batches: the loss is a batch mean, so each
+        // micro-batch's loss and gradient count with weight len / batch.
+        let micro = cfg.micro_batch_size();
+        let (mut loss, mut grads, mut stats) = (0.0, Vec::new(), BTreeMap::new());
+        let (refs, slots) = match cfg.update_on {
+            UpdateOn::States => (self.sample_states(cfg.batch, cfg.sampling)?, Vec::new()),
+            UpdateOn::Trajectories => (Vec::new(), self.buffer.latest(cfg.batch)),
         };
-        let loss = out
-            .loss
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let mut grads = if loss.is_finite() {
+        let units = refs.len().max(slots.len());
+        for start in (0..units).step_by(micro) {
+            let len = micro.min(units - start);
+            let out = match cfg.update_on {
+                UpdateOn::States => {
+                    let batch = Batch::gather(
+                        &self.buffer,
+                        &refs[start..start + len],
+                        &m.sampler,
+                        &self.discounts,
+                        &m.device,
+                    )?;
+                    self.script.loss(batch, self.context())?
+                }
+                UpdateOn::Trajectories => {
+                    let traj = Trajectories::from_buffer(
+                        &self.buffer,
+                        &slots[start..start + len],
+                        &m.sampler,
+                        &self.discounts,
+                        &m.device,
+                    )?;
+                    self.script.loss(traj, self.context())?
+                }
+            };
+            let w = len as f64 / units as f64;
+            let l = out
+                .loss
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            loss += w * l;
+            for (k, v) in out.stats {
+                *stats.entry(k).or_insert(0.0) += w * v;
+            }
+            if !l.is_finite() {
+                grads.clear();
+                break;
+            }
             let store = out.loss.backward()?;
-            self.optim
+            let part: Vec<Option<Tensor>> = self
+                .optim
                 .params
                 .iter()
                 .map(|(_, v)| store.get(v.as_tensor()).cloned())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let norm = if loss.is_finite() {
+                .collect();
+            grads = if grads.is_empty() {
+                // One micro-batch (the default) leaves the gradient untouched.
+                if len == units {
+                    part
+                } else {
+                    scale_grads(part, w)?
+                }
+            } else {
+                add_grads(grads, scale_grads(part, w)?)?
+            };
+        }
+        let norm = if loss.is_finite() && !grads.is_empty() {
             clip_grad_norm(&mut grads, cfg.grad_clip)?
         } else {
             f64::NAN
@@ -126,7 +157,7 @@ impl Trainer {
         Ok(Some(Update {
             loss,
             grad_norm: norm,
-            stats: out.stats,
+            stats,
         }))
     }
 
@@ -207,4 +238,23 @@ impl Trainer {
         }
         self.buffer.sample_uniform(n, &mut rng)
     }
+}
+
+/// Every gradient times `w`.
+fn scale_grads(g: Vec<Option<Tensor>>, w: f64) -> Result<Vec<Option<Tensor>>> {
+    g.into_iter()
+        .map(|t| t.map(|t| t.affine(w, 0.0)).transpose())
+        .collect::<candle_core::Result<_>>()
+        .map_err(Into::into)
+}
+
+/// a + b, gradient by gradient (a missing one counts as zero).
+fn add_grads(a: Vec<Option<Tensor>>, b: Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> {
+    a.into_iter()
+        .zip(b)
+        .map(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => Ok(Some(x.add(&y)?)),
+            (x, y) => Ok(x.or(y)),
+        })
+        .collect()
 }

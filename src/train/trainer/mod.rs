@@ -60,7 +60,7 @@ impl RunOptions {
             overrides: Vec::new(),
             out: None,
             resume: None,
-            device: Device::Cpu,
+            device: crate::device::default_device(),
             watch: true,
             progress: true,
             log: RunLog::stderr(),
@@ -132,6 +132,10 @@ impl Trainer {
             tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", opts.script.display()))?;
         let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
         let models = Arc::new(task.build(&weights, &cfg, &opts.device)?);
+        if let Some(init) = &cfg.lora_init {
+            crate::train::lora_export::load(Path::new(init), &models, &cfg)
+                .map_err(|e| anyhow!("{}: config.lora_init: {e:#}", opts.script.display()))?;
+        }
         script.provide_rewards(&models.rewards)?;
         let cond0 = task.conditions(1, &mut rng::seeded(0))[0];
         smoke_test(&script, &models, cond0)?;

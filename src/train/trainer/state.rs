@@ -26,7 +26,8 @@ impl Trainer {
             &self.optim.params,
             &self.optim,
             &self.buffer,
-        )
+        )?;
+        crate::train::lora_export::save(&self.run_dir, &self.models, &self.script.config)
     }
 
     pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One SQDF update at SD-1.5 size on a GPU, per micro-batch size, with random weights:
+# seconds per update of 64 states and the GPU memory high-water mark of each update.
+#
+#   bench/sd15_gpu.sh SQDF_BINARY OUT_DIR [MICRO_LIST]
+#
+# The binary is a `cargo build --release --features cuda` build (docs/CUDA.md). Memory is
+# read from nvidia-smi every 50 ms and matched to each update's start and end times, which
+# `sqdf bench` prints; it includes the CUDA context and what the process holds besides.
+set -euo pipefail
+SQDF=$1
+OUT=$2
+MICRO=${3:-8,4,2,1}
+W=${WEIGHTS:-/tmp/sd15-random}
+mkdir -p "$OUT"
+nvidia-smi -L | tee "$OUT/gpu.txt"
+if [ ! -d "$W/unet" ]; then
+  /usr/bin/time -f "random weights: %e s" "$SQDF" random-weights "$W" --size sd15 --dtype f16
+fi
+nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 50 \
+  >"$OUT/memory.csv" &
+SMI=$!
+trap 'kill $SMI 2>/dev/null || true' EXIT
+"$SQDF" --quiet bench scripts/sd15_aesthetic.lua --set weights="$W" --batch 64 \
+  --repeats 0 --micro "$MICRO" >"$OUT/bench.json" 2> >(tee "$OUT/bench.log" >&2)
+kill $SMI
+python3 - "$OUT" <<'PY'
+import json, sys, datetime
+out = sys.argv[1]
+bench = json.load(open(f"{out}/bench.json"))
+rows = []
+for line in open(f"{out}/memory.csv"):
+    ts, mib = [x.strip() for x in line.split(",")]
+    t = datetime.datetime.strptime(ts, "%Y/%m/%d %H:%M:%S.%f").timestamp()
+    rows.append((t, float(mib)))
+print(f"device {bench['device']}, build {bench['build_s']:.1f} s, "
+      f"sampling 64 x {bench['steps']} steps {bench['sampling']['mean_s']:.1f} s")
+print("| micro-batch | update of 64 (s) | peak GPU memory (MiB) |")
+print("|---:|---:|---:|")
+for w, u in zip(bench["update_windows"], bench["updates"]):
+    peak = max((m for t, m in rows if w["start_unix"] - 0.1 <= t <= w["end_unix"] + 0.1), default=float("nan"))
+    print(f"| {w['micro_batch']} | {u['update']['mean_s']:.2f} | {peak:,.0f} |")
+print(f"peak over the whole process: {max(m for _, m in rows):,.0f} MiB")
+PY

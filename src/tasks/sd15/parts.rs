@@ -1,0 +1,142 @@
+//! The frozen networks of an sd15 run besides the UNets, loaded once: the VAE decoder, the
+//! CLIP towers and the aesthetic head. The rewards and the evaluation share them.
+
+use super::layout::{self, Layout};
+use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
+use crate::models::vae::{self, VaeDecoder};
+use crate::rewards::aesthetic::AestheticHead;
+use crate::rewards::clip_preprocess::clip_preprocess;
+use crate::text::ClipTokenizer;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub struct Sd15Parts {
+    pub vae: VaeDecoder,
+    pub vision: ClipVision,
+    pub head: AestheticHead,
+    /// L2-normalised CLIP text embeddings of the prompts [P, proj] (for the CLIP score).
+    pub prompt_embeds: Tensor,
+    pub prompts: Vec<String>,
+    pub dtype: DType,
+}
+
+/// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
+pub fn config_or<T>(path: Option<std::path::PathBuf>, default: T, parse: impl Fn(&str) -> serde_json::Result<T>) -> Result<T> {
+    match path {
+        None => Ok(default),
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            parse(&text).with_context(|| format!("parsing {}", p.display()))
+        }
+    }
+}
+
+impl Sd15Parts {
+    pub fn load(
+        layout: &Layout,
+        prompts: Vec<String>,
+        tokenizer: &ClipTokenizer,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let vae_cfg = vae::config_from_dir(&layout.dir)?;
+        let vae = vae::load(&layout.path(layout::VAE), &vae_cfg, device, dtype)?;
+        let clip_cfg = config_or(layout.config_of(layout::CLIP), ClipConfig::vit_l14(), ClipConfig::from_json)?;
+        let clip_path = layout.path(layout::CLIP);
+        let vision = clip::load_vision(&clip_path, &clip_cfg.vision_config, device, dtype)?;
+        let text = clip::load_text(&clip_path, &clip_cfg.text_config, device, dtype, true)?;
+        let head = AestheticHead::load(
+            &layout.path(layout::AESTHETIC),
+            clip_cfg.projection_dim,
+            device,
+            dtype,
+        )?;
+        let prompt_embeds = text_embeds(&text, tokenizer, &prompts, device)?;
+        Ok(Self {
+            vae,
+            vision,
+            head,
+            prompt_embeds,
+            prompts,
+            dtype,
+        })
+    }
+
+    /// Latents -> images in [-1, 1]-ish, in the latents' dtype (the VAE runs in the frozen
+    /// dtype).
+    pub fn decode(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        self.vae
+            .decode(&latents.to_dtype(self.dtype)?)?
+            .to_dtype(latents.dtype())
+    }
+
+    /// L2-normalised CLIP image embeddings [B, proj] of decoded images.
+    pub fn image_embeds(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        let size = self.vision.config().image_size;
+        let pixels = clip_preprocess(images, size)?.to_dtype(self.dtype)?;
+        clip::l2_normalize(&self.vision.forward(&pixels)?)
+    }
+
+    /// The LAION aesthetic score [B] of latents: decode, CLIP, normalise, the linear head.
+    /// Differentiable with respect to the latents (the paper's reward gradient).
+    pub fn aesthetic(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        self.head_score(&self.image_embeds(&self.decode(latents)?)?)?
+            .to_dtype(latents.dtype())
+    }
+
+    /// The aesthetic head on normalised image embeddings [B, proj] -> [B].
+    pub fn head_score(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
+        self.head
+            .forward(&embeds.to_dtype(self.dtype)?)?
+            .to_dtype(embeds.dtype())?
+            .flatten_all()
+    }
+
+    /// The CLIP score [B]: cosine of the image's and its prompt's CLIP embeddings.
+    pub fn clip_score(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        let e = self.image_embeds(&self.decode(latents)?)?;
+        let t = self.prompt_embeds.index_select(&cond.to_dtype(DType::U32)?, 0)?;
+        (e * t)?.sum(1)
+    }
+}
+
+/// Token ids [n, len] of prompts (len = the text model's positions, 77 for CLIP), padded
+/// as SD-1.5's tokenizer pads.
+pub fn token_ids(
+    tokenizer: &ClipTokenizer,
+    prompts: &[String],
+    len: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let ids: Vec<u32> = prompts
+        .iter()
+        .flat_map(|p| tokenizer.encode_padded(p, len))
+        .collect();
+    Ok(Tensor::from_vec(ids, (prompts.len(), len), device)?)
+}
+
+/// L2-normalised projected text embeddings of the prompts, 8 at a time, detached.
+fn text_embeds(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], device: &Device) -> Result<Tensor> {
+    let mut out = Vec::new();
+    for chunk in prompts.chunks(8) {
+        let len = text.config().max_position_embeddings;
+        let ids = token_ids(tok, chunk, len, device)?;
+        out.push(clip::l2_normalize(&text.text_embeds(&ids)?)?.detach());
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// The SD text encoder's last hidden states [n, 77, hidden] of prompts, detached.
+pub fn text_states(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], device: &Device) -> Result<Tensor> {
+    let mut out = Vec::new();
+    for chunk in prompts.chunks(8) {
+        let len = text.config().max_position_embeddings;
+        out.push(text.forward(&token_ids(tok, chunk, len, device)?)?.detach());
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).
+pub fn text_encoder_config(layout: &Layout) -> Result<ClipTextConfig> {
+    config_or(layout.config_of(layout::TEXT_ENCODER), ClipTextConfig::vit_l14_text(), |s| serde_json::from_str(s))
+}

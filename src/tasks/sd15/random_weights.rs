@@ -1,0 +1,196 @@
+//! A complete sd15 weight folder with random weights and the real key names, file names
+//! and config files: the tests load it through the real loaders (no public weights are
+//! available offline), and `sqdf bench-sd15` times SD-1.5-sized updates with it.
+
+use super::layout::{self, Layout};
+use crate::models::clip::{ClipConfig, ClipText, ClipTextConfig, ClipVision, ClipVisionConfig};
+use crate::models::vae::{AutoencoderKLConfig, VaeDecoder};
+use crate::models::{UNet2DConditionModel, UNetConfig};
+use crate::rewards::aesthetic::AestheticHead;
+use crate::rng::{randn, seeded, Rng};
+use crate::tensor_io::expected_params;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The configurations of one random folder.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub unet: UNetConfig,
+    pub vae: AutoencoderKLConfig,
+    pub text: ClipTextConfig,
+    pub clip: ClipConfig,
+    /// Rank of the random LCM-LoRA.
+    pub lcm_rank: usize,
+}
+
+impl Sizes {
+    /// SD-1.5's real sizes (860M UNet parameters): for timing and memory, not for tests.
+    pub fn sd15() -> Self {
+        Self {
+            unet: UNetConfig::sd15(),
+            vae: AutoencoderKLConfig::sd15(),
+            text: ClipTextConfig::vit_l14_text(),
+            clip: ClipConfig::vit_l14(),
+            lcm_rank: 64,
+        }
+    }
+
+    /// A few-thousand-parameter stand-in with the same structure (two levels, cross-attention,
+    /// 8x8 latents decoded to 16x16 images, a CLIP at 32 px).
+    pub fn tiny() -> Self {
+        use crate::models::{DownBlockType::*, UpBlockType::*};
+        // Room for the byte-level vocabulary `write_tokenizer` makes (514 tokens).
+        let text = ClipTextConfig {
+            vocab_size: 514,
+            ..ClipTextConfig::tiny()
+        };
+        let mut clip = ClipConfig {
+            text_config: text.clone(),
+            vision_config: ClipVisionConfig::tiny(),
+            projection_dim: ClipVisionConfig::tiny().projection_dim,
+        };
+        clip.text_config.projection_dim = clip.projection_dim;
+        Self {
+            unet: UNetConfig {
+                sample_size: 8,
+                in_channels: 4,
+                out_channels: 4,
+                block_out_channels: vec![8, 16],
+                down_block_types: vec![CrossAttnDown, Down],
+                up_block_types: vec![Up, CrossAttnUp],
+                layers_per_block: 1,
+                cross_attention_dim: text.hidden_size,
+                attention_head_dim: 2,
+                norm_num_groups: 4,
+                norm_eps: 1e-5,
+                use_linear_projection: false,
+                num_class_embeds: None,
+            },
+            vae: AutoencoderKLConfig::tiny(),
+            text,
+            clip,
+            lcm_rank: 2,
+        }
+    }
+}
+
+/// A random tensor for parameter `name` of `shape`: norms' scales 1, biases 0, embeddings
+/// N(0, 0.02²), other weights N(0, 1/fan_in) so activations keep their scale.
+fn init(name: &str, shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    let is_norm = ["norm", "layrnorm", "layer_norm"].iter().any(|k| name.contains(k));
+    Ok(if leaf == "bias" {
+        Tensor::zeros(shape, DType::F32, &Device::Cpu)?
+    } else if is_norm && shape.len() == 1 {
+        Tensor::ones(shape, DType::F32, &Device::Cpu)?
+    } else if name.contains("embedding") {
+        (randn(rng, shape, &Device::Cpu)? * 0.02)?
+    } else {
+        let fan_in = if shape.len() > 1 { n / shape[0] } else { n };
+        (randn(rng, shape, &Device::Cpu)? / (fan_in as f64).sqrt())?
+    })
+}
+
+fn random(
+    params: &[(String, Vec<usize>)],
+    prefix: &str,
+    rng: &mut Rng,
+    dtype: DType,
+) -> Result<BTreeMap<String, Tensor>> {
+    params
+        .iter()
+        .map(|(k, s)| Ok((format!("{prefix}{k}"), init(k, s, rng)?.to_dtype(dtype)?)))
+        .collect()
+}
+
+fn save(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    std::fs::create_dir_all(path.parent().context("a weight file has a folder")?)?;
+    let map: HashMap<&String, Tensor> = tensors.iter().map(|(k, t)| (k, t.clone())).collect();
+    candle_core::safetensors::save(&map, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn save_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes every file of `Layout` under `dir` (weights in `dtype`), with config.json files
+/// for the sizes; the aesthetic head as its safetensors form.
+pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layout> {
+    let l = Layout::new(dir);
+    let rng = &mut seeded(seed);
+
+    let unet = expected_params(|vb| UNet2DConditionModel::new(vb, &sizes.unet, None))?;
+    let unet_tensors = random(&unet, "", rng, dtype)?;
+    save(&l.dir.join(layout::UNET), &unet_tensors)?;
+    save_json(&l.dir.join("unet/config.json"), &sizes.unet)?;
+
+    // The real VAE file holds the encoder too; one of its keys stands in for it.
+    let vae = expected_params(|vb| VaeDecoder::new(vb, &sizes.vae))?;
+    let mut vae_tensors = random(&vae, "", rng, dtype)?;
+    vae_tensors.insert("encoder.conv_in.weight".into(), Tensor::zeros((8, 3, 3, 3), dtype, &Device::Cpu)?);
+    save(&l.dir.join(layout::VAE), &vae_tensors)?;
+    save_json(&l.dir.join("vae/config.json"), &sizes.vae)?;
+
+    let text = expected_params(|vb| ClipText::new(vb, &sizes.text, false))?;
+    save(&l.dir.join(layout::TEXT_ENCODER), &random(&text, "", rng, dtype)?)?;
+    save_json(&l.dir.join("text_encoder/config.json"), &sizes.text)?;
+
+    let mut clip = random(&expected_params(|vb| ClipVision::new(vb, &sizes.clip.vision_config))?, "", rng, dtype)?;
+    clip.extend(random(&expected_params(|vb| ClipText::new(vb, &sizes.clip.text_config, true))?, "", rng, dtype)?);
+    save(&l.dir.join(layout::CLIP), &clip)?;
+    save_json(&l.dir.join("clip-vit-large-patch14/config.json"), &sizes.clip)?;
+
+    let head = expected_params(|vb| AestheticHead::new(vb, sizes.clip.projection_dim))?;
+    let head_path = l.dir.join(layout::AESTHETIC).with_extension("safetensors");
+    save(&head_path, &random(&head, "", rng, DType::F32)?)?;
+
+    save(&l.dir.join(layout::LCM_LORA), &lcm_lora(&unet, sizes.lcm_rank, rng)?)?;
+    write_tokenizer(&l.dir.join("tokenizer"))?;
+    Ok(l)
+}
+
+/// A kohya-format LoRA on every attention projection and every resnet 3x3 convolution of
+/// the UNet (LCM-LoRA for SD-1.5 adapts both kinds), alpha = 2 * rank.
+fn lcm_lora(unet: &[(String, Vec<usize>)], rank: usize, rng: &mut Rng) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (k, shape) in unet {
+        let Some(module) = k.strip_suffix(".weight") else { continue };
+        let attn = [".to_q", ".to_k", ".to_v", ".to_out.0"].iter().any(|s| module.ends_with(s));
+        let conv = module.ends_with(".conv1") || module.ends_with(".conv2");
+        if !(attn || (conv && shape.len() == 4)) {
+            continue;
+        }
+        let name = crate::lora_files::kohya::kohya_name("lora_unet_", module);
+        let (down, up): (Vec<usize>, Vec<usize>) = if shape.len() == 4 {
+            (vec![rank, shape[1], shape[2], shape[3]], vec![shape[0], rank, 1, 1])
+        } else {
+            (vec![rank, shape[1]], vec![shape[0], rank])
+        };
+        out.insert(format!("{name}.lora_down.weight"), (randn(rng, down, &Device::Cpu)? * 0.01)?);
+        out.insert(format!("{name}.lora_up.weight"), (randn(rng, up, &Device::Cpu)? * 0.01)?);
+        out.insert(format!("{name}.alpha"), Tensor::new(2.0 * rank as f32, &Device::Cpu)?);
+    }
+    Ok(out)
+}
+
+/// A byte-level vocabulary without merges (every byte, with and without `</w>`, then the
+/// two special tokens): any prompt encodes, one token per byte.
+fn write_tokenizer(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = crate::text::bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for c in bytes.iter() {
+        vocab.insert(c.to_string(), vocab.len().into());
+    }
+    for c in bytes.iter() {
+        vocab.insert(format!("{c}</w>"), vocab.len().into());
+    }
+    vocab.insert("<|startoftext|>".into(), vocab.len().into());
+    vocab.insert("<|endoftext|>".into(), vocab.len().into());
+    save_json(&dir.join("vocab.json"), &vocab)?;
+    std::fs::write(dir.join("merges.txt"), "#version: 0.2\n")?;
+    Ok(())
+}
