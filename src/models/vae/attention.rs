@@ -9,7 +9,7 @@
 
 use super::norm::VaeGroupNorm;
 use crate::nn::{linear, scaled_dot_product_attention, Linear};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Which names a file gives the attention projections.
@@ -74,7 +74,8 @@ impl Module for VaeAttention {
             .forward(x)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?;
-        let f32 = |l: &Linear| l.forward(&tokens)?.to_dtype(DType::F32);
+        let up = super::norm::at_least_f32(x.dtype());
+        let f32 = |l: &Linear| l.forward(&tokens)?.to_dtype(up);
         let out =
             scaled_dot_product_attention(&f32(&self.to_q)?, &f32(&self.to_k)?, &f32(&self.to_v)?)?;
         let out = self.to_out.forward(&out.to_dtype(x.dtype())?)?;

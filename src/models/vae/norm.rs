@@ -9,6 +9,15 @@ use candle_nn::VarBuilder;
 
 pub(crate) const EPS: f64 = 1e-6;
 
+/// f32 for half precision, the dtype itself otherwise (f64 stays f64: the tests' finite
+/// differences run in f64).
+pub(crate) fn at_least_f32(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VaeGroupNorm(GroupNorm);
 
@@ -19,7 +28,7 @@ impl VaeGroupNorm {
             groups,
             channels,
             EPS,
-            vb.to_dtype(DType::F32),
+            vb.to_dtype(at_least_f32(vb.dtype())),
         )?))
     }
 }
@@ -28,7 +37,7 @@ impl Module for VaeGroupNorm {
     /// x [B, C, H, W] of any dtype -> the same dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.0
-            .forward(&x.to_dtype(DType::F32)?)?
+            .forward(&x.to_dtype(at_least_f32(x.dtype()))?)?
             .to_dtype(x.dtype())
     }
 }
