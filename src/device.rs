@@ -1,5 +1,6 @@
 //! Which device a run uses: the first CUDA GPU when the binary is built with `--features
-//! cuda` and one is visible, else the CPU. `SQDF_DEVICE=cpu` forces the CPU.
+//! cuda` and one is visible, else the CPU (with a warning in a CUDA build).
+//! `SQDF_DEVICE=cpu` forces the CPU.
 
 use candle_core::Device;
 
@@ -8,8 +9,9 @@ pub fn default_device() -> Device {
         return Device::Cpu;
     }
     #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) => eprintln!("warning: built with CUDA but no GPU is usable ({e}); running on the CPU"),
     }
     Device::Cpu
 }

@@ -177,3 +177,22 @@ fn a_runs_lora_files_load_back_in_both_formats() {
         assert!(d < 1e-5, "{file}: the reloaded LoRA differs by {d}");
     }
 }
+
+#[test]
+fn a_half_precision_base_trains_f32_adapters() {
+    // The GPU setting (frozen networks in half precision, adapters in f32) on the CPU,
+    // in f16 (candle's CPU matmul has no bf16).
+    let dir = tempfile::tempdir().unwrap();
+    let l = tiny_folder(dir.path());
+    let s = script(dir.path(), &l.dir, r#"dtype = "f16","#);
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    perturb_adapters(&t);
+    let before = snapshot(&t);
+    assert!(before.iter().all(|(_, v)| v.dtype() == DType::F32));
+    t.collect().unwrap();
+    let u = t.update().unwrap().expect("a finite update");
+    assert!(u.loss.is_finite() && u.grad_norm > 0.0);
+    for ((k, b), (_, a)) in before.iter().zip(snapshot(&t)) {
+        assert!(common::max_abs_diff(b, &a) > 0.0, "{k} got no gradient");
+    }
+}

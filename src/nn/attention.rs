@@ -9,7 +9,14 @@ use candle_core::{Module, Result, Tensor, D};
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let scores = (q * scale)?.matmul(&k.t()?)?;
-    candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v)
+    // Half precision: the softmax in f32 (diffusers' upcast_softmax; a bf16 row sum over
+    // 4096 keys is coarse), the products in the inputs' dtype.
+    match super::half::upcast(scores.dtype()) {
+        Some(up) => candle_nn::ops::softmax(&scores.to_dtype(up)?, D::Minus1)?
+            .to_dtype(v.dtype())?
+            .matmul(v),
+        None => candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v),
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,16 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 impl Module for GroupNorm {
     /// x [B, C, ...]: statistics over each group's channels and positions (biased variance).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Half precision: statistics in f32 (a bf16 sum over a 64x64 group stops growing,
+        // an f16 one overflows; torch accumulates in f32 too), the result in x's dtype.
+        if let Some(up) = super::half::upcast(x.dtype()) {
+            let n = GroupNorm {
+                weight: self.weight.to_dtype(up)?,
+                bias: self.bias.to_dtype(up)?,
+                ..self.clone()
+            };
+            return n.forward(&x.to_dtype(up)?)?.to_dtype(x.dtype());
+        }
         let dims = x.dims();
         let xg = x.reshape((dims[0], self.groups, ()))?;
         let centred = xg.broadcast_sub(&xg.mean_keepdim(D::Minus1)?)?;

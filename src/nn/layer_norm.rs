@@ -28,6 +28,11 @@ pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Half precision: statistics in f32, the result in x's dtype.
+        if let Some(up) = super::half::upcast(x.dtype()) {
+            let n = LayerNorm::new(self.weight.to_dtype(up)?, self.bias.to_dtype(up)?, self.eps);
+            return n.forward(&x.to_dtype(up)?)?.to_dtype(x.dtype());
+        }
         // Biased variance, as torch.
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

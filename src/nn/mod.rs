@@ -5,6 +5,7 @@ pub mod attention;
 pub mod channel;
 pub mod conv;
 pub mod group_norm;
+pub mod half;
 pub mod init;
 pub mod layer_norm;
 pub mod linear;
