@@ -10,7 +10,7 @@
 set -euo pipefail
 SQDF=$1
 OUT=$2
-MICRO=${3:-8,4,2,1}
+MICRO=${3:-1,2,4,8}
 W=${WEIGHTS:-/tmp/sd15-random}
 mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/gpu.txt"

@@ -96,7 +96,8 @@ pub fn bench(
                 windows.push(json!({ "micro_batch": m, "start_unix": t0, "end_unix": unix_now() }));
             }
             log.info(format!(
-                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s"
+                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s (unix {t0:.2} to {:.2})",
+                unix_now()
             ));
         }
     }
