@@ -11,7 +11,9 @@ pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
     match Device::new_cuda(0) {
         Ok(d) => return d,
-        Err(e) => eprintln!("warning: built with CUDA but no GPU is usable ({e}); running on the CPU"),
+        Err(e) => {
+            eprintln!("warning: built with CUDA but no GPU is usable ({e}); running on the CPU")
+        }
     }
     Device::Cpu
 }

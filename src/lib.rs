@@ -19,8 +19,8 @@ pub mod rng;
 pub mod run_log;
 pub mod script;
 pub mod tasks;
-pub mod text;
 pub mod tensor_io;
+pub mod text;
 pub mod train;
 
 /// mimalloc for every program linking the crate (the CLI, the tests, the benches): glibc's

@@ -13,8 +13,13 @@ use sqdf::tasks::sd15::{layout, parts::Sd15Parts, random_weights, Layout};
 use std::path::Path;
 
 fn tiny_folder(dir: &Path) -> Layout {
-    random_weights::write(&dir.join("weights"), &random_weights::Sizes::tiny(), 7, DType::F32)
-        .unwrap()
+    random_weights::write(
+        &dir.join("weights"),
+        &random_weights::Sizes::tiny(),
+        7,
+        DType::F32,
+    )
+    .unwrap()
 }
 
 fn script(dir: &Path, weights: &Path, extra: &str) -> std::path::PathBuf {
@@ -61,7 +66,10 @@ fn one_sqdf_update_moves_every_lora_parameter() {
     let l = tiny_folder(dir.path());
     let s = script(dir.path(), &l.dir, "");
     let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
-    assert!(t.models.consistency.is_some(), "the LCM copy is the x0 estimator");
+    assert!(
+        t.models.consistency.is_some(),
+        "the LCM copy is the x0 estimator"
+    );
     perturb_adapters(&t);
     let before = snapshot(&t);
     assert!(before.iter().all(|(k, _)| k.contains(".lora_")));
@@ -93,7 +101,10 @@ fn micro_batches_accumulate_to_the_whole_batch_gradient() {
     let (whole, split) = (run(0, "a"), run(1, "b"));
     for ((k, a), (_, b)) in whole.iter().zip(&split) {
         let d = common::max_abs_diff(a, b);
-        assert!(d < 1e-5, "{k}: micro-batches differ from the whole batch by {d}");
+        assert!(
+            d < 1e-5,
+            "{k}: micro-batches differ from the whole batch by {d}"
+        );
     }
 }
 
@@ -101,26 +112,51 @@ fn micro_batches_accumulate_to_the_whole_batch_gradient() {
 fn the_reward_gradient_matches_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
     let l = tiny_folder(dir.path());
-    let tok = sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
-        .unwrap();
+    let tok =
+        sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
+            .unwrap();
     // f64 end to end: the check is then exact to ~1e-8 instead of f32's noise.
     let parts = Sd15Parts::load(&l, vec!["cat".into()], &tok, &Device::Cpu, DType::F64).unwrap();
     let dev = Device::Cpu;
-    let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev).unwrap().to_dtype(DType::F64).unwrap();
+    let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let var = candle_core::Var::from_tensor(&z).unwrap();
     let r = parts.aesthetic(var.as_tensor()).unwrap();
     assert_eq!(r.dims(), &[2]);
     let g = r.sum_all().unwrap().backward().unwrap();
-    let grad = g.get(var.as_tensor()).expect("the latents get a gradient").clone();
+    let grad = g
+        .get(var.as_tensor())
+        .expect("the latents get a gradient")
+        .clone();
     assert!(common::max_abs_diff(&grad, &grad.zeros_like().unwrap()) > 0.0);
     let f = |x: &Tensor| -> f64 {
-        parts.aesthetic(x).unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        parts
+            .aesthetic(x)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     for k in 0..3 {
-        let d = randn(&mut seeded(20 + k), z.shape(), &dev).unwrap().to_dtype(DType::F64).unwrap();
+        let d = randn(&mut seeded(20 + k), z.shape(), &dev)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         let eps = 1e-4;
-        let fd = (f(&(&z + (&d * eps).unwrap()).unwrap()) - f(&(&z - (&d * eps).unwrap()).unwrap())) / (2.0 * eps);
-        let an = (&grad * &d).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let fd = (f(&(&z + (&d * eps).unwrap()).unwrap())
+            - f(&(&z - (&d * eps).unwrap()).unwrap()))
+            / (2.0 * eps);
+        let an = (&grad * &d)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(
             (fd - an).abs() <= 1e-6 + 1e-4 * fd.abs(),
             "direction {k}: finite differences {fd}, backward {an}"
@@ -148,7 +184,10 @@ fn a_missing_file_or_key_is_named() {
     let s = script(dir.path(), &l.dir, "");
     let (o, _) = common::quiet_options(&s, &dir.path().join("r1"), &[]);
     let e = format!("{:#}", sqdf::train::Trainer::new(o).err().expect("fails"));
-    assert!(e.contains(key) && e.contains("diffusion_pytorch_model.safetensors"), "{e}");
+    assert!(
+        e.contains(key) && e.contains("diffusion_pytorch_model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]

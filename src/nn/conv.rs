@@ -55,10 +55,7 @@ pub fn conv2d_unfold(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> R
     } else {
         x.clone()
     };
-    let (oh, ow) = (
-        out_len(h, k, padding, 1)?,
-        out_len(wd, k, padding, 1)?,
-    );
+    let (oh, ow) = (out_len(h, k, padding, 1)?, out_len(wd, k, padding, 1)?);
     let y = if k == 1 {
         w.reshape((o, c))?
             .broadcast_matmul(&xp.reshape((b, c, oh * ow))?)?
@@ -370,8 +367,14 @@ mod unfold_tests {
             let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&x, &w] {
-                let (p, q) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-                assert!(diff(p, q) < 1e-3, "gradient, k={k} pad={pad} stride={stride}");
+                let (p, q) = (
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(
+                    diff(p, q) < 1e-3,
+                    "gradient, k={k} pad={pad} stride={stride}"
+                );
             }
         }
     }

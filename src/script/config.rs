@@ -480,7 +480,9 @@ impl RunConfig {
             "auto" | "bf16" => DType::BF16,
             "f16" => DType::F16,
             "f32" => DType::F32,
-            other => bail!("config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{other}\""),
+            other => bail!(
+                "config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{other}\""
+            ),
         })
     }
 

@@ -341,13 +341,13 @@ impl Script {
         let t = self.lua.create_table()?;
         for (name, f) in fns {
             let f = f.clone();
-            let lf = self
-                .lua
-                .create_function(move |_, (x, c): (LuaTensor, Option<LuaTensor>)| {
-                    f(&x.0, c.as_ref().map(|c| &c.0))
-                        .map(LuaTensor)
-                        .map_err(lua_err)
-                })?;
+            let lf =
+                self.lua
+                    .create_function(move |_, (x, c): (LuaTensor, Option<LuaTensor>)| {
+                        f(&x.0, c.as_ref().map(|c| &c.0))
+                            .map(LuaTensor)
+                            .map_err(lua_err)
+                    })?;
             t.set(name.as_str(), lf)?;
         }
         self.lua.globals().set("rewards", t)?;

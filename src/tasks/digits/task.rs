@@ -175,7 +175,10 @@ impl Task for DigitsTask {
                 "learned".into(),
                 Arc::new(move |x: &Tensor, _: Option<&Tensor>| learned.forward(x)),
             ),
-            ("gold".into(), Arc::new(|x: &Tensor, _: Option<&Tensor>| boldness(x))),
+            (
+                "gold".into(),
+                Arc::new(|x: &Tensor, _: Option<&Tensor>| boldness(x)),
+            ),
         ];
         let s = schedule();
         Ok(TaskModels {

@@ -77,7 +77,11 @@ pub fn evaluate(
             if p < GRID.0 {
                 let keep = GRID.1.saturating_sub(start).min(len);
                 if keep > 0 {
-                    grid.push(images.narrow(0, 0, keep)?.to_device(&candle_core::Device::Cpu)?);
+                    grid.push(
+                        images
+                            .narrow(0, 0, keep)?
+                            .to_device(&candle_core::Device::Cpu)?,
+                    );
                 }
             }
         }

@@ -21,11 +21,16 @@ pub struct Sd15Parts {
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
-pub fn config_or<T>(path: Option<std::path::PathBuf>, default: T, parse: impl Fn(&str) -> serde_json::Result<T>) -> Result<T> {
+pub fn config_or<T>(
+    path: Option<std::path::PathBuf>,
+    default: T,
+    parse: impl Fn(&str) -> serde_json::Result<T>,
+) -> Result<T> {
     match path {
         None => Ok(default),
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             parse(&text).with_context(|| format!("parsing {}", p.display()))
         }
     }
@@ -41,7 +46,11 @@ impl Sd15Parts {
     ) -> Result<Self> {
         let vae_cfg = vae::config_from_dir(&layout.dir)?;
         let vae = vae::load(&layout.path(layout::VAE), &vae_cfg, device, dtype)?;
-        let clip_cfg = config_or(layout.config_of(layout::CLIP), ClipConfig::vit_l14(), ClipConfig::from_json)?;
+        let clip_cfg = config_or(
+            layout.config_of(layout::CLIP),
+            ClipConfig::vit_l14(),
+            ClipConfig::from_json,
+        )?;
         let clip_path = layout.path(layout::CLIP);
         let vision = clip::load_vision(&clip_path, &clip_cfg.vision_config, device, dtype)?;
         let text = clip::load_text(&clip_path, &clip_cfg.text_config, device, dtype, true)?;
@@ -95,7 +104,9 @@ impl Sd15Parts {
     /// The CLIP score [B]: cosine of the image's and its prompt's CLIP embeddings.
     pub fn clip_score(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
         let e = self.image_embeds(&self.decode(latents)?)?;
-        let t = self.prompt_embeds.index_select(&cond.to_dtype(DType::U32)?, 0)?;
+        let t = self
+            .prompt_embeds
+            .index_select(&cond.to_dtype(DType::U32)?, 0)?;
         (e * t)?.sum(1)
     }
 }
@@ -116,7 +127,12 @@ pub fn token_ids(
 }
 
 /// L2-normalised projected text embeddings of the prompts, 8 at a time, detached.
-fn text_embeds(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], device: &Device) -> Result<Tensor> {
+fn text_embeds(
+    text: &ClipText,
+    tok: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+) -> Result<Tensor> {
     let mut out = Vec::new();
     for chunk in prompts.chunks(8) {
         let len = text.config().max_position_embeddings;
@@ -127,7 +143,12 @@ fn text_embeds(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], device:
 }
 
 /// The SD text encoder's last hidden states [n, 77, hidden] of prompts, detached.
-pub fn text_states(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], device: &Device) -> Result<Tensor> {
+pub fn text_states(
+    text: &ClipText,
+    tok: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+) -> Result<Tensor> {
     let mut out = Vec::new();
     for chunk in prompts.chunks(8) {
         let len = text.config().max_position_embeddings;
@@ -138,5 +159,9 @@ pub fn text_states(text: &ClipText, tok: &ClipTokenizer, prompts: &[String], dev
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).
 pub fn text_encoder_config(layout: &Layout) -> Result<ClipTextConfig> {
-    config_or(layout.config_of(layout::TEXT_ENCODER), ClipTextConfig::vit_l14_text(), |s| serde_json::from_str(s))
+    config_or(
+        layout.config_of(layout::TEXT_ENCODER),
+        ClipTextConfig::vit_l14_text(),
+        |s| serde_json::from_str(s),
+    )
 }

@@ -81,7 +81,9 @@ impl Sizes {
 fn init(name: &str, shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm = ["norm", "layrnorm", "layer_norm"].iter().any(|k| name.contains(k));
+    let is_norm = ["norm", "layrnorm", "layer_norm"]
+        .iter()
+        .any(|k| name.contains(k));
     Ok(if leaf == "bias" {
         Tensor::zeros(shape, DType::F32, &Device::Cpu)?
     } else if is_norm && shape.len() == 1 {
@@ -109,11 +111,13 @@ fn random(
 fn save(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     std::fs::create_dir_all(path.parent().context("a weight file has a folder")?)?;
     let map: HashMap<&String, Tensor> = tensors.iter().map(|(k, t)| (k, t.clone())).collect();
-    candle_core::safetensors::save(&map, path).with_context(|| format!("writing {}", path.display()))
+    candle_core::safetensors::save(&map, path)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn save_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(v)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes every file of `Layout` under `dir` (weights in `dtype`), with config.json files
@@ -130,48 +134,90 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
     // The real VAE file holds the encoder too; one of its keys stands in for it.
     let vae = expected_params(|vb| VaeDecoder::new(vb, &sizes.vae))?;
     let mut vae_tensors = random(&vae, "", rng, dtype)?;
-    vae_tensors.insert("encoder.conv_in.weight".into(), Tensor::zeros((8, 3, 3, 3), dtype, &Device::Cpu)?);
+    vae_tensors.insert(
+        "encoder.conv_in.weight".into(),
+        Tensor::zeros((8, 3, 3, 3), dtype, &Device::Cpu)?,
+    );
     save(&l.dir.join(layout::VAE), &vae_tensors)?;
     save_json(&l.dir.join("vae/config.json"), &sizes.vae)?;
 
     let text = expected_params(|vb| ClipText::new(vb, &sizes.text, false))?;
-    save(&l.dir.join(layout::TEXT_ENCODER), &random(&text, "", rng, dtype)?)?;
+    save(
+        &l.dir.join(layout::TEXT_ENCODER),
+        &random(&text, "", rng, dtype)?,
+    )?;
     save_json(&l.dir.join("text_encoder/config.json"), &sizes.text)?;
 
-    let mut clip = random(&expected_params(|vb| ClipVision::new(vb, &sizes.clip.vision_config))?, "", rng, dtype)?;
-    clip.extend(random(&expected_params(|vb| ClipText::new(vb, &sizes.clip.text_config, true))?, "", rng, dtype)?);
+    let mut clip = random(
+        &expected_params(|vb| ClipVision::new(vb, &sizes.clip.vision_config))?,
+        "",
+        rng,
+        dtype,
+    )?;
+    clip.extend(random(
+        &expected_params(|vb| ClipText::new(vb, &sizes.clip.text_config, true))?,
+        "",
+        rng,
+        dtype,
+    )?);
     save(&l.dir.join(layout::CLIP), &clip)?;
-    save_json(&l.dir.join("clip-vit-large-patch14/config.json"), &sizes.clip)?;
+    save_json(
+        &l.dir.join("clip-vit-large-patch14/config.json"),
+        &sizes.clip,
+    )?;
 
     let head = expected_params(|vb| AestheticHead::new(vb, sizes.clip.projection_dim))?;
     let head_path = l.dir.join(layout::AESTHETIC).with_extension("safetensors");
     save(&head_path, &random(&head, "", rng, DType::F32)?)?;
 
-    save(&l.dir.join(layout::LCM_LORA), &lcm_lora(&unet, sizes.lcm_rank, rng)?)?;
+    save(
+        &l.dir.join(layout::LCM_LORA),
+        &lcm_lora(&unet, sizes.lcm_rank, rng)?,
+    )?;
     write_tokenizer(&l.dir.join("tokenizer"))?;
     Ok(l)
 }
 
 /// A kohya-format LoRA on every attention projection and every resnet 3x3 convolution of
 /// the UNet (LCM-LoRA for SD-1.5 adapts both kinds), alpha = 2 * rank.
-fn lcm_lora(unet: &[(String, Vec<usize>)], rank: usize, rng: &mut Rng) -> Result<BTreeMap<String, Tensor>> {
+fn lcm_lora(
+    unet: &[(String, Vec<usize>)],
+    rank: usize,
+    rng: &mut Rng,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (k, shape) in unet {
-        let Some(module) = k.strip_suffix(".weight") else { continue };
-        let attn = [".to_q", ".to_k", ".to_v", ".to_out.0"].iter().any(|s| module.ends_with(s));
+        let Some(module) = k.strip_suffix(".weight") else {
+            continue;
+        };
+        let attn = [".to_q", ".to_k", ".to_v", ".to_out.0"]
+            .iter()
+            .any(|s| module.ends_with(s));
         let conv = module.ends_with(".conv1") || module.ends_with(".conv2");
         if !(attn || (conv && shape.len() == 4)) {
             continue;
         }
         let name = crate::lora_files::kohya::kohya_name("lora_unet_", module);
         let (down, up): (Vec<usize>, Vec<usize>) = if shape.len() == 4 {
-            (vec![rank, shape[1], shape[2], shape[3]], vec![shape[0], rank, 1, 1])
+            (
+                vec![rank, shape[1], shape[2], shape[3]],
+                vec![shape[0], rank, 1, 1],
+            )
         } else {
             (vec![rank, shape[1]], vec![shape[0], rank])
         };
-        out.insert(format!("{name}.lora_down.weight"), (randn(rng, down, &Device::Cpu)? * 0.01)?);
-        out.insert(format!("{name}.lora_up.weight"), (randn(rng, up, &Device::Cpu)? * 0.01)?);
-        out.insert(format!("{name}.alpha"), Tensor::new(2.0 * rank as f32, &Device::Cpu)?);
+        out.insert(
+            format!("{name}.lora_down.weight"),
+            (randn(rng, down, &Device::Cpu)? * 0.01)?,
+        );
+        out.insert(
+            format!("{name}.lora_up.weight"),
+            (randn(rng, up, &Device::Cpu)? * 0.01)?,
+        );
+        out.insert(
+            format!("{name}.alpha"),
+            Tensor::new(2.0 * rank as f32, &Device::Cpu)?,
+        );
     }
     Ok(out)
 }

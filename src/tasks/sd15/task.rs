@@ -50,11 +50,9 @@ pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler 
 
 /// The UNet's config (unet/config.json, or SD-1.5's).
 pub fn unet_config(layout: &Layout) -> Result<UNetConfig> {
-    let cfg = parts::config_or(
-        layout.config_of(layout::UNET),
-        UNetConfig::sd15(),
-        |s| serde_json::from_str(s),
-    )?;
+    let cfg = parts::config_or(layout.config_of(layout::UNET), UNetConfig::sd15(), |s| {
+        serde_json::from_str(s)
+    })?;
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", layout.path(layout::UNET).display()))?;
     Ok(cfg)
@@ -74,7 +72,12 @@ pub fn load_unet_tensors(
     check_params(&path, &file, &expected)?;
     expected
         .iter()
-        .map(|(k, _)| Ok((k.clone(), file.tensors[k].to_dtype(dtype)?.to_device(device)?)))
+        .map(|(k, _)| {
+            Ok((
+                k.clone(),
+                file.tensors[k].to_dtype(dtype)?.to_device(device)?,
+            ))
+        })
         .collect()
 }
 
@@ -96,11 +99,18 @@ impl Task for Sd15Task {
             .map(Into::into)
             .unwrap_or_else(prompts::default_path);
         let prompts = prompts::load(&prompt_file)?;
-        let tokenizer = ClipTokenizer::from_files(&layout.path(layout::VOCAB), &layout.path(layout::MERGES))?;
+        let tokenizer =
+            ClipTokenizer::from_files(&layout.path(layout::VOCAB), &layout.path(layout::MERGES))?;
 
         // Text states of every prompt and, last, of "" (classifier-free guidance's ∅).
         let text_cfg = parts::text_encoder_config(&layout)?;
-        let text = crate::models::clip::load_text(&layout.path(layout::TEXT_ENCODER), &text_cfg, device, dtype, false)?;
+        let text = crate::models::clip::load_text(
+            &layout.path(layout::TEXT_ENCODER),
+            &text_cfg,
+            device,
+            dtype,
+            false,
+        )?;
         let mut all = prompts.clone();
         all.push(String::new());
         let states = parts::text_states(&text, &tokenizer, &all, device)?;
@@ -108,12 +118,17 @@ impl Task for Sd15Task {
 
         let cfg = unet_config(&layout)?;
         let base = load_unet_tensors(&layout, &cfg, device, dtype)?;
-        let unet = |tensors: HashMap<String, Tensor>, lora: Option<&LoraBuilder>| -> Result<PromptUNet> {
-            Ok(PromptUNet {
-                unet: UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, dtype, device), &cfg, lora)?,
-                prompts: states.clone(),
-            })
-        };
+        let unet =
+            |tensors: HashMap<String, Tensor>, lora: Option<&LoraBuilder>| -> Result<PromptUNet> {
+                Ok(PromptUNet {
+                    unet: UNet2DConditionModel::new(
+                        VarBuilder::from_tensors(tensors, dtype, device),
+                        &cfg,
+                        lora,
+                    )?,
+                    prompts: states.clone(),
+                })
+            };
         let policy_vars = VarMap::new();
         let builder = LoraBuilder::new(
             LoraConfig {
@@ -143,7 +158,13 @@ impl Task for Sd15Task {
         let parts = match self.parts.get() {
             Some(p) => p.clone(),
             None => {
-                let p = Arc::new(Sd15Parts::load(&layout, prompts.clone(), &tokenizer, device, dtype)?);
+                let p = Arc::new(Sd15Parts::load(
+                    &layout,
+                    prompts.clone(),
+                    &tokenizer,
+                    device,
+                    dtype,
+                )?);
                 let _ = self.parts.set(p.clone());
                 p
             }
@@ -151,12 +172,17 @@ impl Task for Sd15Task {
         let _ = self.prompts.set(prompts.len());
         let (a, c) = (parts.clone(), parts.clone());
         let rewards: Vec<(String, TensorFn)> = vec![
-            ("aesthetic".into(), Arc::new(move |x: &Tensor, _: Option<&Tensor>| a.aesthetic(x))),
+            (
+                "aesthetic".into(),
+                Arc::new(move |x: &Tensor, _: Option<&Tensor>| a.aesthetic(x)),
+            ),
             (
                 "clip_score".into(),
                 Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
                     Some(cond) => c.clip_score(x, cond),
-                    None => candle_core::bail!("rewards.clip_score(x0, cond) needs the condition ids"),
+                    None => {
+                        candle_core::bail!("rewards.clip_score(x0, cond) needs the condition ids")
+                    }
                 }),
             ),
         ];

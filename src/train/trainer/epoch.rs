@@ -12,7 +12,9 @@ impl Trainer {
         let steps = m.sampler.steps();
         self.updates_since_collect = 0;
         let micro = cfg.micro_batch_size();
-        let cond = self.task.conditions(cfg.batch, &mut self.rng.lock().unwrap());
+        let cond = self
+            .task
+            .conditions(cfg.batch, &mut self.rng.lock().unwrap());
         // Sampled and scored `micro_batch` trajectories at a time, so that batch 64 at SD-1.5
         // size fits any GPU; states go to host memory as soon as they are sampled.
         let (mut rewards, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
