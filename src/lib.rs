@@ -5,6 +5,7 @@
 //! checkpoints); Lua owns the experiment's math (reward, loss, discount, priority).
 //! See `README.md` for the script contract and `docs/ARCHITECTURE.md` for the layout.
 
+pub mod blackbox;
 pub mod compare;
 pub mod data;
 pub mod device;
