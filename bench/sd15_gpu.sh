@@ -21,8 +21,9 @@ nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 
   >"$OUT/memory.csv" &
 SMI=$!
 trap 'kill $SMI 2>/dev/null || true' EXIT
+# Sampling (and the smoke test) at COLLECT_MICRO trajectories at a time.
 "$SQDF" --quiet bench scripts/sd15_aesthetic.lua --set weights="$W" --batch 64 \
-  --repeats 0 --micro "$MICRO" >"$OUT/bench.json" 2> >(tee "$OUT/bench.log" >&2)
+  --set micro_batch="${COLLECT_MICRO:-1}" --repeats 0 --micro "$MICRO" >"$OUT/bench.json" 2> >(tee "$OUT/bench.log" >&2)
 kill $SMI
 python3 - "$OUT" <<'PY'
 import json, sys, datetime

@@ -18,13 +18,36 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
     let discount = script.discounts(steps)?;
     script.priority(1.0, 0, models.sampler.timestep(steps - 1), cond)?;
 
-    // The first and the last step: the last one exercises x0_hat's identity case.
-    let idx = [0, steps - 1];
-    let mut shape = vec![idx.len()];
+    // The first and the last step (the last one exercises x0_hat's identity case), together
+    // or, with micro-batches of 1 (SD-1.5 on a GPU, where two states may not fit), one at
+    // a time.
+    let groups: Vec<Vec<usize>> = if script.config.micro_batch_size() == 1 {
+        vec![vec![0], vec![steps - 1]]
+    } else {
+        vec![vec![0, steps - 1]]
+    };
+    for idx in groups {
+        smoke_loss(script, models, cond, &rng, &discount, &idx)?;
+    }
+    Ok(())
+}
+
+/// One call of `reward` and `loss` (and backward) on random states at step indices `idx`.
+fn smoke_loss(
+    script: &Script,
+    models: &Arc<TaskModels>,
+    cond: u32,
+    rng: &crate::rng::SharedRng,
+    discount: &[f64],
+    idx: &[usize],
+) -> Result<()> {
+    let steps = models.sampler.steps();
+    let n = idx.len();
+    let mut shape = vec![n];
     shape.extend(&models.state_shape);
     let (x, next, traj) = {
         let mut r = rng.lock().unwrap();
-        let mut traj_shape = vec![idx.len(), steps + 1];
+        let mut traj_shape = vec![n, steps + 1];
         traj_shape.extend(&models.state_shape);
         (
             randn(&mut r, shape.clone(), &models.device)?,
@@ -35,11 +58,11 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
     let batch = Batch::from_parts(
         x.clone(),
         next,
-        &idx,
-        &[0.0, 0.0],
-        &[cond, cond],
+        idx,
+        &vec![0.0; n],
+        &vec![cond; n],
         &models.sampler,
-        &discount,
+        discount,
     )?;
     script.reward(&x, &batch.cond)?;
     let ctx = LossContext {
@@ -47,25 +70,25 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
         reward: script.reward_fn(),
         config: script.config_table.clone(),
         x0: script.config.x0,
-        rng,
+        rng: rng.clone(),
         epoch: 0,
         origin: script.path.display().to_string(),
         x0_steps: script.config.x0_steps,
         update: 1,
-        buffer_rewards: Arc::new((vec![cond, cond], vec![0.0, 1.0])),
+        buffer_rewards: Arc::new((vec![cond; n], (0..n).map(|i| i as f32).collect())),
     };
     let out = match script.config.update_on {
         UpdateOn::States => script.loss(batch, ctx)?,
         UpdateOn::Trajectories => {
-            // Two random trajectories whose actions had log-probability 0.
-            let lp = candle_core::Tensor::zeros((2, steps), crate::DTYPE, &models.device)?;
+            // Random trajectories whose actions had log-probability 0.
+            let lp = candle_core::Tensor::zeros((n, steps), crate::DTYPE, &models.device)?;
             let t = Trajectories::from_parts(
                 traj,
                 lp,
-                vec![0.0, 1.0],
-                vec![cond, cond],
+                (0..n).map(|i| i as f32).collect(),
+                vec![cond; n],
                 &models.sampler,
-                &discount,
+                discount,
             );
             script.loss(t, ctx)?
         }
