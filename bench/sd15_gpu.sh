@@ -17,6 +17,11 @@ nvidia-smi -L | tee "$OUT/gpu.txt"
 if [ ! -d "$W/unet" ]; then
   /usr/bin/time -f "random weights: %e s" "$SQDF" random-weights "$W" --size sd15 --dtype f16
 fi
+# LATENT=32 runs SD-1.5's networks on 32x32 latents (256x256 images) instead of 64x64.
+if [ -n "${LATENT:-}" ]; then
+  python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['sample_size']=int(sys.argv[2]); json.dump(c,open(p,'w'))" \
+    "$W/unet/config.json" "$LATENT"
+fi
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 50 \
   >"$OUT/memory.csv" &
 SMI=$!

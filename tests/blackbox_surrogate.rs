@@ -238,37 +238,58 @@ fn best_held_out_epoch_is_restored() -> Result<()> {
     Ok(())
 }
 
-/// Sum of the reward over a batch, its gradient w.r.t. the features, and a central finite
-/// difference along a random direction.
+/// The reward's gradient w.r.t. the features against finite differences along a random
+/// direction, sample by sample (each sample's reward depends on its own row only). ReLU
+/// makes the reward piecewise smooth: where the interval [x - eps v, x + eps v] crosses a
+/// kink the central difference is off while the one-sided difference on the other side is
+/// still right, so each sample must match its central, forward or backward difference.
 fn check_gradient(s: &Surrogate, seed: u64, d: usize) -> Result<()> {
-    let x = randn(&mut seeded(seed), (6, d), &dev())?;
-    let v = randn(&mut seeded(seed + 1), (6, d), &dev())?;
+    let n = 8;
+    let x = randn(&mut seeded(seed), (n, d), &dev())?;
+    let v = randn(&mut seeded(seed + 1), (n, d), &dev())?;
     let xv = Var::from_tensor(&x)?;
     let r = s.reward(xv.as_tensor())?;
-    assert_eq!(r.dims(), [6]);
+    assert_eq!(r.dims(), [n]);
     let g = r.sum_all()?.backward()?;
     let g = g.get(xv.as_tensor()).expect("no gradient reaches the features");
     let norm = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-    assert!(norm > 1e-4, "zero gradient w.r.t. the features");
-    let analytic = g.mul(&v)?.sum_all()?.to_scalar::<f32>()? as f64;
-    let eps = 1e-2;
-    let at = |t: f64| -> Result<f64> {
-        Ok(s.reward(&x.add(&v.affine(t, 0.0)?)?)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64)
+    assert!(norm > 1e-3, "zero gradient w.r.t. the features");
+    let analytic = g.mul(&v)?.sum(1)?.to_vec1::<f32>()?;
+    let eps = 1e-3;
+    let at = |t: f64| -> Result<Vec<f64>> {
+        let r = s.reward(&x.add(&v.affine(t, 0.0)?)?)?.to_vec1::<f32>()?;
+        Ok(r.into_iter().map(f64::from).collect())
     };
-    let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
-    println!("{:?}: analytic {analytic:.5}, finite difference {fd:.5}", s.config().uncertainty);
-    assert!(
-        (analytic - fd).abs() < 2e-2 * analytic.abs().max(fd.abs()) + 1e-4,
-        "gradient {analytic} vs finite difference {fd}"
+    let (plus, zero, minus) = (at(eps)?, at(0.0)?, at(-eps)?);
+    let mut one_sided = 0;
+    for i in 0..n {
+        let a = analytic[i] as f64;
+        let tol = 1e-2 * a.abs() + 2e-3;
+        let central = (plus[i] - minus[i]) / (2.0 * eps);
+        let forward = (plus[i] - zero[i]) / eps;
+        let backward = (zero[i] - minus[i]) / eps;
+        if (a - central).abs() <= tol {
+            continue;
+        }
+        one_sided += 1;
+        assert!(
+            (a - forward).abs() <= tol || (a - backward).abs() <= tol,
+            "sample {i}: gradient {a}, finite differences central {central}, forward {forward}, backward {backward}"
+        );
+    }
+    println!(
+        "{:?} {:?}: |grad| {norm:.3}; {n} samples match ({one_sided} one-sided, past a ReLU kink)",
+        s.config().uncertainty,
+        s.config().combine
     );
     Ok(())
 }
 
-fn linear_set(n: usize, d: usize, noise: f32, seed: u64) -> Result<(LabelledSet, Tensor)> {
+/// `n` rows of N(0, I) features in `d` dimensions labelled w.x + noise, with w ~ N(0, I/d)
+/// drawn from `w_seed` (so the label variance is about 1) and the rows from `seed`.
+fn linear_set(n: usize, d: usize, noise: f32, w_seed: u64, seed: u64) -> Result<LabelledSet> {
+    let w = randn(&mut seeded(w_seed), d, &dev())?.affine(1.0 / (d as f64).sqrt(), 0.0)?;
     let mut rng = seeded(seed);
-    let w = randn(&mut rng, d, &dev())?.affine(1.0 / (d as f64).sqrt(), 0.0)?;
     let x = randn(&mut rng, (n, d), &dev())?;
     let y = x
         .matmul(&w.unsqueeze(1)?)?
@@ -276,13 +297,13 @@ fn linear_set(n: usize, d: usize, noise: f32, seed: u64) -> Result<(LabelledSet,
         .add(&randn(&mut rng, n, &dev())?.affine(noise as f64, 0.0)?)?;
     let mut set = LabelledSet::new(d);
     set.push(&x, &y)?;
-    Ok((set, w))
+    Ok(set)
 }
 
 #[test]
 fn reward_is_differentiable_in_the_features() -> Result<()> {
     let d = 6;
-    let (set, _) = linear_set(300, d, 0.1, 21)?;
+    let set = linear_set(300, d, 0.1, 20, 21)?;
     let base = SurrogateConfig {
         hidden: vec![32, 16],
         epochs: 40,
@@ -323,6 +344,12 @@ fn reward_is_differentiable_in_the_features() -> Result<()> {
         s.fit(&set, 40 + i as u64)?;
         check_gradient(&s, 50 + i as u64, d)?;
         if s.config().uncertainty == Uncertainty::Ucb {
+            // The bonus itself passes a gradient to the features (through phi).
+            let xv = Var::from_tensor(&set.gather(&[0, 1, 2], &dev())?.0)?;
+            let phi = s.ensemble().heads[0].hidden(xv.as_tensor())?;
+            let b = s.ucb().expect("ucb after fit").bonus(&phi)?.sum_all()?;
+            let g = b.backward()?.get(xv.as_tensor()).unwrap().abs()?.sum_all()?;
+            assert!(g.to_scalar::<f32>()? > 1e-4, "no gradient through the bonus");
             let stats = s.predict_stats(&set.gather(&[0, 1, 2], &dev())?.0)?;
             let b = stats.bonus.expect("ucb reports its bonus").to_vec1::<f32>()?;
             assert!(b.iter().all(|v| *v > 0.0));
@@ -336,7 +363,7 @@ fn learns_a_linear_function_fast() -> Result<()> {
     // The benchmark's size: 2000 labelled samples of 128-d features, default configuration
     // (4 bootstrap heads, 200 epochs).
     let (n, d) = (2000, 128);
-    let (set, _) = linear_set(n, d, 0.1, 8)?;
+    let set = linear_set(n, d, 0.1, 7, 8)?;
     let mut s = Surrogate::new(SurrogateConfig::default(), d, 9, &dev())?;
     let r = s.fit(&set, 10)?;
     let (hx, hy) = set.gather(&r.split.held_out, &dev())?;
@@ -352,20 +379,55 @@ fn learns_a_linear_function_fast() -> Result<()> {
     );
     assert!((err as f64) < 0.1 * var, "held-out MSE {err} vs label variance {var}");
 
-    // A second round warm-starts and only gets better on the grown set.
-    let (more, _) = linear_set(n, d, 0.1, 8)?;
+    // A second round on the grown set starts from these weights (warm start, the default):
+    // its held-out error before the first epoch is already low.
+    let more = linear_set(200, d, 0.1, 7, 12)?;
     let mut grown = set.clone();
     let (mx, my) = more.tensors(&dev())?;
     grown.push(&mx, &my)?;
     let r2 = s.fit(&grown, 11)?;
-    assert_eq!(grown.len(), 2 * n);
-    println!("second round on {}: {:.2} s", grown.len(), r2.seconds);
+    assert_eq!(grown.len(), n + 200);
+    let init = r2.heads.iter().map(|h| h.initial_held_out).fold(0.0, f64::max);
+    println!("second round on {}: {:.2} s, held-out MSE before it {init:.4}", grown.len(), r2.seconds);
+    assert!(init < 0.2 * var, "warm start: {init} vs label variance {var}");
+    Ok(())
+}
+
+#[test]
+fn cold_start_redraws_the_weights() -> Result<()> {
+    let d = 6;
+    let set = linear_set(300, d, 0.1, 1, 2)?;
+    let cfg = SurrogateConfig {
+        uncertainty: Uncertainty::None,
+        epochs: 60,
+        lr: 1e-2,
+        batch: 64,
+        ..Default::default()
+    };
+    let initial = |warm_start: bool| -> Result<(f64, f64)> {
+        let mut s = Surrogate::new(
+            SurrogateConfig {
+                warm_start,
+                ..cfg.clone()
+            },
+            d,
+            3,
+            &dev(),
+        )?;
+        let first = s.fit(&set, 4)?.heads[0].clone();
+        let second = s.fit(&set, 5)?.heads[0].clone();
+        Ok((first.best_held_out, second.initial_held_out))
+    };
+    let (best, warm) = initial(true)?;
+    let (_, cold) = initial(false)?;
+    println!("first fit best {best:.4}; second fit starts at {warm:.4} warm, {cold:.4} cold");
+    assert!(warm < 2.0 * best + 0.05 && cold > 5.0 * warm, "warm {warm}, cold {cold}");
     Ok(())
 }
 
 #[test]
 fn shape_misuse_names_the_expected_width() -> Result<()> {
-    let (set, _) = linear_set(40, 5, 0.1, 1)?;
+    let set = linear_set(40, 5, 0.1, 0, 1)?;
     let mut s = Surrogate::new(
         SurrogateConfig {
             epochs: 2,
@@ -406,5 +468,134 @@ fn shape_misuse_names_the_expected_width() -> Result<()> {
     assert!(uniq.len() < b.len(), "a resample with replacement repeats rows");
     let _ = Bootstrap::new(5, &[8], 2, 0, &dev())?;
     let _ = SurrogateMlp::fresh(5, &[], &mut seeded(0), &dev())?.1.forward(&x.pad_with_zeros(1, 0, 1)?)?;
+    Ok(())
+}
+
+#[test]
+#[ignore]
+fn zz_profile() -> Result<()> {
+    use sqdf::train::AdamW;
+    let d = 128;
+    let (vars, mlp) = SurrogateMlp::fresh(d, &[64, 16], &mut seeded(4), &dev())?;
+    let x = randn(&mut seeded(1), (1800, d), &dev())?;
+    let y = randn(&mut seeded(2), 1800, &dev())?;
+    let idx: Vec<u32> = (0..512).collect();
+    let idx = Tensor::from_slice(&idx, 512, &dev())?;
+    let t = std::time::Instant::now();
+    for _ in 0..200 {
+        let _ = x.index_select(&idx, 0)?;
+    }
+    println!("index_select {:.3} ms", t.elapsed().as_secs_f64() * 5.0);
+    let bx = x.narrow(0, 0, 512)?;
+    let by = y.narrow(0, 0, 512)?;
+    let t = std::time::Instant::now();
+    for _ in 0..200 {
+        let _ = mlp.forward(&bx)?.sub(&by)?.sqr()?.mean_all()?;
+    }
+    println!("forward {:.3} ms", t.elapsed().as_secs_f64() * 5.0);
+    let t = std::time::Instant::now();
+    let mut g = None;
+    for _ in 0..200 {
+        let l = mlp.forward(&bx)?.sub(&by)?.sqr()?.mean_all()?;
+        g = Some(l.backward()?);
+    }
+    println!("forward+backward {:.3} ms", t.elapsed().as_secs_f64() * 5.0);
+    let g = g.unwrap();
+    let params = sorted_vars(&vars);
+    let grads: Vec<_> = params.iter().map(|(_, v)| g.get(v.as_tensor()).cloned()).collect();
+    let mut opt = AdamW::new(params)?;
+    let t = std::time::Instant::now();
+    for _ in 0..200 {
+        opt.step(&grads, 1e-3, 0.0)?;
+    }
+    println!("adam step {:.3} ms", t.elapsed().as_secs_f64() * 5.0);
+    let t = std::time::Instant::now();
+    for _ in 0..200 {
+        let _ = mse(&mlp, &x.narrow(0, 0, 200)?, &y.narrow(0, 0, 200)?)?;
+    }
+    println!("held-out mse {:.3} ms", t.elapsed().as_secs_f64() * 5.0);
+    Ok(())
+}
+
+#[test]
+#[ignore]
+fn zz_determinism() -> Result<()> {
+    let set = linear_set(2000, 128, 0.1, 7, 8)?;
+    let cfg = SurrogateConfig { epochs: 30, ..Default::default() };
+    let mut out = vec![];
+    for _ in 0..2 {
+        let mut s = Surrogate::new(cfg.clone(), 128, 9, &dev())?;
+        let r = s.fit(&set, 10)?;
+        println!("{:.2}s init {:?}", r.seconds, r.heads.iter().map(|h| h.initial_held_out).collect::<Vec<_>>());
+        out.push(r.heads.iter().map(|h| h.held_out_loss.clone()).collect::<Vec<_>>());
+    }
+    println!("{:?}\n{:?}", &out[0][0][..5], &out[1][0][..5]);
+    assert_eq!(out[0], out[1]);
+    Ok(())
+}
+
+#[test]
+#[ignore]
+fn zz_ops() -> Result<()> {
+    let x = randn(&mut seeded(1), (512, 128), &dev())?;
+    let w = randn(&mut seeded(2), (64, 128), &dev())?;
+    let b = randn(&mut seeded(3), 64, &dev())?;
+    let wv = Var::from_tensor(&w)?;
+    let bv = Var::from_tensor(&b)?;
+    let time = |name: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
+        f()?;
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            f()?;
+        }
+        println!("{name}: {:.1} us", t.elapsed().as_secs_f64() * 5e3);
+        Ok(())
+    };
+    time("matmul x w^T", &|| { let _ = x.matmul(&w.t()?)?; Ok(()) })?;
+    let wt = w.t()?.contiguous()?;
+    time("matmul x wt(contig)", &|| { let _ = x.matmul(&wt)?; Ok(()) })?;
+    let h = x.matmul(&w.t()?)?;
+    time("scale_shift bias", &|| { let _ = sqdf::nn::scale_shift(&h, None, Some(&b), 1)?; Ok(()) })?;
+    time("broadcast_add bias", &|| { let _ = h.broadcast_add(&b)?; Ok(()) })?;
+    time("relu", &|| { let _ = h.relu()?; Ok(()) })?;
+    let l = sqdf::nn::linear::Linear::new(wv.as_tensor().clone(), Some(bv.as_tensor().clone()));
+    time("linear fwd+bwd", &|| { let _ = l.forward(&x)?.sum_all()?.backward()?; Ok(()) })?;
+    time("linear+relu fwd+bwd", &|| { let _ = l.forward(&x)?.relu()?.sum_all()?.backward()?; Ok(()) })?;
+    let hv = Var::from_tensor(&h)?;
+    time("g^T x (weight grad)", &|| { let _ = h.t()?.matmul(&x)?; Ok(()) })?;
+    time("matmul only fwd+bwd", &|| { let _ = x.matmul(&wv.as_tensor().t()?)?.sum_all()?.backward()?; Ok(()) })?;
+    let _ = hv;
+    Ok(())
+}
+
+#[test]
+#[ignore]
+fn zz_kinks() -> Result<()> {
+    let d = 6;
+    let set = linear_set(300, d, 0.1, 20, 21)?;
+    let cfg = SurrogateConfig { uncertainty: Uncertainty::None, hidden: vec![32, 16], epochs: 40, lr: 1e-2, batch: 64, ..Default::default() };
+    let mut s = Surrogate::new(cfg, d, 34, &dev())?;
+    s.fit(&set, 44)?;
+    let x = randn(&mut seeded(54), (8, d), &dev())?;
+    let v = randn(&mut seeded(55), (8, d), &dev())?;
+    for eps in [1e-2, 3e-3, 1e-3, 3e-4, 1e-4] {
+        let p = s.reward(&x.add(&v.affine(eps, 0.0)?)?)?.to_vec1::<f32>()?;
+        let m = s.reward(&x.add(&v.affine(-eps, 0.0)?)?)?.to_vec1::<f32>()?;
+        let z = s.reward(&x)?.to_vec1::<f32>()?;
+        println!("eps {eps}: central {:.5} fwd {:.5} bwd {:.5}", (p[1] - m[1]) as f64 / (2.0 * eps), (p[1] - z[1]) as f64 / eps, (z[1] - m[1]) as f64 / eps);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore]
+fn zz_timing() -> Result<()> {
+    let set = linear_set(2000, 128, 0.1, 7, 8)?;
+    for epochs in [std::env::var("EPOCHS").map(|e| e.parse().unwrap()).unwrap_or(200usize)] {
+        let cfg = SurrogateConfig { epochs, ..Default::default() };
+        let mut s = Surrogate::new(cfg, 128, 9, &dev())?;
+        let r = s.fit(&set, 10)?;
+        println!("epochs {epochs}: {:.2}s", r.seconds);
+    }
     Ok(())
 }

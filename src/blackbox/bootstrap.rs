@@ -16,6 +16,7 @@ use crate::rng::{seeded, Rng};
 use anyhow::{bail, Result};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The default number of heads, the released code's.
@@ -141,21 +142,24 @@ impl Bootstrap {
         } else {
             Some(set.gather(&split.train, &device)?)
         };
-        let mut reports = Vec::with_capacity(self.len());
-        for (k, (head, vars)) in self.heads.iter().zip(&self.vars).enumerate() {
-            let mut rng: Rng = seeded(head_seed(seed, k));
-            let drawn;
-            let (x, y) = match &plain {
-                Some((x, y)) => (x, y),
-                None => {
-                    drawn = set.gather(&bootstrap_resample(&split.train, &mut rng), &device)?;
-                    (&drawn.0, &drawn.1)
-                }
-            };
-            let h = (!split.held_out.is_empty()).then_some((&held_out.0, &held_out.1));
-            reports.push(fit_mlp(head, vars, (x, y), h, cfg, &mut rng)?);
-        }
-        Ok(reports)
+        let h = (!split.held_out.is_empty()).then_some((&held_out.0, &held_out.1));
+        // Resamples drawn in head order, then the heads trained side by side (they share
+        // nothing; each has its own generator, so the result does not depend on scheduling).
+        let jobs = (0..self.len())
+            .map(|k| {
+                let mut rng: Rng = seeded(head_seed(seed, k));
+                let data = match &plain {
+                    Some(xy) => xy.clone(),
+                    None => set.gather(&bootstrap_resample(&split.train, &mut rng), &device)?,
+                };
+                Ok((k, data, rng))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        jobs.into_par_iter()
+            .map(|(k, (x, y), mut rng)| {
+                fit_mlp(&self.heads[k], &self.vars[k], (&x, &y), h, cfg, &mut rng)
+            })
+            .collect()
     }
 
     /// Every head's prediction and their mean, std and max over heads.

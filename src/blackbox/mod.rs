@@ -7,9 +7,11 @@ pub mod surrogate;
 pub mod surrogate_mlp;
 pub mod ucb;
 
+pub use oracle::Oracle;
 pub use bootstrap::{Bootstrap, Combine, EnsemblePrediction};
 pub use dataset::{bootstrap_resample, LabelledSet, Split};
 pub use fit::{fit_mlp, FitConfig, FitReport};
 pub use surrogate::{Surrogate, SurrogateConfig, SurrogateFitReport, SurrogateStats, Uncertainty};
 pub use surrogate_mlp::SurrogateMlp;
 pub use ucb::{SigmaKind, UcbBonus};
+pub mod oracle;

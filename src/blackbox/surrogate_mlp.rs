@@ -48,7 +48,9 @@ impl SurrogateMlp {
     }
 
     /// A freshly initialised MLP and the VarMap holding its (trainable) parameters, drawn
-    /// from `rng` (`nn::init::seeded_init`: candle's own init cannot be seeded).
+    /// from `rng` (`nn::init::seeded_init`: candle's own init cannot be seeded). Biases are
+    /// zeroed here as well: `seeded_init` skips constant tensors, and a 1-element tensor
+    /// (the output bias) looks constant, so it would keep candle's unseeded draw.
     pub fn fresh(
         in_dim: usize,
         hidden: &[usize],
@@ -59,6 +61,11 @@ impl SurrogateMlp {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let mlp = Self::new(vb, in_dim, hidden)?;
         crate::nn::init::seeded_init(&varmap, rng)?;
+        for (name, var) in crate::tensor_io::sorted_vars(&varmap) {
+            if name.ends_with("bias") {
+                var.set(&var.as_tensor().zeros_like()?)?;
+            }
+        }
         Ok((varmap, mlp))
     }
 

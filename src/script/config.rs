@@ -68,6 +68,14 @@ pub struct RunConfig {
     pub dtype: String,
     pub prompts: Option<String>,
     pub lora_init: Option<String>,
+    pub queries: Vec<usize>,
+    pub round_epochs: usize,
+    pub oracle: String,
+    pub oracle_noise: f64,
+    pub oracle_budget: usize,
+    pub uncertainty: String,
+    pub buffer_reset: bool,
+    pub kl_reference: String,
     pub params: Map<String, Json>,
 }
 
@@ -102,6 +110,14 @@ impl Default for RunConfig {
             dtype: "auto".into(),
             prompts: None,
             lora_init: None,
+            queries: Vec::new(),
+            round_epochs: 10,
+            oracle: "gold".into(),
+            oracle_noise: 0.1,
+            oracle_budget: 0,
+            uncertainty: "bootstrap".into(),
+            buffer_reset: true,
+            kl_reference: "pretrained".into(),
             params: Map::new(),
         }
     }
@@ -240,6 +256,46 @@ pub const KEYS: &[(&str, bool, &str)] = &[
         "lora_init",
         false,
         "a LoRA file (diffusers or kohya format, e.g. a run's lora_diffusers.safetensors) the adapters start from",
+    ),
+    (
+        "queries",
+        false,
+        "black-box rounds (Algorithm 2): oracle queries of each round, e.g. {128, 256, 512, 1024}; empty: the reward is known",
+    ),
+    (
+        "round_epochs",
+        false,
+        "epochs of Algorithm 1 in each black-box round (on the surrogate)",
+    ),
+    (
+        "oracle",
+        false,
+        "the task reward that plays the oracle (digits: \"gold\"); scripts see it only as rewards.oracle, counted and detached",
+    ),
+    (
+        "oracle_noise",
+        false,
+        "standard deviation of the noise on oracle labels (released code: 0.1)",
+    ),
+    (
+        "oracle_budget",
+        false,
+        "total oracle queries allowed (0: the sum of queries); rewards.oracle counts against it",
+    ),
+    (
+        "uncertainty",
+        false,
+        "the surrogate's optimism: \"bootstrap\" (4 heads, max), \"ucb\" (C1 sqrt(phi' (Sigma + lambda I)^-1 phi)) or \"none\"",
+    ),
+    (
+        "buffer_reset",
+        false,
+        "empty the replay buffer at each black-box round (released code: true)",
+    ),
+    (
+        "kl_reference",
+        false,
+        "the KL's reference: \"pretrained\" (SQDF) or \"previous\" (the policy at the start of the round: SEIKO)",
     ),
     (
         "params",
@@ -393,6 +449,8 @@ impl RunConfig {
                 | (Json::String(_), Json::String(_))
                 | (Json::Bool(_), Json::Bool(_)) => v,
                 (Json::Object(_), Json::Object(_)) => v,
+                (Json::Array(_), Json::Array(_)) => v,
+                (Json::Array(_), Json::Object(o)) if o.is_empty() => Json::Array(Vec::new()),
                 (Json::Object(_), Json::Array(a)) if a.is_empty() => Json::Object(Map::new()),
                 (Json::Null, Json::String(_)) => v,
                 (_, v) => bail!(
@@ -409,7 +467,19 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 17] = [
+            (
+                ["bootstrap", "ucb", "none"].contains(&self.uncertainty.as_str()),
+                "config.uncertainty must be \"bootstrap\", \"ucb\" or \"none\"",
+            ),
+            (
+                ["pretrained", "previous"].contains(&self.kl_reference.as_str()),
+                "config.kl_reference must be \"pretrained\" or \"previous\"",
+            ),
+            (
+                self.queries.is_empty() || self.round_epochs >= 1,
+                "config.round_epochs must be at least 1",
+            ),
             (
                 ["auto", "f32", "bf16", "f16"].contains(&self.dtype.as_str()),
                 "config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\"",
@@ -469,6 +539,21 @@ impl RunConfig {
             self.batch
         } else {
             self.micro_batch.min(self.batch)
+        }
+    }
+
+    /// Whether the run is black-box (an oracle with a budget; Algorithm 2 when `queries` is
+    /// set).
+    pub fn is_black_box(&self) -> bool {
+        !self.queries.is_empty() || self.oracle_budget > 0
+    }
+
+    /// The oracle's budget: `oracle_budget`, or the sum of the rounds' queries.
+    pub fn budget(&self) -> usize {
+        if self.oracle_budget > 0 {
+            self.oracle_budget
+        } else {
+            self.queries.iter().sum()
         }
     }
 
