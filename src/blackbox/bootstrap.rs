@@ -56,6 +56,9 @@ pub struct EnsemblePrediction {
     pub max: Tensor,
 }
 
+/// Weights are drawn from `head_seed(seed, k) ^ INIT_SALT`, resamples from `head_seed(seed, k)`.
+const INIT_SALT: u64 = 0x1417_5eed;
+
 /// A seed per (fit seed, head): heads never share a stream.
 pub fn head_seed(seed: u64, head: usize) -> u64 {
     seed ^ (head as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -71,7 +74,7 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    /// `n_heads` freshly initialised MLPs, head k drawn from `head_seed(seed, k)`.
+    /// `n_heads` freshly initialised MLPs, head k drawn from `head_seed(seed, k) ^ INIT_SALT`.
     pub fn new(
         in_dim: usize,
         hidden: &[usize],
@@ -85,8 +88,9 @@ impl Bootstrap {
         let mut heads = Vec::with_capacity(n_heads);
         let mut vars = Vec::with_capacity(n_heads);
         for k in 0..n_heads {
-            let (v, h) =
-                SurrogateMlp::fresh(in_dim, hidden, &mut seeded(head_seed(seed, k)), device)?;
+            // Salted: a fit with the same seed draws its resamples from head_seed(seed, k).
+            let mut rng = seeded(head_seed(seed, k) ^ INIT_SALT);
+            let (v, h) = SurrogateMlp::fresh(in_dim, hidden, &mut rng, device)?;
             heads.push(h);
             vars.push(v);
         }
@@ -111,7 +115,7 @@ impl Bootstrap {
         self.in_dim
     }
 
-    /// Redraws every head's weights (a cold start), head k from `head_seed(seed, k)`.
+    /// Redraws every head's weights (a cold start), as `new` with this seed.
     pub fn reinit(&mut self, seed: u64) -> Result<()> {
         *self = Self::new(self.in_dim, &self.hidden, self.len(), seed, &self.device)?;
         Ok(())

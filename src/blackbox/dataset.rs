@@ -45,10 +45,7 @@ impl LabelledSet {
     pub fn push(&mut self, features: &Tensor, labels: &Tensor) -> Result<()> {
         let (n, d) = match features.dims() {
             &[n, d] => (n, d),
-            dims => bail!(
-                "labelled features must be [n, {}], got {dims:?}",
-                self.dim
-            ),
+            dims => bail!("labelled features must be [n, {}], got {dims:?}", self.dim),
         };
         if labels.dims() != [n] {
             bail!(
@@ -62,7 +59,10 @@ impl LabelledSet {
                 self.dim
             );
         }
-        let f = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let f = features
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let l = labels.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         self.push_rows(&f, &l)
     }
@@ -78,11 +78,7 @@ impl LabelledSet {
                 self.dim
             );
         }
-        if let Some(i) = features
-            .iter()
-            .chain(labels)
-            .position(|v| !v.is_finite())
-        {
+        if let Some(i) = features.iter().chain(labels).position(|v| !v.is_finite()) {
             bail!("labelled data has a non-finite value (flat position {i})");
         }
         self.features.extend_from_slice(features);

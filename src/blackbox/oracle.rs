@@ -82,7 +82,10 @@ mod tests {
         let f: TensorFn = Arc::new(|x: &Tensor, _: Option<&Tensor>| x.sum(1));
         let o = Oracle::new(f, 5, 0.0, 0);
         let x = Tensor::ones((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(o.query(&x, None).unwrap().to_vec1::<f32>().unwrap(), [2.0; 3]);
+        assert_eq!(
+            o.query(&x, None).unwrap().to_vec1::<f32>().unwrap(),
+            [2.0; 3]
+        );
         assert_eq!(o.used(), 3);
         let e = o.query(&x, None).unwrap_err().to_string();
         assert!(e.contains("budget exceeded: 3 of 5"), "{e}");

@@ -119,10 +119,7 @@ impl SurrogateConfig {
             bail!("surrogate: lr must be positive, got {}", self.lr);
         }
         if !(0.0..1.0).contains(&self.holdout) {
-            bail!(
-                "surrogate: holdout must be in [0, 1), got {}",
-                self.holdout
-            );
+            bail!("surrogate: holdout must be in [0, 1), got {}", self.holdout);
         }
         if self.uncertainty == Uncertainty::Ucb && !(self.lambda > 0.0 && self.clip >= 0.0) {
             bail!(

@@ -8,7 +8,8 @@
 //! backward reaches the input. The last hidden layer's output `phi` (the final linear layer's
 //! input) is exposed too: the UCB bonus is a norm of `phi` (see `ucb.rs`).
 
-use crate::nn::{linear, Linear};
+use super::data_matmul::data_matmul;
+use crate::nn::{scale_shift, Linear};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -18,8 +19,10 @@ pub const DEFAULT_HIDDEN: [usize; 2] = [64, 16];
 
 #[derive(Debug, Clone)]
 pub struct SurrogateMlp {
-    hidden: Vec<Linear>,
-    out: Linear,
+    /// The hidden layers, then the final one (to 1).
+    layers: Vec<Linear>,
+    /// The first layer's weight and bias, for `forward_data`.
+    first: (Tensor, Tensor),
     in_dim: usize,
     phi_dim: usize,
 }
@@ -33,17 +36,29 @@ impl SurrogateMlp {
                 "surrogate MLP widths must be positive (in {in_dim}, hidden {hidden:?})"
             );
         }
-        let mut layers = Vec::with_capacity(hidden.len());
+        let mut layers = Vec::with_capacity(hidden.len() + 1);
+        let mut first = None;
         let mut width = in_dim;
-        for (i, &h) in hidden.iter().enumerate() {
-            layers.push(linear(width, h, vb.pp(format!("layers.{i}")))?);
-            width = h;
+        for (i, &out) in hidden.iter().chain(&[1]).enumerate() {
+            let name = match i < hidden.len() {
+                true => format!("layers.{i}"),
+                false => "out".to_string(),
+            };
+            // As `nn::linear`, keeping the tensors for the first layer's data path.
+            let l = candle_nn::linear(width, out, vb.pp(name))?;
+            let (w, b) = (
+                l.weight().clone(),
+                l.bias().expect("linear has a bias").clone(),
+            );
+            first.get_or_insert_with(|| (w.clone(), b.clone()));
+            layers.push(Linear::new(w, Some(b)));
+            width = out;
         }
         Ok(Self {
-            hidden: layers,
-            out: linear(width, 1, vb.pp("out"))?,
+            layers,
+            first: first.expect("at least the final layer"),
             in_dim,
-            phi_dim: width,
+            phi_dim: hidden.last().copied().unwrap_or(in_dim),
         })
     }
 
@@ -83,7 +98,7 @@ impl SurrogateMlp {
     pub fn hidden(&self, features: &Tensor) -> Result<Tensor> {
         self.check(features)?;
         let mut h = features.clone();
-        for layer in &self.hidden {
+        for layer in &self.layers[..self.layers.len() - 1] {
             h = layer.forward(&h)?.relu()?;
         }
         Ok(h)
@@ -91,13 +106,25 @@ impl SurrogateMlp {
 
     /// phi [N, phi_dim] -> prediction [N] (the final linear layer).
     pub fn head(&self, phi: &Tensor) -> Result<Tensor> {
-        self.out.forward(phi)?.squeeze(1)
+        self.layers[self.layers.len() - 1].forward(phi)?.squeeze(1)
     }
 
     /// Features [N, in_dim] -> (prediction [N], phi [N, phi_dim]) from one forward pass.
     pub fn forward_with_hidden(&self, features: &Tensor) -> Result<(Tensor, Tensor)> {
         let phi = self.hidden(features)?;
         Ok((self.head(&phi)?, phi))
+    }
+
+    /// As `forward` for training data: the same values, but no gradient is computed for
+    /// the features (`data_matmul`), only for the parameters.
+    pub fn forward_data(&self, features: &Tensor) -> Result<Tensor> {
+        self.check(features)?;
+        let (w, b) = &self.first;
+        let mut h = scale_shift(&data_matmul(features, w)?, None, Some(b), 1)?;
+        for layer in &self.layers[1..] {
+            h = layer.forward(&h.relu()?)?;
+        }
+        h.squeeze(1)
     }
 
     fn check(&self, features: &Tensor) -> Result<()> {
@@ -112,7 +139,7 @@ impl SurrogateMlp {
 }
 
 impl Module for SurrogateMlp {
-    /// Features [N, in_dim] -> predicted reward [N].
+    /// Features [N, in_dim] -> predicted reward [N], differentiable w.r.t. the features.
     fn forward(&self, features: &Tensor) -> Result<Tensor> {
         self.head(&self.hidden(features)?)
     }

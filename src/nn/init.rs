@@ -17,7 +17,10 @@ pub fn seeded_init(varmap: &VarMap, rng: &mut Rng) -> Result<()> {
             flat.min(0)?.to_scalar::<f32>()?,
             flat.max(0)?.to_scalar::<f32>()?,
         );
-        if lo == hi {
+        // A constant tensor keeps its constant (LoRA's B = 0, norm scales); a one-element
+        // tensor is "constant" by its single value, so it is re-drawn as the rest (a bias
+        // of one output, e.g. a reward head's, would otherwise keep candle's unseeded draw).
+        if lo == hi && flat.elem_count() > 1 {
             continue;
         }
         if t.rank() >= 2 {
