@@ -32,15 +32,33 @@ fn every_shipped_script_runs_one_short_epoch() {
         files.len() >= 9,
         "expected the shipped scripts, found {files:?}"
     );
+    // SD-1.5 scripts run on a tiny random folder with the real names (no public weights here).
+    let sd = tempfile::tempdir().unwrap();
+    let sd15 = sqdf::tasks::sd15::random_weights::write(
+        sd.path(),
+        &sqdf::tasks::sd15::random_weights::Sizes::tiny(),
+        0,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     for script in files {
         let out = tempfile::tempdir().unwrap();
-        let opts = [
-            "steps=3",
-            "batch=2",
-            "capacity=2",
-            "updates_per_epoch=1",
-            "epochs=1",
+        let src = std::fs::read_to_string(&script).unwrap();
+        let mut opts = vec![
+            "steps=3".to_string(),
+            "batch=2".into(),
+            "capacity=2".into(),
+            "updates_per_epoch=1".into(),
+            "epochs=1".into(),
         ];
+        if src.contains("task = \"sd15\"") {
+            opts.push(format!("weights={}", sd15.dir.display()));
+        }
+        // Black-box rounds: two of 4 queries.
+        if src.contains("queries = {") {
+            opts.extend(["queries=[4,4]".into(), "round_epochs=1".into()]);
+        }
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
         let (o, _) = quiet_options(&script, out.path(), &opts);
         let mut t =
             sqdf::train::Trainer::new(o).unwrap_or_else(|e| panic!("{}: {e:#}", script.display()));

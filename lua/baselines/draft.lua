@@ -63,6 +63,8 @@ local function early_kl(traj, ctx, K)
   return sum * ((T - K) / n)
 end
 
+M.early_kl = early_kl
+
 -- DRaFT-K; with config.alpha > 0 it is DRaFT+KL: -r(x_0) + alpha * sum_t KL_t (Eq. in D.1.1).
 function M.loss(traj, ctx)
   local cfg = ctx.config

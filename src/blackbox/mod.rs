@@ -16,3 +16,4 @@ pub use surrogate::{Surrogate, SurrogateConfig, SurrogateFitReport, SurrogateSta
 pub use surrogate_mlp::SurrogateMlp;
 pub use ucb::{SigmaKind, UcbBonus};
 pub mod oracle;
+pub mod rounds;

@@ -3,6 +3,7 @@
 //!
 //!   { title = "...", seeds = {0, 1, 2}, evals = 6, set = {...},
 //!     quick = { seeds = {0}, evals = 3, set = { epochs = 6, eval_per_prompt = 8 } },
+//!     (a run may add its own `quick_set = { ... }`, applied after the shared one)
 //!     runs = { { label = "SQDF", script = "../digits_sqdf.lua", set = {...},
 //!                sweep = { alpha = {2, 3, 4} } }, ... } }
 //!
@@ -131,6 +132,12 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
         let mut base = common.clone();
         if let Some(t) = table(r, "set", &rat)? {
             base.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        // A run's own quick settings (e.g. a budget that the shared quick table cannot say).
+        if quick {
+            if let Some(t) = table(r, "quick_set", &rat)? {
+                base.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
         }
         let sweeps: Vec<Option<(String, f64)>> = match table(r, "sweep", &rat)? {
             None => vec![None],

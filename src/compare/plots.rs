@@ -10,13 +10,36 @@ use plotters::prelude::*;
 use serde_json::Value as Json;
 use std::path::Path;
 
-/// The three panels: the y metric, its axis title, and the caption's start.
+/// Three panels: each the y metric, its axis title, and the caption's start.
+type Panels = [(&'static str, &'static str, &'static str); 3];
+
+/// Fig. 3 and Fig. 4's panels.
 #[rustfmt::skip]
-const PANELS: [(&str, &str, &str); 3] = [
+const PANELS: Panels = [
     ("alignment_prob", "alignment (classifier prob.)", "alignment"),
     ("diversity_feature", "diversity (feature)", "feature diversity"),
     ("diversity_lpips", "diversity (LPIPS)", "LPIPS diversity"),
 ];
+
+/// The black-box figure's panels: the oracle's noise-free reward (the digits' gold score),
+/// and what Table 1 says it costs.
+#[rustfmt::skip]
+const ORACLE_PANELS: Panels = [
+    ("gold", "oracle reward (noise-free)", "oracle reward"),
+    ("alignment_prob", "alignment (classifier prob.)", "alignment"),
+    ("diversity_feature", "diversity (feature)", "feature diversity"),
+];
+
+/// What the x axis shows: the metric key, its axis title and the captions' "vs ...".
+struct XAxis {
+    key: &'static str,
+    title: &'static str,
+}
+
+const TARGET: XAxis = XAxis {
+    key: "reward",
+    title: "target reward",
+};
 
 /// Twelve colours that stay apart on white (tab10 and two darker ones); a comparison of
 /// more methods than that reuses them, in order.
@@ -48,17 +71,31 @@ fn size(n_series: usize) -> (u32, u32) {
 
 /// A point from the seeds' evals at one checkpoint or sweep value: the reward and the panel
 /// metrics, each the mean of the seeds' finite values (as the table's cells are).
-fn averaged(evals: &[&Json], note: String) -> (f64, [f64; 3], String) {
+fn averaged(evals: &[&Json], note: String, x: &XAxis, panels: &Panels) -> (f64, [f64; 3], String) {
     let avg = |k: &str| {
         let v: Vec<f64> = evals.iter().filter_map(|e| metric(e, k)).collect();
         mean_std(&v).map_or(f64::NAN, |m| m.0)
     };
-    (avg("reward"), PANELS.map(|p| avg(p.0)), note)
+    (avg(x.key), panels.map(|p| avg(p.0)), note)
 }
 
 /// Fig. 3: for each method (no sweep), its seed-averaged curve, checkpoint by checkpoint,
 /// from the pretrained model (epoch 0, the hollow marker) to the last checkpoint.
 pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
+    along(results, png, &TARGET, &PANELS)
+}
+
+/// The black-box comparison's figure: the oracle reward, alignment and diversity against
+/// the oracle queries used, checkpoint by checkpoint (one checkpoint per round).
+pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
+    let x = XAxis {
+        key: "queries_used",
+        title: "oracle queries used",
+    };
+    along(results, png, &x, &ORACLE_PANELS)
+}
+
+fn along(results: &[RunResult], png: &Path, x: &XAxis, panels: &Panels) -> Result<()> {
     let plain = results.iter().filter(|r| r.sweep.is_none());
     let series: Vec<Series> = groups(plain, |r| r.label.clone())
         .into_iter()
@@ -74,7 +111,7 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
                     .filter_map(|s| s.curve.iter().find(|c| c.0 == e))
                     .map(|c| &c.1)
                     .collect();
-                averaged(&evals, String::new())
+                averaged(&evals, String::new(), x, panels)
             });
             Series {
                 name: seeds[0].label.clone(),
@@ -82,7 +119,7 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
             }
         })
         .collect();
-    draw(png, &series, "along training", true)
+    draw(png, &series, "along training", true, x, panels)
 }
 
 /// Fig. 4: for each swept method, one point per swept value (the final eval, averaged over
@@ -99,7 +136,12 @@ pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
             let points = by_value.iter().map(|same| {
                 let (key, v) = same[0].sweep.clone().unwrap_or_default();
                 let evals: Vec<&Json> = same.iter().map(|r| &r.after).collect();
-                averaged(&evals, format!("{}={}", symbol(&key), compact(v)))
+                averaged(
+                    &evals,
+                    format!("{}={}", symbol(&key), compact(v)),
+                    &TARGET,
+                    &PANELS,
+                )
             });
             Series {
                 name,
@@ -115,7 +157,8 @@ pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
             }
         }
     }
-    draw(png, &series, &format!("across {}", keys.join(", ")), false)
+    let caption = format!("across {}", keys.join(", "));
+    draw(png, &series, &caption, false, &TARGET, &PANELS)
 }
 
 /// An axis range over the finite values, padded so that a single point or a flat line sits
@@ -139,7 +182,14 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 
 /// Draws the three panels and the legend; `hollow_start` marks each line's first point
 /// (the pretrained model) so the direction of training reads off the figure.
-fn draw(png: &Path, series: &[Series], caption_tail: &str, hollow_start: bool) -> Result<()> {
+fn draw(
+    png: &Path,
+    series: &[Series],
+    caption_tail: &str,
+    hollow_start: bool,
+    x: &XAxis,
+    panels: &Panels,
+) -> Result<()> {
     register_font();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     let (w, h) = size(series.len());
@@ -151,7 +201,7 @@ fn draw(png: &Path, series: &[Series], caption_tail: &str, hollow_start: bool) -
         let all = || series.iter().flat_map(|s| s.points.iter());
         let xr = range(all().map(|p| p.0));
         for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
-            let (_, ytitle, what) = PANELS[k];
+            let (_, ytitle, what) = panels[k];
             // Points whose reward or this metric is absent are left out of this panel only.
             let finite = |s: &Series| -> Vec<(f64, f64, String)> {
                 s.points
@@ -162,7 +212,7 @@ fn draw(png: &Path, series: &[Series], caption_tail: &str, hollow_start: bool) -
             };
             let mut chart = ChartBuilder::on(area)
                 .caption(
-                    format!("{what} vs target reward {caption_tail}"),
+                    format!("{what} vs {} {caption_tail}", x.title),
                     ("sans-serif", 15),
                 )
                 .margin(10)
@@ -172,7 +222,7 @@ fn draw(png: &Path, series: &[Series], caption_tail: &str, hollow_start: bool) -
                 .map_err(e)?;
             chart
                 .configure_mesh()
-                .x_desc("target reward")
+                .x_desc(x.title)
                 .y_desc(ytitle)
                 .x_labels(6)
                 .y_labels(6)
@@ -254,6 +304,7 @@ mod tests {
         let (f3, f4) = (dir.path().join("f3.png"), dir.path().join("f4.png"));
         plot_along_training(&rs, &f3).unwrap();
         plot_alpha_tradeoff(&rs, &f4).unwrap();
+        plot_oracle_vs_queries(&rs, &f3).unwrap();
         check(&f3, 15);
         check(&f4, 2);
         // One run: a single point per series in Fig. 4, a flat reward in Fig. 3.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 pub const FIG3: &str = "fig3_tradeoff_along_training.png";
 pub const FIG4: &str = "fig4_alpha_tradeoff.png";
+pub const ORACLE_FIG: &str = "oracle_reward_vs_queries.png";
 
 /// Where a column's number comes from: most are task metrics, two are the run's cost.
 #[derive(Clone, Copy)]
@@ -20,7 +21,7 @@ enum Source {
 
 /// Header, source, scale (a fraction shown as %), decimals.
 #[rustfmt::skip]
-const COLUMNS: [(&str, Source, f64, usize); 10] = [
+const COLUMNS: [(&str, Source, f64, usize); 11] = [
     ("target reward", Source::After("reward"), 1.0, 3),
     ("gold", Source::After("gold"), 1.0, 3),
     ("alignment acc (%)", Source::After("alignment_acc"), 100.0, 1),
@@ -31,7 +32,22 @@ const COLUMNS: [(&str, Source, f64, usize); 10] = [
     ("KL", Source::After("kl"), 1.0, 3),
     ("training time (min)", Source::WallMinutes, 1.0, 1),
     ("peak memory (MiB)", Source::MemoryMib, 1.0, 0),
+    ("queries used", Source::After("queries_used"), 1.0, 0),
 ];
+
+/// The table's columns: "queries used" only when some run had an oracle (a black-box
+/// comparison); every other column always, so a metric no run reported shows as "–".
+fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
+    COLUMNS
+        .into_iter()
+        .filter(|(_, source, _, _)| match source {
+            Source::After(k @ "queries_used") => {
+                results.iter().any(|r| metric(&r.after, k).is_some())
+            }
+            _ => true,
+        })
+        .collect()
+}
 
 /// A metric as a finite number; a missing key, a null (how serde_json writes NaN) or a
 /// non-finite value all read as absent, so one diverged run cannot poison a mean silently.
@@ -158,7 +174,8 @@ fn cell(group: &[&RunResult], (_, source, scale, decimals): (&str, Source, f64, 
 pub fn table(results: &[RunResult]) -> String {
     let mut out = String::from("| method | seeds |");
     let mut rule = String::from("|---|---:|");
-    for c in &COLUMNS {
+    let cols = columns(results);
+    for c in &cols {
         out.push_str(&format!(" {} |", c.0));
         rule.push_str("---:|");
     }
@@ -167,7 +184,7 @@ pub fn table(results: &[RunResult]) -> String {
     out.push('\n');
     for g in groups(results, row_key) {
         out.push_str(&format!("| {} | {} |", method(g[0]), g.len()));
-        for c in COLUMNS {
+        for c in cols.iter().copied() {
             out.push_str(&format!(" {} |", cell(&g, c)));
         }
         out.push('\n');
@@ -261,6 +278,19 @@ pub fn write_report(results: &[RunResult], dir: &Path, title: &str, notes: &str)
         md.push_str(&format!(
             "\n## Trade-off across the swept value (Fig. 4)\n\n![alignment and diversity against \
              the target reward after training, one point per swept value]({FIG4})\n"
+        ));
+    }
+    let has_queries = |r: &RunResult| {
+        r.curve
+            .iter()
+            .any(|c| metric(&c.1, "queries_used").is_some())
+    };
+    if results.iter().any(has_queries) {
+        let with: Vec<RunResult> = results.iter().filter(|r| has_queries(r)).cloned().collect();
+        plots::plot_oracle_vs_queries(&with, &dir.join(ORACLE_FIG))?;
+        md.push_str(&format!(
+            "\n## Oracle reward against queries (black box)\n\n![the noise-free oracle reward, \
+             alignment and diversity against the oracle queries used]({ORACLE_FIG})\n"
         ));
     }
     let report = dir.join("report.md");

@@ -314,6 +314,12 @@ pub fn parse_override(s: &str) -> Result<(String, Json)> {
         .split_once('=')
         .ok_or_else(|| anyhow!("--set expects key=value, got `{s}`"))?;
     let v = v.trim();
+    // A list (`queries=[128,256]`, as `sqdf compare` passes one): JSON.
+    if v.starts_with('[') {
+        let list: Json = serde_json::from_str(v)
+            .map_err(|e| anyhow!("--set {}: `{v}` is not a list of numbers: {e}", k.trim()))?;
+        return Ok((k.trim().to_string(), list));
+    }
     let val = if let Ok(i) = v.parse::<i64>() {
         Json::from(i)
     } else if let Ok(f) = v.parse::<f64>() {

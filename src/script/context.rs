@@ -53,7 +53,8 @@ fn step_from(t: &LuaTable) -> LuaResult<(Tensor, Tensor)> {
 }
 
 impl LossContext {
-    /// One step of p_θ (policy = true, with gradient) or p' (detached) from the batch's x_t.
+    /// One step of p_θ (policy = true, with gradient) or of the KL's reference (detached):
+    /// p', or the previous round's policy with `config.kl_reference = "previous"`.
     pub fn step(&self, b: &Batch, policy: bool) -> candle_core::Result<Step> {
         self.step_from(b, &b.x, policy)
     }
@@ -63,7 +64,7 @@ impl LossContext {
     /// detached only when `x` carries no graph to pass on.
     pub fn step_from(&self, b: &Batch, x: &Tensor, policy: bool) -> candle_core::Result<Step> {
         let m = &self.models;
-        let net = if policy { &m.policy } else { &m.reference };
+        let net = if policy { &m.policy } else { m.kl_reference() };
         let mut eps = net.eps(x, &b.t, &b.cond)?;
         if !policy && !x.track_op() {
             eps = eps.detach();

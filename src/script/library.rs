@@ -20,6 +20,10 @@ pub const MODULES: &[(&str, &str)] = &[
         "baselines.ddpo",
         include_str!("../../lua/baselines/ddpo.lua"),
     ),
+    (
+        "baselines.seiko",
+        include_str!("../../lua/baselines/seiko.lua"),
+    ),
 ];
 
 pub fn find(name: &str) -> Option<&'static str> {

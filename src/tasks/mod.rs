@@ -32,6 +32,23 @@ pub struct TaskModels {
     pub consistency: Option<ConsistencyModel>,
     /// Reward functions the task offers scripts, as the Lua global table `rewards`.
     pub rewards: Vec<(String, crate::script::TensorFn)>,
+    /// Frozen features of a sample [B, d] for a learned surrogate (black-box runs), when
+    /// the task has a feature network (the digits: the classifier's penultimate layer).
+    pub features: Option<crate::script::TensorFn>,
+    /// With `config.kl_reference = "previous"`: a frozen copy of the policy (same base,
+    /// its own adapters `previous_vars`), set to the policy at each black-box round.
+    pub previous: Option<(Arc<dyn Denoiser>, VarMap)>,
+}
+
+impl TaskModels {
+    /// The model the KL is taken against: the previous round's policy when there is one,
+    /// else the pretrained reference.
+    pub fn kl_reference(&self) -> &Arc<dyn Denoiser> {
+        match &self.previous {
+            Some((p, _)) => p,
+            None => &self.reference,
+        }
+    }
 }
 
 /// Options of `sqdf pretrain TASK` and `sqdf distill TASK`.

@@ -110,6 +110,15 @@ pub fn load_consistency(dir: &Path, device: &Device) -> Result<ConsistencyModel>
     })
 }
 
+/// The classifier's penultimate features of samples, frozen: the surrogate's input in
+/// black-box runs (the paper's surrogate reads CLIP features).
+fn features(dir: &Path, device: &Device) -> Result<TensorFn> {
+    let c = Arc::new(classifier::load(dir, device)?);
+    Ok(Arc::new(move |x: &Tensor, _: Option<&Tensor>| {
+        Ok(c.forward_all(x)?.features)
+    }))
+}
+
 /// Whether two trait objects are the same model (the reference evaluated as itself).
 fn same(a: &dyn Denoiser, b: &dyn Denoiser) -> bool {
     std::ptr::eq(
@@ -127,22 +136,32 @@ impl Task for DigitsTask {
         let path = dir.join(UNET_FILE);
         let (reference, cfg, base) = load_unet(&path, device, "sqdf pretrain digits")?;
         let policy_vars = VarMap::new();
-        let policy = if run.lora_rank > 0 {
-            let lora = LoraConfig {
-                rank: run.lora_rank,
-                // alpha = rank (scale 1), as diffusers' LoRA training scripts set it.
-                alpha: run.lora_rank as f64,
-                convs: run.lora_convs,
-            };
+        let lora = LoraConfig {
+            rank: run.lora_rank,
+            // alpha = rank (scale 1), as diffusers' LoRA training scripts set it.
+            alpha: run.lora_rank as f64,
+            convs: run.lora_convs,
+        };
+        let with_adapters = |vars: &VarMap| {
             let builder = LoraBuilder::new(
-                lora,
-                VarBuilder::from_varmap(&policy_vars, crate::DTYPE, device),
+                lora.clone(),
+                VarBuilder::from_varmap(vars, crate::DTYPE, device),
             );
-            let net = ClassConditionalUNet::new(
-                VarBuilder::from_tensors(base, crate::DTYPE, device),
+            ClassConditionalUNet::new(
+                VarBuilder::from_tensors(base.clone(), crate::DTYPE, device),
                 &cfg,
                 Some(&builder),
-            )?;
+            )
+        };
+        // SEIKO's KL reference: the policy as it was at the start of the black-box round.
+        let previous_vars = VarMap::new();
+        let previous = if run.kl_reference == "previous" && run.lora_rank > 0 {
+            Some(with_adapters(&previous_vars)?)
+        } else {
+            None
+        };
+        let policy = if run.lora_rank > 0 {
+            let net = with_adapters(&policy_vars)?;
             // Adapters start from the run's seed (candle's own init is unseeded); B stays 0.
             crate::nn::init::seeded_init(&policy_vars, &mut seeded(run.seed ^ 0x10_4a))?;
             net
@@ -195,6 +214,8 @@ impl Task for DigitsTask {
             reference: guided(reference),
             consistency,
             rewards,
+            features: Some(features(dir, device)?),
+            previous: previous.map(|p| (guided(p), previous_vars)),
         })
     }
 

@@ -56,6 +56,8 @@ pub fn guided_accuracy(
         reference: guided.clone(),
         consistency: None,
         rewards: Vec::new(),
+        features: None,
+        previous: None,
     };
     let (samples, _) = sample_all(&models, guided.as_ref(), false, EVAL_SEED, PER_PROMPT)?;
     let key = CacheKey {

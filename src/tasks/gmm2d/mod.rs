@@ -126,6 +126,8 @@ impl Task for Gmm2d {
             reference: Arc::new(reference),
             consistency,
             rewards: Vec::new(),
+            features: None,
+            previous: None,
         })
     }
 

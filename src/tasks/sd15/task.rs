@@ -204,6 +204,8 @@ impl Task for Sd15Task {
             reference: guided(reference),
             consistency,
             rewards,
+            features: None,
+            previous: None,
         })
     }
 

@@ -168,7 +168,18 @@ impl Trainer {
     pub fn run_epoch(&mut self) -> Result<Json> {
         let start = Instant::now();
         let cfg = self.script.config.clone();
-        let rewards = self.collect()?;
+        let round = match &self.rounds {
+            Some(r) if r.due(self.epoch, &cfg) => Some(self.start_round()?),
+            _ => None,
+        };
+        if let Some(r) = &self.rounds {
+            r.set_counting(true);
+        }
+        let collected = self.collect();
+        if let Some(r) = &self.rounds {
+            r.set_counting(false);
+        }
+        let rewards = collected?;
         let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for _ in 0..cfg.updates_per_epoch {
@@ -221,11 +232,67 @@ impl Trainer {
                 line[key.as_str()] = json!(mean(v));
             }
         }
+        if let Some(r) = &self.rounds {
+            line["queries_used"] = json!(r.oracle.used());
+        }
+        if let Some(Json::Object(fields)) = round {
+            for (k, v) in fields {
+                line[k.as_str()] = v;
+            }
+        }
         for (k, v) in self.script.on_epoch_end(&line)? {
             let key = free(&line, &k);
             line[key.as_str()] = json!(v);
         }
         self.metrics.append(&line)?;
+        Ok(line)
+    }
+
+    /// Algorithm 2, lines 3-6: `queries[n]` samples of the current policy labelled by the
+    /// oracle, the surrogate refitted on every label so far, the buffer emptied
+    /// (`buffer_reset`) and the previous-round reference moved to the policy.
+    pub fn start_round(&mut self) -> Result<Json> {
+        let cfg = self.script.config.clone();
+        let m = self.models.clone();
+        let rounds = self.rounds.as_ref().expect("a black-box run");
+        let n = cfg.queries[rounds.round];
+        let micro = cfg.micro_batch_size();
+        let cond = self.task.conditions(n, &mut self.rng.lock().unwrap());
+        let mut xs = Vec::new();
+        for chunk in cond.chunks(micro) {
+            let ct = cond_tensor(chunk, &m.device)?;
+            let (x0, _) = rollout::sample(
+                m.policy.as_ref(),
+                &m.sampler,
+                &m.state_shape,
+                &ct,
+                &mut self.rng.lock().unwrap(),
+                false,
+            )?;
+            xs.push(x0);
+        }
+        let x0 = Tensor::cat(&xs, 0)?;
+        let ct = cond_tensor(&cond, &m.device)?;
+        let seed = cfg.seed;
+        let rounds = self.rounds.as_mut().expect("a black-box run");
+        let line = rounds.label_and_fit(&x0, &ct, seed)?;
+        if cfg.buffer_reset {
+            self.buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &m.state_shape);
+        }
+        if let Some((_, previous)) = &m.previous {
+            let now: std::collections::HashMap<String, Tensor> = sorted_vars(&m.policy_vars)
+                .into_iter()
+                .map(|(k, v)| (k, v.as_tensor().copy()))
+                .map(|(k, t)| t.map(|t| (k, t)))
+                .collect::<candle_core::Result<_>>()?;
+            crate::tensor_io::set_vars(previous, &now, Path::new("the policy"))?;
+        }
+        self.log.info(format!(
+            "round {}: {n} samples labelled by the oracle ({} queries used of {}), surrogate refitted",
+            line["round"],
+            self.rounds.as_ref().map_or(0, |r| r.oracle.used()),
+            cfg.budget()
+        ));
         Ok(line)
     }
 

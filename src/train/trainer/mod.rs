@@ -97,6 +97,8 @@ pub struct Trainer {
     pub nan_streak: usize,
     /// Optimiser steps since the last `collect` (`ctx.update` is this + 1).
     pub updates_since_collect: usize,
+    /// The black-box state (oracle, labelled set, surrogate) of an Algorithm 2 run.
+    pub rounds: Option<crate::blackbox::rounds::Rounds>,
     pub run_dir: PathBuf,
     pub log: Arc<RunLog>,
     sandbox: SandboxOptions,
@@ -131,7 +133,14 @@ impl Trainer {
         let task =
             tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", opts.script.display()))?;
         let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
-        let models = Arc::new(task.build(&weights, &cfg, &opts.device)?);
+        let mut models = task.build(&weights, &cfg, &opts.device)?;
+        // Black-box runs (Algorithm 2): the oracle and the surrogate join the task's rewards.
+        let rounds = crate::blackbox::rounds::Rounds::new(&cfg, &models)
+            .map_err(|e| anyhow!("{}: {e:#}", opts.script.display()))?;
+        if let Some(r) = &rounds {
+            models.rewards.extend(r.rewards());
+        }
+        let models = Arc::new(models);
         if let Some(init) = &cfg.lora_init {
             crate::train::lora_export::load(Path::new(init), &models, &cfg)
                 .map_err(|e| anyhow!("{}: config.lora_init: {e:#}", opts.script.display()))?;
@@ -170,6 +179,7 @@ impl Trainer {
             epoch: 0,
             nan_streak: 0,
             updates_since_collect: 0,
+            rounds,
             run_dir,
             log,
             sandbox,

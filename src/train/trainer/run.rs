@@ -55,7 +55,7 @@ impl Trainer {
             &self.log,
             false,
         )?;
-        let eval = json!({
+        let mut eval = json!({
             "before": before,
             "after": after,
             "epochs": self.epoch,
@@ -66,6 +66,12 @@ impl Trainer {
             "script_generation": self.generation,
             "config": self.script.config,
         });
+        if let Some(r) = &self.rounds {
+            // In `after` too: the comparison's table reads its columns from there.
+            eval["after"]["queries_used"] = json!(r.oracle.used());
+            eval["queries_used"] = json!(r.oracle.used());
+            eval["oracle_budget"] = json!(r.oracle.budget());
+        }
         std::fs::write(
             self.run_dir.join("eval.json"),
             serde_json::to_string_pretty(&eval)?,
@@ -123,7 +129,7 @@ impl Trainer {
     ) -> Result<Json> {
         let dir = self.run_dir.join("along_training");
         std::fs::create_dir_all(&dir)?;
-        self.task.evaluate(
+        let mut m = self.task.evaluate(
             &self.models,
             model,
             &self.script,
@@ -131,7 +137,12 @@ impl Trainer {
             &format!("epoch_{epoch:03}"),
             &self.log,
             true,
-        )
+        )?;
+        // Fig. "oracle reward against queries" of the black-box comparison.
+        if let Some(r) = &self.rounds {
+            m["queries_used"] = json!(r.oracle.used());
+        }
+        Ok(m)
     }
 
     /// The pretrained model's metrics, computed once per run folder.

@@ -31,6 +31,12 @@ impl Trainer {
     }
 
     pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
+        if self.rounds.is_some() {
+            bail!(
+                "cannot resume {}: black-box runs (config.queries, config.oracle_budget) do not resume yet (the labelled set and the surrogate are not checkpointed); start it again",
+                dir.display()
+            );
+        }
         let path = dir.join(checkpoint::FILE);
         let loaded = checkpoint::load(&path)
             .with_context(|| format!("cannot resume from {}", dir.display()))?;

@@ -1,0 +1,47 @@
+-- SEIKO in the black-box setting (paper §5.2, Table 1) on the digits benchmark: the same
+-- oracle, rounds and surrogate as digits_sqdf.lua, optimised by KL-regularised
+-- backpropagation through a random number of final steps (lua/baselines/seiko.lua), the KL
+-- to the previous round's model. SEIKO-Bootstrap; `--set uncertainty=ucb` is SEIKO-UCB.
+--
+--   cargo run --release -- run scripts/blackbox/digits_seiko.lua
+local seiko = require("baselines.seiko")
+
+local SCALE = 10 -- as digits_sqdf.lua
+
+return {
+  config = {
+    task = "digits",
+    seed = 0,
+    queries = { 128, 256, 512, 1024 },
+    round_epochs = 5,
+    epochs = 20,
+    batch = 32,
+    updates_per_epoch = 2, -- SEIKO code: 10 updates per round (5 epochs x 2)
+    update_on = "trajectories",
+    capacity = 32,
+    micro_batch = 8, -- the chain's graph of 8 trajectories at a time
+    oracle = "gold",
+    oracle_noise = 0.01,
+    uncertainty = "bootstrap",
+    buffer_reset = true,
+    kl_reference = "previous", -- SEIKO: the KL to the previous round's model
+    alpha = 0.5, -- SEIKO: weight 1 on the Gaussian KL's 1/2 form; ctx:kl has no 1/2
+    lr = 1e-3, -- SEIKO code: 1e-3
+    weight_decay = 0.1, -- SEIKO code: 0.1
+    lora_rank = 4,
+    guidance = 5.0,
+    evals = 4,
+    params = {
+      K_max = 10, -- SEIKO: 50; 10 bounds the graph (time and memory) on 2 CPU cores
+      kl_steps = 4,
+    },
+  },
+
+  reward = function(x0, cond, cfg)
+    return rewards.surrogate(x0) * SCALE
+  end,
+
+  loss = seiko.loss,
+  discount = seiko.discount,
+  priority = seiko.priority,
+}

@@ -1,0 +1,195 @@
+//! Algorithm 2's outer loop, around the epochs of Algorithm 1: at the start of each round,
+//! `queries[n]` samples of the current policy are labelled by the oracle and added to the
+//! labelled set, the surrogate is refitted on all of it, the buffer is emptied and the KL
+//! reference is moved (script choices). In between, scripts optimise `rewards.surrogate`;
+//! `rewards.oracle` is the oracle itself (PPO+KL queries it directly), counted only while
+//! the trainer samples (`counting`), never in evaluations or smoke tests.
+
+use super::{LabelledSet, Oracle, Surrogate, SurrogateConfig, Uncertainty};
+use crate::script::{RunConfig, TensorFn};
+use crate::tasks::TaskModels;
+use anyhow::{anyhow, Context, Result};
+use candle_core::Tensor;
+use serde_json::{json, Value as Json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The surrogate and the standardisation it was fitted under: features and labels are
+/// z-scored over the labelled set at every fit (classifier features reach tens, labels
+/// vary by hundredths; an MLP at lr 1e-3 fits neither raw), and the reward is mapped back to
+/// the labels' scale.
+pub struct Fitted {
+    pub surrogate: Surrogate,
+    x_mean: Option<Tensor>,
+    x_std: Option<Tensor>,
+    y_mean: f64,
+    y_std: f64,
+}
+
+impl Fitted {
+    /// The surrogate's reward in label units, differentiable w.r.t. the features.
+    pub fn reward(&self, phi: &Tensor) -> Result<Tensor> {
+        let (Some(m), Some(sd)) = (&self.x_mean, &self.x_std) else {
+            anyhow::bail!("the surrogate has not been fitted yet");
+        };
+        let z = phi.broadcast_sub(m)?.broadcast_div(sd)?;
+        Ok(self.surrogate.reward(&z)?.affine(self.y_std, self.y_mean)?)
+    }
+
+    fn fit(&mut self, set: &LabelledSet, seed: u64) -> Result<super::SurrogateFitReport> {
+        let dev = self.surrogate.ensemble().device().clone();
+        let (x, y) = set.tensors(&dev)?;
+        let x_mean = x.mean_keepdim(0)?;
+        let x_std = (x.broadcast_sub(&x_mean)?.sqr()?.mean_keepdim(0)? + 1e-6)?.sqrt()?;
+        let y_mean = y.mean_all()?.to_scalar::<f32>()? as f64;
+        let y_std = ((y
+            .affine(1.0, -y_mean)?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()? as f64)
+            + 1e-12)
+            .sqrt();
+        let xz = x.broadcast_sub(&x_mean)?.broadcast_div(&x_std)?;
+        let yz = y.affine(1.0 / y_std, -y_mean / y_std)?;
+        let mut z = LabelledSet::new(set.dim());
+        z.push(&xz, &yz)?;
+        let report = self.surrogate.fit(&z, seed)?;
+        (self.x_mean, self.x_std, self.y_mean, self.y_std) =
+            (Some(x_mean), Some(x_std), y_mean, y_std);
+        Ok(report)
+    }
+}
+
+pub struct Rounds {
+    pub oracle: Arc<Oracle>,
+    pub surrogate: Arc<RwLock<Fitted>>,
+    pub set: LabelledSet,
+    /// Frozen features of generated samples (the digits: the classifier's penultimate layer).
+    pub features: TensorFn,
+    /// Rounds started so far.
+    pub round: usize,
+    counting: Arc<AtomicBool>,
+}
+
+impl Rounds {
+    /// The black-box state of a run, or None for a run whose reward is known.
+    pub fn new(cfg: &RunConfig, models: &TaskModels) -> Result<Option<Self>> {
+        if !cfg.is_black_box() {
+            return Ok(None);
+        }
+        let find = |name: &str| {
+            models
+                .rewards
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.clone())
+        };
+        let truth = find(&cfg.oracle).ok_or_else(|| {
+            anyhow!(
+                "config.oracle = \"{}\": the task has no such reward (it has: {})",
+                cfg.oracle,
+                models
+                    .rewards
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let features = models.features.clone().context(
+            "this task offers no frozen features for a surrogate (black-box runs need them)",
+        )?;
+        let probe = Tensor::zeros(
+            [vec![1], models.state_shape.clone()].concat(),
+            crate::DTYPE,
+            &models.device,
+        )?;
+        let dim = features(&probe, None)?.dim(1)?;
+        let scfg = SurrogateConfig {
+            uncertainty: cfg.uncertainty.parse::<Uncertainty>()?,
+            // Minibatches of 64: the first rounds hold a few hundred labels, and batch 512
+            // would give one step per epoch.
+            batch: 64,
+            ..SurrogateConfig::default()
+        };
+        Ok(Some(Self {
+            oracle: Arc::new(Oracle::new(truth, cfg.budget(), cfg.oracle_noise, cfg.seed)),
+            surrogate: Arc::new(RwLock::new(Fitted {
+                surrogate: Surrogate::new(scfg, dim, cfg.seed, &models.device)?,
+                x_mean: None,
+                x_std: None,
+                y_mean: 0.0,
+                y_std: 1.0,
+            })),
+            set: LabelledSet::new(dim),
+            features,
+            round: 0,
+            counting: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    /// `rewards.surrogate(x0)` (the surrogate's optimistic reward, differentiable; 0 before
+    /// the first fit) and `rewards.oracle(x0)` (noisy, detached, counted while sampling).
+    pub fn rewards(&self) -> Vec<(String, TensorFn)> {
+        let (s, f) = (self.surrogate.clone(), self.features.clone());
+        let (o, counting) = (self.oracle.clone(), self.counting.clone());
+        vec![
+            (
+                "surrogate".into(),
+                Arc::new(move |x: &Tensor, _: Option<&Tensor>| {
+                    let phi = f(x, None)?;
+                    let s = s.read().unwrap();
+                    if !s.surrogate.is_fitted() {
+                        // Only the smoke test calls it before round 1: zero, still on x's graph.
+                        return phi.sum(1)? * 0.0;
+                    }
+                    s.reward(&phi)
+                        .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+                }),
+            ),
+            (
+                "oracle".into(),
+                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| {
+                    let r = if counting.load(Ordering::SeqCst) {
+                        o.query(x, cond)
+                    } else {
+                        o.peek(x, cond)
+                    };
+                    r.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+                }),
+            ),
+        ]
+    }
+
+    /// Whether oracle calls count (the trainer turns this on while it samples).
+    pub fn set_counting(&self, on: bool) {
+        self.counting.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether round `self.round` starts at `epoch`.
+    pub fn due(&self, epoch: usize, cfg: &RunConfig) -> bool {
+        self.round < cfg.queries.len() && epoch == self.round * cfg.round_epochs
+    }
+
+    /// Labels `x0` with the oracle (counted), adds them to the set, refits the surrogate;
+    /// returns the round's numbers for the metrics line.
+    pub fn label_and_fit(&mut self, x0: &Tensor, cond: &Tensor, seed: u64) -> Result<Json> {
+        let labels = self.oracle.query(x0, Some(cond))?;
+        let phi = (self.features)(x0, None)?.detach();
+        self.set.push(&phi, &labels)?;
+        let report = self
+            .surrogate
+            .write()
+            .unwrap()
+            .fit(&self.set, seed ^ (self.round as u64).wrapping_mul(0x9e37))?;
+        self.round += 1;
+        let held: Vec<f64> = report.heads.iter().map(|h| h.best_held_out).collect();
+        Ok(json!({
+            "round": self.round,
+            "labelled": self.set.len(),
+            "oracle_label_mean": labels.mean_all()?.to_scalar::<f32>()?,
+            "surrogate_held_out_mse": held.iter().sum::<f64>() / held.len().max(1) as f64,
+            "surrogate_fit_seconds": report.seconds,
+        }))
+    }
+}

@@ -1,0 +1,100 @@
+//! Black-box runs (Algorithm 2) on tiny digits weights: the oracle's counter stops a run
+//! that would pass its budget; a round labels its queries, refits the surrogate and empties
+//! the buffer; with `kl_reference = "previous"` the KL's reference moves to the policy at a
+//! round. (The surrogate's own properties are in tests/blackbox_surrogate.rs.)
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use sqdf::rng::{randn, seeded};
+
+/// A digits script on tiny weights whose reward is `reward` (Lua) and `extra` config.
+fn script(dir: &std::path::Path, reward: &str, extra: &str) -> std::path::PathBuf {
+    let w = common::tiny_digits_weights(dir);
+    let src = common::digits_script(&w, extra).replace(
+        "return rewards.learned(x0) * 10",
+        &format!("return {reward}"),
+    );
+    common::write_script(dir, "bb.lua", &src)
+}
+
+#[test]
+fn the_query_counter_stops_a_run_past_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // PPO+KL's way: the reward hook queries the oracle on every sampled batch (4 per epoch).
+    let s = script(dir.path(), "rewards.oracle(x0) * 10", "oracle_budget = 6");
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    // Loading ran the hooks (smoke test): that is no query.
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 0);
+    t.run_epoch().unwrap();
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 4);
+    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    assert!(e.contains("oracle budget exceeded: 4 of 6"), "{e}");
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 4);
+}
+
+#[test]
+fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5, 7}, round_epochs = 1, oracle_noise = 0.01",
+    );
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    let m1 = t.run_epoch().unwrap();
+    assert_eq!(
+        (m1["round"].as_u64(), m1["queries_used"].as_u64()),
+        (Some(1), Some(5))
+    );
+    assert!(t
+        .rounds
+        .as_ref()
+        .unwrap()
+        .surrogate
+        .read()
+        .unwrap()
+        .surrogate
+        .is_fitted());
+    let m2 = t.run_epoch().unwrap();
+    assert_eq!(
+        (m2["round"].as_u64(), m2["labelled"].as_u64()),
+        (Some(2), Some(12))
+    );
+    assert_eq!(m2["queries_used"].as_u64(), Some(12));
+    // buffer_reset (default): only this epoch's batch is left.
+    assert_eq!(t.buffer.len(), 4);
+    assert!(m2["surrogate_held_out_mse"].as_f64().unwrap().is_finite());
+    // A third epoch has no round left and queries nothing.
+    let m3 = t.run_epoch().unwrap();
+    assert!(m3.get("round").is_none());
+    assert_eq!(m3["queries_used"].as_u64(), Some(12));
+}
+
+#[test]
+fn the_previous_round_reference_moves_to_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {4, 4}, round_epochs = 1, kl_reference = \"previous\", weight_decay = 0",
+    );
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    let dev = Device::Cpu;
+    let x = randn(&mut seeded(1), (2, 1, 28, 28), &dev).unwrap();
+    let tt = Tensor::new(&[300f32, 700.], &dev).unwrap();
+    let c = Tensor::new(&[1u32, 2], &dev).unwrap();
+    let eps = |net: &std::sync::Arc<dyn sqdf::models::Denoiser>| net.eps(&x, &tt, &c).unwrap();
+    let models = t.models.clone();
+    let previous = || models.previous.as_ref().unwrap().0.clone();
+    t.run_epoch().unwrap();
+    // After a round's epoch the policy has moved away from the reference it started from.
+    assert!(common::max_abs_diff(&eps(&models.policy), &eps(&previous())) > 0.0);
+    t.start_round().unwrap();
+    assert_eq!(
+        common::max_abs_diff(&eps(&models.policy), &eps(&previous())),
+        0.0,
+        "at a round the reference becomes the policy"
+    );
+    assert!(common::max_abs_diff(&eps(&models.reference), &eps(&previous())) > 0.0);
+}
