@@ -63,12 +63,10 @@ local function early_kl(traj, ctx, K)
   return sum * ((T - K) / n)
 end
 
-M.early_kl = early_kl
-
--- DRaFT-K; with config.alpha > 0 it is DRaFT+KL: -r(x_0) + alpha * sum_t KL_t (Eq. in D.1.1).
-function M.loss(traj, ctx)
+-- The reward through the last K steps; with config.alpha > 0 plus alpha * sum_t KL_t over
+-- all T steps (DRaFT+KL, Eq. in D.1.1; SEIKO with a random K).
+function M.loss_k(traj, ctx, K)
   local cfg = ctx.config
-  local K = cfg.params.K or 1
   local with_kl = cfg.alpha > 0
   local x0, last, kl = M.last_k_steps(traj, ctx, K, with_kl)
   local r = ctx:reward(x0, last)
@@ -83,6 +81,11 @@ function M.loss(traj, ctx)
     stats.kl = kl:mean():item()
   end
   return loss:mean(), stats
+end
+
+-- DRaFT-K (K = params.K, 1 by default); with config.alpha > 0 it is DRaFT+KL.
+function M.loss(traj, ctx)
+  return M.loss_k(traj, ctx, ctx.config.params.K or 1)
 end
 
 -- DRaFT-LV (DRaFT paper, Algorithm 2): the chain is sampled without gradient; its x_0 is

@@ -14,21 +14,10 @@ local draft = require("baselines.draft")
 local M = {}
 
 function M.loss(traj, ctx)
-  local cfg = ctx.config
-  local K = math.random(1, math.min(cfg.params.K_max or 50, traj.steps))
-  local x0, last, kl = draft.last_k_steps(traj, ctx, K, cfg.alpha > 0)
-  local r = ctx:reward(x0, last)
-  local loss = -r
-  local stats = { reward = r:mean():item(), K = K }
-  if cfg.alpha > 0 then
-    local early = draft.early_kl(traj, ctx, K)
-    if early then
-      kl = kl + early
-    end
-    loss = loss + cfg.alpha * kl
-    stats.kl = kl:mean():item()
-  end
-  return loss:mean(), stats
+  local K = math.random(1, math.min(ctx.config.params.K_max or 50, traj.steps))
+  local loss, stats = draft.loss_k(traj, ctx, K)
+  stats.K = K
+  return loss, stats
 end
 
 M.discount, M.priority = draft.discount, draft.priority

@@ -7,14 +7,15 @@
 -- The report (runs/compare-blackbox[-quick]/) has Table 1's columns (the oracle reward is
 -- the noise-free gold score) with the queries each run used, and the oracle reward against
 -- the queries used, one point per round.
--- Quick (a smoke check under 15 minutes on 2 cores): 4 rounds of 16, 32, 64, 128 queries,
--- one epoch each; SEIKO's chain at most 4 steps deep.
-local QUICK_ROUNDS = { queries = { 16, 32, 64, 128 }, round_epochs = 1, epochs = 4 }
+-- Quick (a smoke check under 15 minutes on 2 cores): 4 rounds of 8, 16, 32, 64 queries,
+-- one epoch each; SEIKO one update per epoch through at most 2 steps.
+local QUICK_ROUNDS = { queries = { 8, 16, 32, 64 }, round_epochs = 1, epochs = 4 }
 local QUICK_SEIKO = {
-  queries = { 16, 32, 64, 128 },
+  queries = { 8, 16, 32, 64 },
   round_epochs = 1,
   epochs = 4,
-  ["params.K_max"] = 4,
+  updates_per_epoch = 1,
+  ["params.K_max"] = 2,
 }
 
 return {
@@ -26,8 +27,8 @@ return {
     {
       label = "PPO+KL",
       script = "../blackbox/digits_ppo_kl.lua",
-      -- Quick: 3 epochs of 32 queries, 2 PPO passes each (the others label 240 in 4 rounds).
-      quick_set = { oracle_budget = 240, epochs = 3, updates_per_epoch = 2 },
+      -- Quick: 2 epochs of 32 queries, 2 PPO passes each (the others label 120 in 4 rounds).
+      quick_set = { oracle_budget = 120, epochs = 2, updates_per_epoch = 2 },
     },
     {
       label = "SEIKO-Bootstrap",

@@ -126,35 +126,42 @@ pub fn token_ids(
     Ok(Tensor::from_vec(ids, (prompts.len(), len), device)?)
 }
 
-/// L2-normalised projected text embeddings of the prompts, 8 at a time, detached.
+/// `f` of the prompts' token ids, 8 prompts at a time, detached and concatenated.
+fn encode(
+    text: &ClipText,
+    tok: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    let len = text.config().max_position_embeddings;
+    let out = prompts
+        .chunks(8)
+        .map(|chunk| Ok(f(&token_ids(tok, chunk, len, device)?)?.detach()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// L2-normalised projected text embeddings of the prompts (the CLIP score's side).
 fn text_embeds(
     text: &ClipText,
     tok: &ClipTokenizer,
     prompts: &[String],
     device: &Device,
 ) -> Result<Tensor> {
-    let mut out = Vec::new();
-    for chunk in prompts.chunks(8) {
-        let len = text.config().max_position_embeddings;
-        let ids = token_ids(tok, chunk, len, device)?;
-        out.push(clip::l2_normalize(&text.text_embeds(&ids)?)?.detach());
-    }
-    Ok(Tensor::cat(&out, 0)?)
+    encode(text, tok, prompts, device, |ids| {
+        clip::l2_normalize(&text.text_embeds(ids)?)
+    })
 }
 
-/// The SD text encoder's last hidden states [n, 77, hidden] of prompts, detached.
+/// The SD text encoder's last hidden states [n, 77, hidden] of prompts (what the UNet reads).
 pub fn text_states(
     text: &ClipText,
     tok: &ClipTokenizer,
     prompts: &[String],
     device: &Device,
 ) -> Result<Tensor> {
-    let mut out = Vec::new();
-    for chunk in prompts.chunks(8) {
-        let len = text.config().max_position_embeddings;
-        out.push(text.forward(&token_ids(tok, chunk, len, device)?)?.detach());
-    }
-    Ok(Tensor::cat(&out, 0)?)
+    encode(text, tok, prompts, device, |ids| text.forward(ids))
 }
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).
