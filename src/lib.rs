@@ -29,7 +29,8 @@ pub mod train;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Every tensor the framework creates is f32; frozen half-precision copies come later with SD-1.5.
+/// The dtype of trained variables, states, the buffer and losses; frozen networks may run
+/// in half precision on a GPU (`config.dtype`, sd15).
 pub const DTYPE: candle_core::DType = candle_core::DType::F32;
 
 /// Tells mimalloc never to return freed memory to the OS: the same large tensors are

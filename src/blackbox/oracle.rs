@@ -39,13 +39,7 @@ impl Oracle {
                 self.budget
             );
         }
-        let r = (self.reward)(&x0.detach(), cond)?.detach();
-        let r = if self.noise_std > 0.0 {
-            let z = randn(&mut st.1, r.shape(), r.device())?.to_dtype(r.dtype())?;
-            (r + (z * self.noise_std)?)?
-        } else {
-            r
-        };
+        let r = self.label(x0, cond, &mut st.1)?;
         st.0 += n;
         Ok(r)
     }
@@ -53,12 +47,16 @@ impl Oracle {
     /// The noisy labels without counting them: evaluations and smoke tests measure, they do
     /// not query.
     pub fn peek(&self, x0: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        self.label(x0, cond, &mut self.state.lock().unwrap().1)
+    }
+
+    /// The reward of detached samples plus the label noise.
+    fn label(&self, x0: &Tensor, cond: Option<&Tensor>, rng: &mut Rng) -> Result<Tensor> {
         let r = (self.reward)(&x0.detach(), cond)?.detach();
         if self.noise_std == 0.0 {
             return Ok(r);
         }
-        let mut st = self.state.lock().unwrap();
-        let z = randn(&mut st.1, r.shape(), r.device())?.to_dtype(r.dtype())?;
+        let z = randn(rng, r.shape(), r.device())?.to_dtype(r.dtype())?;
         Ok((r + (z * self.noise_std)?)?)
     }
 

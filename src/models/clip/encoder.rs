@@ -8,17 +8,13 @@
 //! exponentials lose too much in bf16/f16) and cast back; matmuls stay in the model dtype.
 
 use super::config::Activation;
+use crate::nn::half::upcast;
 use crate::nn::{layer_norm, linear, LayerNorm, Linear};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-/// Whether a dtype is computed in f32 for numerically sensitive steps.
-fn is_half(dtype: DType) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16)
-}
-
-/// torch's `nn.LayerNorm` (`weight`, `bias`) whose statistics are computed in f32 when the
-/// input is half precision (the affine parameters are kept in f32 for that).
+/// torch's `nn.LayerNorm` (`weight`, `bias`); for a half-precision model its affine
+/// parameters are kept in f32 (nn::LayerNorm takes the statistics in f32 then).
 #[derive(Debug, Clone)]
 pub struct ClipLayerNorm {
     norm: LayerNorm,
@@ -27,7 +23,7 @@ pub struct ClipLayerNorm {
 impl ClipLayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let dtype = vb.dtype();
-        let norm = if is_half(dtype) {
+        let norm = if upcast(dtype).is_some() {
             let w = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
             let b = vb.get(dim, "bias")?.to_dtype(DType::F32)?;
             LayerNorm::new(w, b, eps)
@@ -40,10 +36,6 @@ impl ClipLayerNorm {
 
 impl Module for ClipLayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if is_half(x.dtype()) {
-            let y = self.norm.forward(&x.to_dtype(DType::F32)?)?;
-            return y.to_dtype(x.dtype());
-        }
         self.norm.forward(x)
     }
 }
@@ -97,9 +89,9 @@ impl ClipAttention {
         let v = self.split_heads(&self.v_proj.forward(x)?)?;
         let scores = q.matmul(&k.t()?)?;
         // The generic softmax (with a backward), in f32 for half-precision models.
-        let scores = match is_half(scores.dtype()) {
-            true => scores.to_dtype(DType::F32)?,
-            false => scores,
+        let scores = match upcast(scores.dtype()) {
+            Some(up) => scores.to_dtype(up)?,
+            None => scores,
         };
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,

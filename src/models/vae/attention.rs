@@ -64,9 +64,9 @@ impl VaeAttention {
 }
 
 impl Module for VaeAttention {
-    /// x [B, C, H, W] -> x + attention(group_norm(x)), same shape and dtype. q, k and v go
-    /// to f32 for the softmax (diffusers' `upcast_softmax`: 4096 tokens at SD's 64x64
-    /// latents; a bf16 row sum of that length is coarse).
+    /// x [B, C, H, W] -> x + attention(group_norm(x)), same shape and dtype; the softmax
+    /// reduces in f32 for half precision (nn::scaled_dot_product_attention, as diffusers'
+    /// `upcast_softmax`: 4096 tokens at SD's 64x64 latents).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = self
@@ -74,11 +74,12 @@ impl Module for VaeAttention {
             .forward(x)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?;
-        let up = super::norm::at_least_f32(x.dtype());
-        let f32 = |l: &Linear| l.forward(&tokens)?.to_dtype(up);
-        let out =
-            scaled_dot_product_attention(&f32(&self.to_q)?, &f32(&self.to_k)?, &f32(&self.to_v)?)?;
-        let out = self.to_out.forward(&out.to_dtype(x.dtype())?)?;
+        let out = scaled_dot_product_attention(
+            &self.to_q.forward(&tokens)?,
+            &self.to_k.forward(&tokens)?,
+            &self.to_v.forward(&tokens)?,
+        )?;
+        let out = self.to_out.forward(&out)?;
         x + out.transpose(1, 2)?.reshape((b, c, h, w))?
     }
 }

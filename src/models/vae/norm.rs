@@ -1,22 +1,14 @@
-//! The VAE's group norm (eps 1e-6, as every norm of diffusers' `Decoder`), with its
-//! statistics always in f32. candle sums bf16/f16 in their own precision (CPU and CUDA):
+//! The VAE's group norm (eps 1e-6, as every norm of diffusers' `Decoder`), with its weights
+//! held in f32 in half precision; nn::GroupNorm takes its statistics in f32 then. candle sums bf16/f16 in their own precision (CPU and CUDA):
 //! a group at 512x512 holds up to 1M values, whose f16 sum overflows and whose bf16 sum
 //! stops growing once it is ~256x an element. torch's GroupNorm accumulates in f32 too.
 
+use crate::nn::half::upcast;
 use crate::nn::{group_norm, GroupNorm};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub(crate) const EPS: f64 = 1e-6;
-
-/// f32 for half precision, the dtype itself otherwise (f64 stays f64: the tests' finite
-/// differences run in f64).
-pub(crate) fn at_least_f32(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct VaeGroupNorm(GroupNorm);
@@ -28,7 +20,8 @@ impl VaeGroupNorm {
             groups,
             channels,
             EPS,
-            vb.to_dtype(at_least_f32(vb.dtype())),
+            // Half precision: the weights in f32 (nn::GroupNorm reduces in f32 itself).
+            vb.to_dtype(upcast(vb.dtype()).unwrap_or(vb.dtype())),
         )?))
     }
 }
@@ -36,8 +29,6 @@ impl VaeGroupNorm {
 impl Module for VaeGroupNorm {
     /// x [B, C, H, W] of any dtype -> the same dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0
-            .forward(&x.to_dtype(at_least_f32(x.dtype()))?)?
-            .to_dtype(x.dtype())
+        self.0.forward(x)
     }
 }

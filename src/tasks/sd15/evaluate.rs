@@ -71,8 +71,7 @@ pub fn evaluate(
             let images = parts.decode(&x0)?.detach();
             let e = parts.image_embeds(&images)?.detach();
             aesthetic.extend(parts.head_score(&e)?.to_vec1::<f32>()?);
-            let t = parts.prompt_embeds.index_select(&cond, 0)?;
-            clip.extend((&e * t)?.sum(1)?.to_vec1::<f32>()?);
+            clip.extend(parts.cosine_to_prompts(&e, &cond)?.to_vec1::<f32>()?);
             embeds.push(e);
             if p < GRID.0 {
                 let keep = GRID.1.saturating_sub(start).min(len);

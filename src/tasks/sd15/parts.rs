@@ -103,11 +103,12 @@ impl Sd15Parts {
 
     /// The CLIP score [B]: cosine of the image's and its prompt's CLIP embeddings.
     pub fn clip_score(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
-        let e = self.image_embeds(&self.decode(latents)?)?;
-        let t = self
-            .prompt_embeds
-            .index_select(&cond.to_dtype(DType::U32)?, 0)?;
-        (e * t)?.sum(1)
+        self.cosine_to_prompts(&self.image_embeds(&self.decode(latents)?)?, cond)
+    }
+
+    /// Cosine [B] of image embeddings [B, proj] and their prompts' (ids `cond`).
+    pub fn cosine_to_prompts(&self, embeds: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        crate::rewards::clip_score::cosine_to_prompts(embeds, &self.prompt_embeds, cond)
     }
 }
 

@@ -28,7 +28,6 @@ use std::sync::{Arc, OnceLock};
 pub struct Sd15Task {
     /// The frozen networks, shared by the rewards and the evaluation (loaded by `build`).
     parts: OnceLock<Arc<Sd15Parts>>,
-    prompts: OnceLock<usize>,
 }
 
 /// SD-1.5's noise schedule: scaled-linear β from 0.00085 to 0.012 over 1000 steps.
@@ -169,7 +168,6 @@ impl Task for Sd15Task {
                 p
             }
         };
-        let _ = self.prompts.set(prompts.len());
         let (a, c) = (parts.clone(), parts.clone());
         let rewards: Vec<(String, TensorFn)> = vec![
             (
@@ -218,7 +216,7 @@ impl Task for Sd15Task {
     }
 
     fn conditions(&self, n: usize, rng: &mut Rng) -> Vec<u32> {
-        let p = *self.prompts.get().unwrap_or(&1) as u32;
+        let p = self.parts.get().map_or(1, |p| p.prompts.len()) as u32;
         (0..n).map(|_| rng.random_range(0..p)).collect()
     }
 
