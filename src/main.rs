@@ -111,7 +111,8 @@ enum Command {
     RandomWeights {
         /// The folder to write (its layout is README's "Stable Diffusion 1.5").
         out: PathBuf,
-        /// "sd15" (real sizes, about 3 GB in f16) or "tiny".
+        /// "sd15" (real sizes, about 3 GB in f16), "sd15-narrow" (SD-1.5's spatial sizes
+        /// with a fifth of the UNet's channels, for CPU memory measurements) or "tiny".
         #[arg(long, default_value = "sd15")]
         size: String,
         /// Weight dtype in the files: f32, f16 or bf16.
@@ -132,6 +133,9 @@ enum Command {
         /// kept, interrupted ones resumed.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write the report from the runs already finished and run nothing.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Evaluate the pretrained model, or a run's checkpoint, under a script's reward and config.
     Eval {
@@ -260,13 +264,19 @@ fn dispatch(cli: Cli) -> Result<()> {
             println!("{v}");
             Ok(())
         }
-        Command::Compare { file, quick, out } => {
+        Command::Compare {
+            file,
+            quick,
+            out,
+            report_only,
+        } => {
             let opts = sqdf::compare::runner::CompareOptions {
                 file,
                 out,
                 quick,
                 exe: std::env::current_exe().context("locating the sqdf executable")?,
                 progress: !cli.quiet,
+                report_only,
                 log,
             };
             let dir = sqdf::compare::runner::compare(&opts)?;
@@ -282,8 +292,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             use sqdf::tasks::sd15::random_weights::{write, Sizes};
             let sizes = match size.as_str() {
                 "sd15" => Sizes::sd15(),
+                "sd15-narrow" => Sizes::sd15_narrow(),
                 "tiny" => Sizes::tiny(),
-                other => anyhow::bail!("--size must be sd15 or tiny, got {other}"),
+                other => anyhow::bail!("--size must be sd15, sd15-narrow or tiny, got {other}"),
             };
             let dtype = match dtype.as_str() {
                 "f32" => candle_core::DType::F32,

@@ -180,6 +180,9 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
             }
         }
     }
+    // Seed-major: every method's first seed before any second seed, so that an interrupted
+    // comparison (8 hours here) already has a one-seed table of every method.
+    out.sort_by_key(|r| seed_list.iter().position(|&s| s == r.seed));
     let mut names: Vec<&str> = out.iter().map(|r| r.dir_name.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

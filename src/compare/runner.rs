@@ -22,6 +22,8 @@ pub struct CompareOptions {
     /// The `sqdf` executable that runs each experiment.
     pub exe: PathBuf,
     pub progress: bool,
+    /// Report the runs already finished and run nothing (progress of a long comparison).
+    pub report_only: bool,
     pub log: Arc<RunLog>,
 }
 
@@ -167,6 +169,9 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         let done = dir.join("eval.json").is_file();
         let outcome = if done {
             Ok(())
+        } else if opts.report_only {
+            bar.inc(1);
+            continue;
         } else {
             execute(run, &dir, &opts.exe)
         };
@@ -205,8 +210,23 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     opts.log.set_bar(None);
     add_sweep_bases(&plan.runs, &mut results, &configs);
     let machine = crate::train::bench::machine();
+    let partial = if opts.report_only && results.len() < plan.runs.len() {
+        format!(
+            " **Partial report** (`--report-only`): {} of the {} runs finished; the others are not yet run.",
+            results.len(),
+            plan.runs.len()
+        )
+    } else {
+        String::new()
+    };
+    if results.is_empty() {
+        bail!(
+            "no finished runs under {} to report; run the comparison first",
+            out.join("runs").display()
+        );
+    }
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}",
+        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),
@@ -217,7 +237,8 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
             String::new()
         } else {
             format!(" **Failed runs (left out):** {}.", failed.join(", "))
-        }
+        },
+        partial
     );
     report::write_report(&results, &out, &plan.title, &notes)?;
     opts.log

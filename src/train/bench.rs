@@ -2,7 +2,7 @@
 //! of an epoch) and one SQDF update (step 2), on the models a script names, and prints
 //! them with the machine they ran on. Timings live here, never in tests.
 
-use super::{RunOptions, Trainer};
+use super::{memory, RunOptions, Trainer};
 use crate::run_log::RunLog;
 use anyhow::Result;
 use serde_json::{json, Value as Json};
@@ -88,15 +88,30 @@ pub fn bench(
         ));
         for (i, &m) in micro.iter().enumerate() {
             t.script.config.micro_batch = m;
+            // Host memory: this update's high-water mark above the resident memory before
+            // it (on a GPU the tensors are not here: bench/sd15_gpu.sh reads nvidia-smi).
+            let resident = memory::status_kib("VmRSS:") / 1024.0;
+            let reset = memory::reset_peak();
             let (t0, s) = (unix_now(), Instant::now());
             t.update()?;
             let b = s.elapsed().as_secs_f64();
+            let peak = if reset {
+                memory::peak_rss_mib() - resident
+            } else {
+                f64::NAN
+            };
             if counted {
                 update[i].push(b);
-                windows.push(json!({ "micro_batch": m, "start_unix": t0, "end_unix": unix_now() }));
+                windows.push(json!({
+                    "micro_batch": m,
+                    "start_unix": t0,
+                    "end_unix": unix_now(),
+                    "resident_before_mib": resident,
+                    "host_peak_above_mib": peak,
+                }));
             }
             log.info(format!(
-                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s (unix {t0:.2} to {:.2})",
+                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s, host memory peak {peak:.0} MiB above {resident:.0} MiB (unix {t0:.2} to {:.2})",
                 unix_now()
             ));
         }

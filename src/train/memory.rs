@@ -21,3 +21,9 @@ pub fn status_kib(key: &str) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     status_kib("VmHWM:") / 1024.0
 }
+
+/// Resets VmHWM to the current RSS (Linux >= 4.0), so that the next `peak_rss_mib` is the
+/// high-water mark of what runs in between; false where the kernel does not allow it.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -45,8 +45,7 @@ pub fn bench_update(
         t.buffer.set_log_probs(slot, &vec![0.0; steps])?;
     }
     let baseline = status_kib("VmRSS:");
-    // Resets VmHWM to the current RSS (Linux >= 4.0), so the mark is this update's.
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let reset = crate::train::memory::reset_peak();
     let s = Instant::now();
     t.update()?;
     let first = s.elapsed().as_secs_f64();

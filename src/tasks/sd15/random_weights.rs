@@ -37,6 +37,17 @@ impl Sizes {
         }
     }
 
+    /// SD-1.5's layout and spatial sizes (64x64 latents, 512 px images, 8 heads at 4096
+    /// tokens, CLIP at 224 px) with a fifth of the UNet's channels and a quarter of the
+    /// VAE's: the memory of attention and of the image-sized decoder on a CPU.
+    pub fn sd15_narrow() -> Self {
+        let mut s = Self::sd15();
+        s.unet.block_out_channels = vec![64, 128, 256, 256];
+        s.vae.block_out_channels = vec![32, 64, 128, 128];
+        s.lcm_rank = 16;
+        s
+    }
+
     /// A few-thousand-parameter stand-in with the same structure (two levels, cross-attention,
     /// 8x8 latents decoded to 16x16 images, a CLIP at 32 px).
     pub fn tiny() -> Self {
