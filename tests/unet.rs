@@ -594,6 +594,9 @@ fn fast_backward_conv_matches_candle() {
         (7, 6, 3, 0, 2),
         (5, 6, 3, 2, 1),
         (6, 6, 1, 1, 2),
+        // Patches (stride = kernel, no padding: CLIP's patch embedding), leftovers dropped.
+        (8, 8, 2, 0, 2),
+        (11, 9, 3, 0, 3),
     ] {
         let what = format!("{h}x{w_}, k {k}, padding {pad}, stride {stride}");
         let x = Var::from_tensor(&randn(&mut rng, (2, 3, h, w_), &DEV).unwrap()).unwrap();

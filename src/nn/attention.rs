@@ -5,8 +5,15 @@
 use super::lora::{Builders, Proj};
 use candle_core::{Module, Result, Tensor, D};
 
-/// softmax(q k^T / sqrt(d)) v for q [N, Lq, d], k and v [N, Lk, d].
+/// softmax(q k^T / sqrt(d)) v for q [N, Lq, d], k and v [N, Lk, d], keeping no score
+/// matrix for the backward (`attention_recompute`): the attention every model here uses.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    super::attention_recompute::attention_recompute(q, k, v)
+}
+
+/// The same formula as candle's autograd differentiates it, every intermediate kept: the
+/// reference that `attention_recompute` is tested against.
+pub fn scaled_dot_product_attention_plain(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let scores = (q * scale)?.matmul(&k.t()?)?;
     // Half precision: the softmax in f32 (diffusers' upcast_softmax; a bf16 row sum over

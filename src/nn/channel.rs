@@ -9,7 +9,9 @@
 //! over the leading dimensions by a rank-1 matmul, ones [lead, 1] @ p [1, C], whose
 //! backward is a gemm, and broadcast over the trailing ones only.
 
+use super::frozen_map::frozen_map;
 use candle_core::{Result, Tensor};
+use std::sync::Arc;
 
 /// x * w + b, with w and b (either optional) of shape [x.dim(dim)].
 pub fn scale_shift(
@@ -18,6 +20,21 @@ pub fn scale_shift(
     b: Option<&Tensor>,
     dim: usize,
 ) -> Result<Tensor> {
+    let frozen = |p: Option<&Tensor>| p.is_none_or(|p| !p.track_op());
+    if x.track_op() && frozen(w) && frozen(b) {
+        // Frozen parameters: only dL/dx = dL/dy * w flows back (nn::frozen_map), and
+        // candle keeps no activation-sized gradient for the broadcast w and b.
+        let w_vjp = w.cloned();
+        let vjp = move |dy: &Tensor| match &w_vjp {
+            Some(w) => scale_shift(dy, Some(w), None, dim),
+            None => Ok(dy.clone()),
+        };
+        return frozen_map(x, |x| affine(x, w, b, dim), Arc::new(vjp));
+    }
+    affine(x, w, b, dim)
+}
+
+fn affine(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, dim: usize) -> Result<Tensor> {
     let dims = x.dims();
     let c = dims[dim];
     let lead: usize = dims[..dim].iter().product();

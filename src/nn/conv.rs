@@ -28,6 +28,9 @@ use rayon::prelude::*;
 /// conv2d(x [B, C, H, W], w [O, C, k, k]) with symmetric `padding` and `stride`, no
 /// dilation or groups.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    if padding == 0 && stride == w.dim(2)? && stride == w.dim(3)? && stride > 1 {
+        return conv2d_patches(x, w);
+    }
     let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
     if !x.device().is_cpu()
         && w.dim(2)? == w.dim(3)?
@@ -41,6 +44,29 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     // Contiguous operands: the op reads them as plain slices.
     x.contiguous()?
         .apply_op2(&w.contiguous()?, Im2ColConv { padding, stride })
+}
+
+/// A convolution whose stride equals its kernel and has no padding (CLIP's patch
+/// embedding, 14x14 at stride 14): non-overlapping patches times the kernel, from
+/// reshapes and one matmul. The general path's input gradient would convolve the
+/// zero-dilated output gradient (1024 channels at 224x224 for CLIP ViT-L/14) with im2col
+/// columns of 196x that size: 40 GB for one image; here the backward is a matmul too.
+pub fn conv2d_patches(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, _, k, _) = w.dims4()?;
+    let (ph, pw) = (h / k, wd / k);
+    // Rows and columns past the last whole patch are dropped, as conv2d does.
+    let x = x.narrow(2, 0, ph * k)?.narrow(3, 0, pw * k)?;
+    let patches = x
+        .reshape((b, c, ph, k, pw, k))?
+        .permute((0, 2, 4, 1, 3, 5))? // [B, ph, pw, C, k, k]
+        .contiguous()?
+        .reshape((b * ph * pw, c * k * k))?;
+    patches
+        .matmul(&w.reshape((o, c * k * k))?.t()?)?
+        .reshape((b, ph, pw, o))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()
 }
 
 /// conv2d from differentiable tensor ops: the k*k shifted slices of the padded input,

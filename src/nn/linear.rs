@@ -3,8 +3,10 @@
 //! over batch and tokens, is a gemm rather than candle's slow leading-dimension sum.
 
 use super::channel::scale_shift;
+use super::frozen_map::frozen_map;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -37,6 +39,24 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 impl Module for Linear {
     /// x [..., in] -> [..., out], as one 2-D matmul over all leading dimensions.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op()
+            && !self.weight.track_op()
+            && !self.bias.as_ref().is_some_and(Tensor::track_op)
+        {
+            // Frozen: only dL/dx = dL/dy W flows back (nn::frozen_map).
+            let (w, dims) = (self.weight.clone(), x.dims().to_vec());
+            let vjp = move |dy: &Tensor| {
+                let out = w.dim(0)?;
+                dy.reshape(((), out))?.matmul(&w)?.reshape(dims.as_slice())
+            };
+            return frozen_map(x, |x| self.affine(x), Arc::new(vjp));
+        }
+        self.affine(x)
+    }
+}
+
+impl Linear {
+    fn affine(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let lead: usize = dims[..dims.len() - 1].iter().product();

@@ -2,8 +2,11 @@
 //! fused softmax and layer norm silently pass none).
 
 pub mod attention;
+pub mod attention_recompute;
 pub mod channel;
+pub mod checkpoint;
 pub mod conv;
+pub mod frozen_map;
 pub mod group_norm;
 pub mod half;
 pub mod init;
@@ -11,10 +14,11 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lora;
 pub mod lora_conv;
+pub mod precomputed;
 pub mod timestep_embedding;
 pub mod upsample;
 
-pub use attention::{scaled_dot_product_attention, Attention};
+pub use attention::{scaled_dot_product_attention, scaled_dot_product_attention_plain, Attention};
 pub use channel::scale_shift;
 pub use conv::{conv2d, conv2d_layer, Conv2d};
 pub use group_norm::{group_norm, GroupNorm};

@@ -6,8 +6,49 @@ use super::resnet::ResnetBlock2D;
 use super::sampling::{Downsample2D, Upsample2D};
 use super::transformer::Transformer2DModel;
 use super::UNetConfig;
+use crate::nn::checkpoint::checkpoint;
 use crate::nn::Builders;
 use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+/// Which blocks recompute their activations in the backward (`nn::checkpoint`): only
+/// blocks without trainable parameters can.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checkpointing {
+    pub resnets: bool,
+    pub transformers: bool,
+    pub samplers: bool,
+}
+
+impl Checkpointing {
+    fn resnet(&self, r: &ResnetBlock2D, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        if !self.resnets {
+            return r.forward(x, temb);
+        }
+        let (r, temb) = (r.clone(), temb.clone());
+        checkpoint(x, Arc::new(move |x| r.forward(x, &temb)))
+    }
+
+    fn transformer(&self, a: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        if !self.transformers {
+            return a.forward(x, context);
+        }
+        let (a, context) = (a.clone(), context.clone());
+        checkpoint(x, Arc::new(move |x| a.forward(x, &context)))
+    }
+
+    fn sampler(
+        &self,
+        x: &Tensor,
+        f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Result<Tensor> {
+        if self.samplers {
+            checkpoint(x, Arc::new(f))
+        } else {
+            f(x)
+        }
+    }
+}
 
 /// What every block needs besides its own channel counts.
 pub(crate) struct Ctx<'c> {
@@ -42,10 +83,17 @@ struct Layers {
 }
 
 impl Layers {
-    fn layer(&self, i: usize, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let h = self.resnets[i].forward(x, temb)?;
+    fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        ck: Checkpointing,
+    ) -> Result<Tensor> {
+        let h = ck.resnet(&self.resnets[i], x, temb)?;
         match self.attentions.get(i) {
-            Some(a) => a.forward(&h, context),
+            Some(a) => ck.transformer(a, &h, context),
             None => Ok(h),
         }
     }
@@ -102,14 +150,16 @@ impl DownBlock {
         temb: &Tensor,
         context: &Tensor,
         skips: &mut Vec<Tensor>,
+        ck: Checkpointing,
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for i in 0..self.layers.resnets.len() {
-            h = self.layers.layer(i, &h, temb, context)?;
+            h = self.layers.layer(i, &h, temb, context, ck)?;
             skips.push(h.clone());
         }
         if let Some(d) = &self.downsampler {
-            h = d.forward(&h)?;
+            let d = d.clone();
+            h = ck.sampler(&h, move |x| d.forward(x))?;
             skips.push(h.clone());
         }
         Ok(h)
@@ -134,10 +184,16 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let h = self.resnets[0].forward(x, temb)?;
-        let h = self.attention.forward(&h, context)?;
-        self.resnets[1].forward(&h, temb)
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        ck: Checkpointing,
+    ) -> Result<Tensor> {
+        let h = ck.resnet(&self.resnets[0], x, temb)?;
+        let h = ck.transformer(&self.attention, &h, context)?;
+        ck.resnet(&self.resnets[1], &h, temb)
     }
 }
 
@@ -198,6 +254,7 @@ impl UpBlock {
         temb: &Tensor,
         context: &Tensor,
         skips: &mut Vec<Tensor>,
+        ck: Checkpointing,
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for i in 0..self.layers.resnets.len() {
@@ -206,14 +263,15 @@ impl UpBlock {
                 .ok_or_else(|| candle_core::Error::Msg("UNet: ran out of skips".into()))?;
             h = self
                 .layers
-                .layer(i, &Tensor::cat(&[&h, &skip], 1)?, temb, context)?;
+                .layer(i, &Tensor::cat(&[&h, &skip], 1)?, temb, context, ck)?;
         }
         if let Some(u) = &self.upsampler {
             let next = skips
                 .last()
                 .ok_or_else(|| candle_core::Error::Msg("UNet: no skip to upsample to".into()))?;
             let (_, _, sh, sw) = next.dims4()?;
-            h = u.forward(&h, sh, sw)?;
+            let u = u.clone();
+            h = ck.sampler(&h, move |x| u.forward(x, sh, sw))?;
         }
         Ok(h)
     }

@@ -19,6 +19,7 @@ use crate::nn::{
     conv2d_layer, group_norm, sinusoidal_embedding, Builders, Conv2d, GroupNorm, LoraBuilder,
     TimestepEmbedding,
 };
+pub use blocks::Checkpointing;
 use blocks::{Ctx, DownBlock, MidBlock, UpBlock};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -34,6 +35,9 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// Which blocks may recompute their activations (none unless `with_checkpointing`).
+    frozen: Checkpointing,
+    checkpointing: bool,
 }
 
 impl UNet2DConditionModel {
@@ -96,7 +100,30 @@ impl UNet2DConditionModel {
                 vb.pp("conv_norm_out"),
             )?,
             conv_out: conv2d_layer(ch[0], cfg.out_channels, 3, pad1, vb.pp("conv_out"))?,
+            frozen: Checkpointing {
+                resnets: lora.is_none_or(|l| !l.cfg.convs),
+                transformers: lora.is_none(),
+                samplers: true,
+            },
+            checkpointing: false,
         })
+    }
+
+    /// Recompute the activations of every block without trainable parameters in the
+    /// backward instead of keeping them (`nn::checkpoint`): all blocks of a frozen UNet,
+    /// the resnets and samplers of one with attention adapters. Same values and gradients;
+    /// the backward costs about one more forward.
+    pub fn with_checkpointing(mut self, on: bool) -> Self {
+        self.checkpointing = on;
+        self
+    }
+
+    fn checkpointed(&self) -> Checkpointing {
+        if self.checkpointing {
+            self.frozen
+        } else {
+            Checkpointing::default()
+        }
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -127,12 +154,13 @@ impl UNet2DConditionModel {
         }
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
+        let ck = self.checkpointed();
         for b in &self.down_blocks {
-            h = b.forward(&h, &temb, context, &mut skips)?;
+            h = b.forward(&h, &temb, context, &mut skips, ck)?;
         }
-        h = self.mid_block.forward(&h, &temb, context)?;
+        h = self.mid_block.forward(&h, &temb, context, ck)?;
         for b in &self.up_blocks {
-            h = b.forward(&h, &temb, context, &mut skips)?;
+            h = b.forward(&h, &temb, context, &mut skips, ck)?;
         }
         let h = self.conv_norm_out.forward(&h)?.silu()?;
         self.conv_out.forward(&h)

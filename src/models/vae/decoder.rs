@@ -7,9 +7,11 @@ use super::attention::{KeyStyle, VaeAttention};
 use super::config::AutoencoderKLConfig;
 use super::norm::VaeGroupNorm;
 use super::resnet::VaeResnet;
+use crate::nn::checkpoint::{checkpoint, checkpoint_module};
 use crate::nn::{conv2d_layer, upsample_nearest2x, Conv2d};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
+use std::sync::Arc;
 
 const PAD1: Conv2dConfig = Conv2dConfig {
     padding: 1,
@@ -56,11 +58,14 @@ impl UpBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = checkpoint_module(r, &h)?;
         }
         match &self.upsampler {
             // The project's upsample, not candle's: its backward adds to the gradient.
-            Some(conv) => conv.forward(&upsample_nearest2x(&h)?),
+            Some(conv) => {
+                let conv = conv.clone();
+                checkpoint(&h, Arc::new(move |h| conv.forward(&upsample_nearest2x(h)?)))
+            }
             None => Ok(h),
         }
     }
@@ -105,15 +110,22 @@ impl Decoder {
 
 impl Module for Decoder {
     /// z [B, latent, h, w] (after post_quant_conv) -> [B, out, h * 2^(levels-1), ...].
+    ///
+    /// The decoder is never trained: every block recomputes its activations in the
+    /// backward (`nn::checkpoint`), so the reward gradient keeps only the blocks' inputs at
+    /// 512x512 instead of every norm, activation and im2col buffer.
     fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let h = self.conv_in.forward(z)?;
-        let h = self.mid.0.forward(&h)?;
-        let h = self.mid.1.forward(&h)?;
-        let mut h = self.mid.2.forward(&h)?;
+        let h = checkpoint_module(&self.mid.0, &h)?;
+        let h = checkpoint_module(&self.mid.1, &h)?;
+        let mut h = checkpoint_module(&self.mid.2, &h)?;
         for b in &self.up_blocks {
             h = b.forward(&h)?;
         }
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
-        self.conv_out.forward(&h)
+        let (norm, conv) = (self.conv_norm_out.clone(), self.conv_out.clone());
+        checkpoint(
+            &h,
+            Arc::new(move |h| conv.forward(&norm.forward(h)?.silu()?)),
+        )
     }
 }

@@ -120,11 +120,14 @@ impl Task for Sd15Task {
         let unet =
             |tensors: HashMap<String, Tensor>, lora: Option<&LoraBuilder>| -> Result<PromptUNet> {
                 Ok(PromptUNet {
+                    // Blocks without adapters recompute their activations in the
+                    // backward (README, "Memory"): all of the LCM copy, the policy's resnets.
                     unet: UNet2DConditionModel::new(
                         VarBuilder::from_tensors(tensors, dtype, device),
                         &cfg,
                         lora,
-                    )?,
+                    )?
+                    .with_checkpointing(true),
                     prompts: states.clone(),
                 })
             };
