@@ -151,7 +151,7 @@ pub fn attention_recompute_in_chunks(
         return Ok(out);
     }
     let op = Recompute {
-        out: Precomputed::new(out),
+        out: Precomputed::new(&out)?,
         elements,
     };
     q.apply_op3(k, v, op)

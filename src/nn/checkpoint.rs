@@ -63,7 +63,7 @@ pub fn checkpoint(x: &Tensor, f: BlockFn) -> Result<Tensor> {
         return f(x);
     }
     x.apply_op1(Checkpoint {
-        out: Precomputed::new(out),
+        out: Precomputed::new(&out)?,
         f,
     })
 }

@@ -54,7 +54,7 @@ pub fn frozen_map(
     }
     let out = f(&x.detach())?;
     x.apply_op1(FrozenMap {
-        out: Precomputed::new(out),
+        out: Precomputed::new(&out)?,
         vjp,
     })
 }

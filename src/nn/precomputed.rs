@@ -1,22 +1,29 @@
 //! The output of a custom op computed beforehand, without a graph.
 //!
 //! candle's custom ops write their forward on raw storage; the ops of this crate that
-//! recompute activations in the backward (`attention_recompute`, `checkpoint`) instead
-//! compute their output with ordinary tensor ops on detached inputs and hand a copy of its
-//! storage to candle through the op's forward, which attaches the result to the inputs.
+//! recompute activations in the backward (`attention_recompute`, `checkpoint`) or pass back
+//! only dL/dx (`frozen_map`) instead compute their output with ordinary tensor ops on
+//! detached inputs and hand its storage to candle through the op's forward, which attaches
+//! the result to the inputs.
 
 use candle_core::{CpuStorage, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
-/// An output waiting for its custom op's forward; taken once.
-pub struct Precomputed(Mutex<Option<Tensor>>);
+/// An output's own storage waiting for its custom op's forward; taken once.
+pub struct Precomputed(Mutex<Option<(Storage, Shape)>>);
 
 impl Precomputed {
-    pub fn new(out: Tensor) -> Self {
-        Self(Mutex::new(Some(out)))
+    /// Copies `out`'s storage now, before the op runs: the op's forward then takes no lock
+    /// on any tensor (`out` might be a view of the op's own input, whose storage candle
+    /// holds locked while the forward runs).
+    pub fn new(out: &Tensor) -> Result<Self> {
+        Ok(Self(Mutex::new(Some((
+            owned_storage(out)?,
+            out.shape().clone(),
+        )))))
     }
 
-    fn take(&self) -> Result<Tensor> {
+    fn take(&self) -> Result<(Storage, Shape)> {
         self.0
             .lock()
             .map_err(|_| candle_core::Error::Msg("precomputed output: lock poisoned".into()))?
@@ -26,9 +33,8 @@ impl Precomputed {
 
     /// For `cpu_fwd`.
     pub fn cpu(&self) -> Result<(CpuStorage, Shape)> {
-        let out = self.take()?;
-        match owned_storage(&out)? {
-            Storage::Cpu(s) => Ok((s, out.shape().clone())),
+        match self.take()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
             _ => candle_core::bail!("a CPU op was given a precomputed output on another device"),
         }
     }
@@ -36,25 +42,47 @@ impl Precomputed {
     /// For `cuda_fwd`.
     #[cfg(feature = "cuda")]
     pub fn cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = self.take()?;
-        match owned_storage(&out)? {
-            Storage::Cuda(s) => Ok((s, out.shape().clone())),
+        match self.take()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
             _ => candle_core::bail!("a CUDA op was given a precomputed output on another device"),
         }
     }
 }
 
-/// A copy of the tensor's storage: the op's result must own its own.
+/// Elements in a storage buffer, where known (float dtypes on the CPU and CUDA).
+fn buffer_len(s: &Storage) -> Option<usize> {
+    match s {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v.len()),
+        Storage::Cpu(CpuStorage::F64(v)) => Some(v.len()),
+        Storage::Cpu(CpuStorage::F16(v)) => Some(v.len()),
+        Storage::Cpu(CpuStorage::BF16(v)) => Some(v.len()),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(c) => {
+            use candle_core::cuda_backend::CudaStorageSlice as S;
+            match &c.slice {
+                S::F32(v) => Some(v.len()),
+                S::F64(v) => Some(v.len()),
+                S::F16(v) => Some(v.len()),
+                S::BF16(v) => Some(v.len()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A copy of the tensor's storage holding exactly its elements.
 fn owned_storage(t: &Tensor) -> Result<Storage> {
-    // A fresh contiguous tensor starts at offset 0 and spans its whole buffer, which
-    // `try_clone` copies entire.
-    let t = if t.is_contiguous() && t.layout().start_offset() == 0 {
-        t.clone()
-    } else {
-        t.copy()?
-    };
-    let (storage, layout) = t.storage_and_layout();
     use candle_core::backend::BackendStorage;
+    // `try_clone` copies the whole buffer whatever the layout: only a contiguous tensor
+    // that starts at 0 and spans its buffer is cloned as it is; anything else (a narrow,
+    // a view into a larger buffer) is compacted first.
+    let exact = t.is_contiguous() && t.layout().start_offset() == 0 && {
+        let (storage, _) = t.storage_and_layout();
+        buffer_len(&storage) == Some(t.elem_count())
+    };
+    let t = if exact { t.clone() } else { t.copy()? };
+    let (storage, layout) = t.storage_and_layout();
     Ok(match &*storage {
         Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
         Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),

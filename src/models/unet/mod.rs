@@ -112,7 +112,9 @@ impl UNet2DConditionModel {
     /// Recompute the activations of every block without trainable parameters in the
     /// backward instead of keeping them (`nn::checkpoint`): all blocks of a frozen UNet,
     /// the resnets and samplers of one with attention adapters. Same values and gradients;
-    /// the backward costs about one more forward.
+    /// the backward costs about one more forward. For a UNet whose base weights are frozen
+    /// (plain tensors, as the sd15 task loads them): with trainable base weights each block
+    /// would notice its parameters and run twice, without checkpointing.
     pub fn with_checkpointing(mut self, on: bool) -> Self {
         self.checkpointing = on;
         self
