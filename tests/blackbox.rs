@@ -98,3 +98,50 @@ fn the_previous_round_reference_moves_to_the_policy() {
     );
     assert!(common::max_abs_diff(&eps(&models.reference), &eps(&previous())) > 0.0);
 }
+
+#[test]
+fn a_resumed_black_box_run_continues_where_it_stopped() {
+    // Rounds at epochs 0 and 2; the split run stops after epoch 1 and resumes mid-round
+    // (epoch 1 trains on the restored surrogate against the restored previous policy),
+    // then starts round 2 (the restored labelled set, the oracle's count and noise).
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5, 7}, round_epochs = 2, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2",
+    );
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    let (mut a, _) = common::trainer(&s, &straight, &["epochs=3"]);
+    a.run().unwrap();
+    drop(a);
+    let (mut b, _) = common::trainer(&s, &split, &["epochs=1"]);
+    b.run().unwrap();
+    drop(b);
+    let (mut o, _) = common::quiet_options(&s, &split, &["epochs=3"]);
+    o.resume = Some(split.clone());
+    o.out = None;
+    let mut c = sqdf::train::Trainer::new(o).unwrap();
+    assert_eq!(c.epoch, 1);
+    assert_eq!(c.rounds.as_ref().unwrap().oracle.used(), 5);
+    c.run().unwrap();
+    assert_eq!(c.rounds.as_ref().unwrap().oracle.used(), 12);
+
+    use sqdf::train::checkpoint;
+    let x = checkpoint::load(&straight.join(checkpoint::FILE)).unwrap();
+    let y = checkpoint::load(&split.join(checkpoint::FILE)).unwrap();
+    assert_eq!(x.tensors.len(), y.tensors.len());
+    assert!(
+        x.tensors.contains_key("blackbox.labels")
+            && x.tensors.contains_key("previous.class_embedding.weight")
+            || x.tensors.keys().any(|k| k.starts_with("previous."))
+    );
+    for (k, t) in &x.tensors {
+        assert_eq!(
+            common::max_abs_diff(t, &y.tensors[k]),
+            0.0,
+            "{k} differs after resume"
+        );
+    }
+    let (p, q) = (x.state.blackbox.unwrap(), y.state.blackbox.unwrap());
+    assert_eq!((p.round, p.oracle_used), (q.round, q.oracle_used));
+}

@@ -8,6 +8,7 @@
 use super::{LabelledSet, Oracle, Surrogate, SurrogateConfig, Uncertainty};
 use crate::script::{RunConfig, TensorFn};
 use crate::tasks::TaskModels;
+use crate::train::checkpoint::BlackBoxState;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Tensor;
 use serde_json::{json, Value as Json};
@@ -171,6 +172,54 @@ impl Rounds {
         self.round < cfg.queries.len() && epoch == self.round * cfg.round_epochs
     }
 
+    /// The seed of the fit that round `round` (0-based) makes.
+    fn fit_seed(seed: u64, round: usize) -> u64 {
+        seed ^ (round as u64).wrapping_mul(0x9e37)
+    }
+
+    /// The rounds' state for a checkpoint: the count, the oracle's count and noise state,
+    /// and the labelled set as tensors (`blackbox.features`, `blackbox.labels`).
+    pub fn snapshot(&self) -> Result<(BlackBoxState, Vec<(String, Tensor)>)> {
+        let (oracle_used, oracle_rng) = self.oracle.snapshot();
+        let (x, y) = self.set.tensors(&candle_core::Device::Cpu)?;
+        Ok((
+            BlackBoxState {
+                round: self.round,
+                oracle_used,
+                oracle_rng,
+            },
+            vec![
+                ("blackbox.features".into(), x),
+                ("blackbox.labels".into(), y),
+            ],
+        ))
+    }
+
+    /// Puts a checkpoint's rounds back: the labelled set, the counts, and the surrogate
+    /// refitted on that set with the seed of the last round's fit, which redraws its
+    /// weights from that seed (`warm_start = false`) and so gives the same surrogate.
+    pub fn restore(
+        &mut self,
+        state: &BlackBoxState,
+        features: &Tensor,
+        labels: &Tensor,
+        seed: u64,
+    ) -> Result<()> {
+        let mut set = LabelledSet::new(self.set.dim());
+        set.push(features, labels)?;
+        self.set = set;
+        self.round = state.round;
+        self.oracle
+            .restore(state.oracle_used, state.oracle_rng.clone());
+        if state.round > 0 {
+            self.surrogate
+                .write()
+                .unwrap()
+                .fit(&self.set, Self::fit_seed(seed, state.round - 1))?;
+        }
+        Ok(())
+    }
+
     /// Labels `x0` with the oracle (counted), adds them to the set, refits the surrogate;
     /// returns the round's numbers for the metrics line.
     pub fn label_and_fit(&mut self, x0: &Tensor, cond: &Tensor, seed: u64) -> Result<Json> {
@@ -181,7 +230,7 @@ impl Rounds {
             .surrogate
             .write()
             .unwrap()
-            .fit(&self.set, seed ^ (self.round as u64).wrapping_mul(0x9e37))?;
+            .fit(&self.set, Self::fit_seed(seed, self.round))?;
         self.round += 1;
         let held: Vec<f64> = report.heads.iter().map(|h| h.best_held_out).collect();
         Ok(json!({

@@ -29,6 +29,19 @@ pub struct CheckpointState {
     pub buffer_next: usize,
     pub buffer_pushed: u64,
     pub nan_streak: usize,
+    /// A black-box run's rounds (absent in other runs and in older checkpoints).
+    #[serde(default)]
+    pub blackbox: Option<BlackBoxState>,
+}
+
+/// What Algorithm 2 adds to a checkpoint besides tensors (the labelled set and the
+/// previous round's policy are tensors, `blackbox.*` and `previous.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlackBoxState {
+    /// Rounds started so far.
+    pub round: usize,
+    pub oracle_used: usize,
+    pub oracle_rng: Rng,
 }
 
 /// FNV-1a, 64 bit: a stable fingerprint of script sources.
@@ -49,8 +62,9 @@ pub fn save(
     policy: &[(String, Var)],
     optim: &AdamW,
     buffer: &ReplayBuffer,
+    extra: Vec<(String, Tensor)>,
 ) -> Result<()> {
-    let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut t: BTreeMap<String, Tensor> = extra.into_iter().collect();
     for (j, (name, var)) in policy.iter().enumerate() {
         t.insert(format!("policy.{name}"), var.as_tensor().clone());
         t.insert(format!("optim.m.{name}"), optim.m[j].clone());
@@ -87,7 +101,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
 }
 
 impl Loaded {
-    fn get(&self, key: &str, path: &Path) -> Result<&Tensor> {
+    pub fn get(&self, key: &str, path: &Path) -> Result<&Tensor> {
         self.tensors
             .get(key)
             .ok_or_else(|| anyhow!("{}: checkpoint has no `{key}`", path.display()))
@@ -95,12 +109,14 @@ impl Loaded {
 
     /// The policy weights alone, under their model names.
     pub fn policy_tensors(&self) -> HashMap<String, Tensor> {
+        self.prefixed("policy.")
+    }
+
+    /// The tensors saved under `prefix`, without it.
+    pub fn prefixed(&self, prefix: &str) -> HashMap<String, Tensor> {
         self.tensors
             .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("policy.")
-                    .map(|n| (n.to_string(), v.clone()))
-            })
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
             .collect()
     }
 

@@ -8,6 +8,19 @@ impl Trainer {
     }
 
     pub fn save_checkpoint(&self) -> Result<()> {
+        let (blackbox, mut extra) = match &self.rounds {
+            Some(r) => {
+                let (state, tensors) = r.snapshot()?;
+                (Some(state), tensors)
+            }
+            None => (None, Vec::new()),
+        };
+        // The previous round's policy (config.kl_reference = "previous").
+        if let Some((_, previous)) = &self.models.previous {
+            for (name, var) in sorted_vars(previous) {
+                extra.push((format!("previous.{name}"), var.as_tensor().clone()));
+            }
+        }
         let state = CheckpointState {
             epoch: self.epoch,
             generation: self.generation,
@@ -19,6 +32,7 @@ impl Trainer {
             buffer_next: self.buffer.next_slot(),
             buffer_pushed: self.buffer.pushed(),
             nan_streak: self.nan_streak,
+            blackbox,
         };
         checkpoint::save(
             &self.checkpoint_path(),
@@ -26,17 +40,12 @@ impl Trainer {
             &self.optim.params,
             &self.optim,
             &self.buffer,
+            extra,
         )?;
         crate::train::lora_export::save(&self.run_dir, &self.models, &self.script.config)
     }
 
     pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
-        if self.rounds.is_some() {
-            bail!(
-                "cannot resume {}: black-box runs (config.queries, config.oracle_budget) do not resume yet (the labelled set and the surrogate are not checkpointed); start it again",
-                dir.display()
-            );
-        }
         let path = dir.join(checkpoint::FILE);
         let loaded = checkpoint::load(&path)
             .with_context(|| format!("cannot resume from {}", dir.display()))?;
@@ -51,6 +60,27 @@ impl Trainer {
         let params = self.optim.params.clone();
         loaded.restore(&path, &params, &mut self.optim, &mut self.buffer)?;
         *self.rng.lock().unwrap() = loaded.state.rng.clone();
+        let seed = self.script.config.seed;
+        match (&mut self.rounds, &loaded.state.blackbox) {
+            (Some(rounds), Some(bb)) => rounds.restore(
+                bb,
+                loaded.get("blackbox.features", &path)?,
+                loaded.get("blackbox.labels", &path)?,
+                seed,
+            )?,
+            (Some(_), None) => bail!(
+                "cannot resume {}: its checkpoint has no black-box state (written before black-box runs resumed, or by a run that was not one); start it again",
+                dir.display()
+            ),
+            (None, Some(_)) => bail!(
+                "cannot resume {}: it is a black-box run (config.queries) and the script now is not",
+                dir.display()
+            ),
+            (None, None) => {}
+        }
+        if let Some((_, previous)) = &self.models.previous {
+            crate::tensor_io::set_vars(previous, &loaded.prefixed("previous."), &path)?;
+        }
         self.epoch = loaded.state.epoch;
         self.generation = loaded.state.generation;
         self.nan_streak = loaded.state.nan_streak;
