@@ -26,9 +26,11 @@ nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 
   >"$OUT/memory.csv" &
 SMI=$!
 trap 'kill $SMI 2>/dev/null || true' EXIT
-# Sampling (and the smoke test) at COLLECT_MICRO trajectories at a time.
+# Sampling (and the smoke test) at COLLECT_MICRO trajectories at a time. STEPS shortens
+# the sampling before the updates (an update's cost does not depend on the step count;
+# 64 trajectories x 50 steps at 64x64 latents outlast a 10-minute device call).
 "$SQDF" --quiet bench scripts/sd15_aesthetic.lua --set weights="$W" --batch 64 \
-  --set micro_batch="${COLLECT_MICRO:-1}" --repeats 0 --micro "$MICRO" >"$OUT/bench.json" 2> >(tee "$OUT/bench.log" >&2)
+  --set micro_batch="${COLLECT_MICRO:-1}" --set steps="${STEPS:-50}" --repeats 0 --micro "$MICRO" >"$OUT/bench.json" 2> >(tee "$OUT/bench.log" >&2)
 kill $SMI
 python3 - "$OUT" <<'PY'
 import json, sys, datetime

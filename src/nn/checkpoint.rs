@@ -10,45 +10,21 @@
 //! that does track a parameter is detected (its output carries a graph from a detached
 //! input) and run without checkpointing, so using this is never wrong, only sometimes slow.
 
-use super::precomputed::Precomputed;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use std::sync::Arc;
 
 /// A block's forward for one input; constants (time embedding, context) are captured.
 pub type BlockFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
-struct Checkpoint {
-    out: Precomputed,
-    f: BlockFn,
-}
-
-impl CustomOp1 for Checkpoint {
-    fn name(&self) -> &'static str {
-        "checkpoint"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.out.cuda()
-    }
-
-    fn bwd(&self, x: &Tensor, _out: &Tensor, d_out: &Tensor) -> Result<Option<Tensor>> {
-        let x = Var::from_tensor(&x.detach())?;
-        let y = (self.f)(x.as_tensor())?;
-        let grads = (y * d_out.detach())?.sum_all()?.backward()?;
-        match grads.get(&x) {
-            Some(g) => Ok(Some(g.clone())),
-            // f ignores its input: no gradient flows.
-            None => Ok(None),
-        }
+/// The backward: f again on a fresh variable, with a graph that lives only here.
+fn recompute_vjp(f: &BlockFn, x: &Tensor, d_out: &Tensor) -> Result<Tensor> {
+    let x = Var::from_tensor(x)?;
+    let y = f(x.as_tensor())?;
+    let grads = (y * d_out)?.sum_all()?.backward()?;
+    match grads.get(&x) {
+        Some(g) => Ok(g.clone()),
+        // f ignores its input: no gradient flows.
+        None => x.zeros_like(),
     }
 }
 
@@ -62,10 +38,9 @@ pub fn checkpoint(x: &Tensor, f: BlockFn) -> Result<Tensor> {
         // f holds a trainable parameter: checkpointing would lose its gradient.
         return f(x);
     }
-    x.apply_op1(Checkpoint {
-        out: Precomputed::new(&out)?,
-        f,
-    })
+    let input = x.detach();
+    let vjp = move |d_out: &Tensor| recompute_vjp(&f, &input, d_out);
+    super::precomputed::attach(x, &out, Arc::new(vjp))
 }
 
 /// `checkpoint` of a frozen module's forward.

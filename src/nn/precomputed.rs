@@ -6,8 +6,8 @@
 //! detached inputs and hand its storage to candle through the op's forward, which attaches
 //! the result to the inputs.
 
-use candle_core::{CpuStorage, Result, Shape, Storage, Tensor};
-use std::sync::Mutex;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
 
 /// An output's own storage waiting for its custom op's forward; taken once.
 pub struct Precomputed(Mutex<Option<(Storage, Shape)>>);
@@ -87,5 +87,45 @@ fn owned_storage(t: &Tensor) -> Result<Storage> {
         Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
         Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
         Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
+    })
+}
+
+/// dL/d(output) -> dL/dx: the backward of an attached output.
+pub type Vjp = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+struct Attached {
+    out: Precomputed,
+    vjp: Vjp,
+}
+
+impl CustomOp1 for Attached {
+    fn name(&self) -> &'static str {
+        "attached"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.out.cpu()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.out.cuda()
+    }
+
+    fn bwd(&self, _x: &Tensor, _out: &Tensor, d_out: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((self.vjp)(&d_out.detach())?))
+    }
+}
+
+/// `out`, computed from `x` without a graph, as a node of x's graph whose backward is
+/// `vjp` (`frozen_map`: a hand-written product; `checkpoint`: a recomputation).
+pub fn attach(x: &Tensor, out: &Tensor, vjp: Vjp) -> Result<Tensor> {
+    x.apply_op1(Attached {
+        out: Precomputed::new(out)?,
+        vjp,
     })
 }
