@@ -1,54 +1,30 @@
 //! The attention that recomputes its probabilities in the backward gives the plain
 //! formula's values and gradients (q, k and v), in one chunk and in many, in f64 and bf16.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use sqdf::nn::attention_recompute::attention_recompute_in_chunks;
 use sqdf::nn::scaled_dot_product_attention_plain;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
+    common::max_abs_diff(a, b)
+}
+
+fn randn(shape: (usize, usize, usize), dtype: DType) -> Tensor {
+    Tensor::randn(0f64, 1.0, shape, &Device::Cpu)
         .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
+        .to_dtype(dtype)
         .unwrap()
 }
 
 /// Values and the gradients of sum(out * w) for random q, k, v: plain against recompute.
 fn compare(dtype: DType, chunk_elements: usize, tol: f64) {
-    let dev = Device::Cpu;
     let (n, lq, lk, d, dv) = (3, 37, 29, 8, 6);
-    let q = Var::from_tensor(
-        &Tensor::randn(0f64, 1.0, (n, lq, d), &dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap(),
-    )
-    .unwrap();
-    let k = Var::from_tensor(
-        &Tensor::randn(0f64, 1.0, (n, lk, d), &dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap(),
-    )
-    .unwrap();
-    let v = Var::from_tensor(
-        &Tensor::randn(0f64, 1.0, (n, lk, dv), &dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap(),
-    )
-    .unwrap();
-    let w = Tensor::randn(0f64, 1.0, (n, lq, dv), &dev)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap();
+    let q = Var::from_tensor(&randn((n, lq, d), dtype)).unwrap();
+    let k = Var::from_tensor(&randn((n, lk, d), dtype)).unwrap();
+    let v = Var::from_tensor(&randn((n, lk, dv), dtype)).unwrap();
+    let w = randn((n, lq, dv), dtype);
     let plain = scaled_dot_product_attention_plain(&q, &k, &v).unwrap();
     let fast = attention_recompute_in_chunks(&q, &k, &v, chunk_elements).unwrap();
     assert!(
