@@ -38,6 +38,25 @@ fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
             .output()
             .unwrap()
     };
+    let report_only = || {
+        Command::new(env!("CARGO_BIN_EXE_sqdf"))
+            .args(["--quiet", "compare"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--report-only")
+            .output()
+            .unwrap()
+    };
+    // Nothing finished yet: nothing to report, and nothing is run.
+    let none = report_only();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no finished runs"));
+    assert!(!out
+        .join("runs")
+        .join("sqdf-seed0")
+        .join("eval.json")
+        .exists());
     let first = run();
     assert!(
         first.status.success(),
@@ -74,6 +93,8 @@ fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
             .modified()
             .unwrap()
     };
+    // Seed-major: every method's seed 0 before any seed 1.
+    assert!(stamp("sqdf-alpha-alpha-0.5-seed0") < stamp("sqdf-seed1"));
     let before = stamp("tweedie-seed1");
     let second = run();
     assert!(second.status.success());
@@ -82,6 +103,18 @@ fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
         before,
         "a finished run was run again"
     );
+    // An unfinished run: --report-only reports the others and leaves it unrun.
+    let missing = out.join("runs").join("tweedie-seed1").join("eval.json");
+    std::fs::remove_file(&missing).unwrap();
+    let partial = report_only();
+    assert!(
+        partial.status.success(),
+        "{}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
+    assert!(!missing.exists());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("5 of the 6 runs finished"), "{report}");
 }
 
 #[test]

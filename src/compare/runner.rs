@@ -208,18 +208,19 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     }
     bar.finish_and_clear();
     opts.log.set_bar(None);
+    let finished = results.len();
     add_sweep_bases(&plan.runs, &mut results, &configs);
     let machine = crate::train::bench::machine();
-    let partial = if opts.report_only && results.len() < plan.runs.len() {
+    let partial = if opts.report_only && finished < plan.runs.len() {
         format!(
             " **Partial report** (`--report-only`): {} of the {} runs finished; the others are not yet run.",
-            results.len(),
+            finished,
             plan.runs.len()
         )
     } else {
         String::new()
     };
-    if results.is_empty() {
+    if finished == 0 {
         bail!(
             "no finished runs under {} to report; run the comparison first",
             out.join("runs").display()
