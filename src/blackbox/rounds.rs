@@ -195,28 +195,41 @@ impl Rounds {
         ))
     }
 
-    /// Puts a checkpoint's rounds back: the labelled set, the counts, and the surrogate
-    /// refitted on that set with the seed of the last round's fit, which redraws its
-    /// weights from that seed (`warm_start = false`) and so gives the same surrogate.
+    /// Puts a checkpoint's rounds back: the labelled set, the counts, and the surrogate.
+    /// Each round's fit is replayed on the labels that round had (`queries` per round,
+    /// appended in order) with that round's seed: the fits are deterministic, and with the
+    /// warm start (the default) each continues from the one before, so only the whole
+    /// sequence gives the same surrogate.
     pub fn restore(
         &mut self,
         state: &BlackBoxState,
         features: &Tensor,
         labels: &Tensor,
+        queries: &[usize],
         seed: u64,
     ) -> Result<()> {
-        let mut set = LabelledSet::new(self.set.dim());
-        set.push(features, labels)?;
-        self.set = set;
-        self.round = state.round;
-        self.oracle
-            .restore(state.oracle_used, state.oracle_rng.clone());
-        if state.round > 0 {
+        let expected: usize = queries.iter().take(state.round).sum();
+        if expected != labels.dim(0)? {
+            anyhow::bail!(
+                "the checkpoint holds {} labels; config.queries gives {expected} for its {} rounds",
+                labels.dim(0)?,
+                state.round
+            );
+        }
+        self.set = LabelledSet::new(self.set.dim());
+        let mut seen = 0;
+        for (r, &n) in queries.iter().take(state.round).enumerate() {
+            self.set
+                .push(&features.narrow(0, seen, n)?, &labels.narrow(0, seen, n)?)?;
+            seen += n;
             self.surrogate
                 .write()
                 .unwrap()
-                .fit(&self.set, Self::fit_seed(seed, state.round - 1))?;
+                .fit(&self.set, Self::fit_seed(seed, r))?;
         }
+        self.round = state.round;
+        self.oracle
+            .restore(state.oracle_used, state.oracle_rng.clone());
         Ok(())
     }
 

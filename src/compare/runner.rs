@@ -211,21 +211,20 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     let finished = results.len();
     add_sweep_bases(&plan.runs, &mut results, &configs);
     let machine = crate::train::bench::machine();
-    let partial = if opts.report_only && finished < plan.runs.len() {
-        format!(
-            " **Partial report** (`--report-only`): {} of the {} runs finished; the others are not yet run.",
-            finished,
-            plan.runs.len()
-        )
-    } else {
-        String::new()
-    };
-    if finished == 0 {
+    if opts.report_only && finished == 0 {
         bail!(
             "no finished runs under {} to report; run the comparison first",
             out.join("runs").display()
         );
     }
+    let partial = if opts.report_only && finished < plan.runs.len() {
+        format!(
+            " **Partial report** (`--report-only`): {finished} of the {} runs finished; the others are not yet run.",
+            plan.runs.len()
+        )
+    } else {
+        String::new()
+    };
     let notes = format!(
         "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),

@@ -1,7 +1,8 @@
-//! The VAE's group norm (eps 1e-6, as every norm of diffusers' `Decoder`), with its weights
-//! held in f32 in half precision; nn::GroupNorm takes its statistics in f32 then. candle sums bf16/f16 in their own precision (CPU and CUDA):
-//! a group at 512x512 holds up to 1M values, whose f16 sum overflows and whose bf16 sum
-//! stops growing once it is ~256x an element. torch's GroupNorm accumulates in f32 too.
+//! The VAE's group norm (eps 1e-6, as every norm of diffusers' `Decoder`), its weights held
+//! in f32 in half precision, where nn::GroupNorm takes its statistics in f32. candle sums
+//! bf16/f16 in their own precision (CPU and CUDA): a group at 512x512 holds up to 1M values,
+//! whose f16 sum overflows and whose bf16 sum stops growing once it is ~256x an element.
+//! torch's GroupNorm accumulates in f32 too.
 
 use crate::nn::half::upcast;
 use crate::nn::{group_norm, GroupNorm};

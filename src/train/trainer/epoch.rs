@@ -280,11 +280,11 @@ impl Trainer {
             self.buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &m.state_shape);
         }
         if let Some((_, previous)) = &m.previous {
+            // set_vars copies into the previous model's own variables (Var::set).
             let now: std::collections::HashMap<String, Tensor> = sorted_vars(&m.policy_vars)
                 .into_iter()
-                .map(|(k, v)| (k, v.as_tensor().copy()))
-                .map(|(k, t)| t.map(|t| (k, t)))
-                .collect::<candle_core::Result<_>>()?;
+                .map(|(k, v)| (k, v.as_tensor().clone()))
+                .collect();
             crate::tensor_io::set_vars(previous, &now, Path::new("the policy"))?;
         }
         self.log.info(format!(

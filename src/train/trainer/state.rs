@@ -66,17 +66,16 @@ impl Trainer {
                 bb,
                 loaded.get("blackbox.features", &path)?,
                 loaded.get("blackbox.labels", &path)?,
+                &self.script.config.queries,
                 seed,
             )?,
             (Some(_), None) => bail!(
-                "cannot resume {}: its checkpoint has no black-box state (written before black-box runs resumed, or by a run that was not one); start it again",
+                "cannot resume {}: its checkpoint has no black-box state (written before black-box runs resumed); start it again",
                 dir.display()
             ),
-            (None, Some(_)) => bail!(
-                "cannot resume {}: it is a black-box run (config.queries) and the script now is not",
-                dir.display()
-            ),
-            (None, None) => {}
+            // Not black-box now and then: queries and oracle_budget cannot change within a
+            // run (the config check above refuses that first).
+            (None, _) => {}
         }
         if let Some((_, previous)) = &self.models.previous {
             crate::tensor_io::set_vars(previous, &loaded.prefixed("previous."), &path)?;
