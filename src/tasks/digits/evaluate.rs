@@ -205,7 +205,7 @@ pub fn evaluate(
         2,
     )?;
     log.info(format!(
-        "{label}: reward {:.4}, gold {:.4}, alignment {:.1}% (p {:.3}), diversity {:.4} / {:.4}, Fréchet {:.2}, KL {:.2} ({})",
+        "{label}: reward {:.4}, gold {:.4}, alignment {:.1}% (p {:.3}), diversity {:.4} / {:.4}, Fréchet {:.2}, KL {} ({})",
         m.reward,
         m.gold,
         100.0 * m.alignment_acc,
@@ -213,7 +213,12 @@ pub fn evaluate(
         m.diversity_feature,
         m.diversity_lpips,
         m.frechet,
-        m.kl,
+        // NaN: not computed (along training; see `DigitsTask::evaluate`).
+        if m.kl.is_nan() {
+            "not computed".to_string()
+        } else {
+            format!("{:.2}", m.kl)
+        },
         grid.display()
     ));
     Ok(m)
