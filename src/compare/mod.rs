@@ -2,6 +2,7 @@
 //! overrides and seeds), each in its own process, and writes the paper's comparison: a
 //! Markdown table (mean ± std over seeds) and the plots of Fig. 3 and Fig. 4.
 
+pub mod axis;
 pub mod plan;
 pub mod plots;
 pub mod report;

@@ -2,6 +2,7 @@
 //! training (Fig. 3) and across a swept hyperparameter after training (Fig. 4). Drawn as the
 //! rest of the project draws: plotters into an RGB buffer, `image` encodes the PNG.
 
+use super::axis::{clamp, robust_range};
 use super::report::{compact, groups, mean_std, metric, symbol};
 use super::RunResult;
 use crate::eval::scatter::register_font;
@@ -41,14 +42,17 @@ const TARGET: XAxis = XAxis {
     title: "target reward",
 };
 
-/// Twelve colours that stay apart on white (tab10 and two darker ones); a comparison of
-/// more methods than that reuses them, in order.
+/// Twenty colours that stay apart on white (tab10, then darker and brighter ones: the
+/// shipped comparison draws 13 methods in Fig. 3); more methods reuse them, in order.
 #[rustfmt::skip]
-const PALETTE: [RGBColor; 12] = [
+const PALETTE: [RGBColor; 20] = [
     RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44),
     RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75),
     RGBColor(227, 119, 194), RGBColor(127, 127, 127), RGBColor(188, 189, 34),
     RGBColor(23, 190, 207), RGBColor(0, 0, 128), RGBColor(0, 100, 0),
+    RGBColor(0, 0, 0), RGBColor(139, 0, 139), RGBColor(128, 128, 0),
+    RGBColor(0, 128, 128), RGBColor(250, 128, 114), RGBColor(218, 165, 32),
+    RGBColor(47, 79, 79), RGBColor(50, 205, 50),
 ];
 
 const PANEL: (u32, u32) = (440, 360);
@@ -161,27 +165,10 @@ pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
     draw(png, &series, &caption, false, &TARGET, &PANELS)
 }
 
-/// An axis range over the finite values, padded so that a single point or a flat line sits
-/// inside the panel rather than on its edge (plotters rejects an empty range).
-fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
-    let (lo, hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
-            (l.min(v), h.max(v))
-        });
-    if lo > hi {
-        return 0.0..1.0;
-    }
-    let pad = if hi > lo {
-        (hi - lo) * 0.08
-    } else {
-        (lo.abs() * 0.05).max(1e-3)
-    };
-    (lo - pad)..(hi + pad)
-}
-
 /// Draws the three panels and the legend; `hollow_start` marks each line's first point
-/// (the pretrained model) so the direction of training reads off the figure.
+/// (the pretrained model) so the direction of training reads off the figure. The axes span
+/// the bulk of the points (`axis::robust_range`); a point outside is drawn on the edge as a
+/// triangle with its true coordinates beside it.
 fn draw(
     png: &Path,
     series: &[Series],
@@ -199,15 +186,25 @@ fn draw(
         root.fill(&WHITE).map_err(e)?;
         let (top, legend) = root.split_vertically(PANEL.1);
         let all = || series.iter().flat_map(|s| s.points.iter());
-        let xr = range(all().map(|p| p.0));
+        let xr = robust_range(all().map(|p| p.0));
         for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
             let (_, ytitle, what) = panels[k];
             // Points whose reward or this metric is absent are left out of this panel only.
-            let finite = |s: &Series| -> Vec<(f64, f64, String)> {
+            let yr = robust_range(all().map(|p| p.1[k]));
+            // (x, y) on the panel, whether it was clamped there, and the text beside it.
+            let finite = |s: &Series| -> Vec<(f64, f64, bool, String)> {
                 s.points
                     .iter()
                     .filter(|p| p.0.is_finite() && p.1[k].is_finite())
-                    .map(|p| (p.0, p.1[k], p.2.clone()))
+                    .map(|p| {
+                        let ((cx, ox), (cy, oy)) = (clamp(p.0, &xr), clamp(p.1[k], &yr));
+                        let mut note = p.2.clone();
+                        if ox || oy {
+                            let true_xy = format!("({:.3}, {:.3})", p.0, p.1[k]);
+                            note = [note, true_xy].join(" ").trim().to_string();
+                        }
+                        (cx, cy, ox || oy, note)
+                    })
                     .collect()
             };
             let mut chart = ChartBuilder::on(area)
@@ -218,7 +215,7 @@ fn draw(
                 .margin(10)
                 .x_label_area_size(36)
                 .y_label_area_size(56)
-                .build_cartesian_2d(xr.clone(), range(all().map(|p| p.1[k])))
+                .build_cartesian_2d(xr.clone(), yr.clone())
                 .map_err(e)?;
             chart
                 .configure_mesh()
@@ -236,20 +233,34 @@ fn draw(
                 chart
                     .draw_series(LineSeries::new(xy(), c.stroke_width(2)))
                     .map_err(e)?;
-                let marks = xy().enumerate().map(|(j, p)| {
+                let marks = pts.iter().enumerate().map(|(j, p)| {
                     let style = if j == 0 && hollow_start {
                         c.stroke_width(2)
                     } else {
                         c.filled()
                     };
-                    Circle::new(p, 4, style)
+                    let at = EmptyElement::at((p.0, p.1));
+                    if p.2 {
+                        at + TriangleMarker::new((0, 0), 6, style).into_dyn()
+                    } else {
+                        at + Circle::new((0, 0), 4, style).into_dyn()
+                    }
                 });
                 chart.draw_series(marks).map_err(e)?;
-                let notes = pts.iter().filter(|p| !p.2.is_empty()).map(|p| {
+                let notes = pts.iter().filter(|p| !p.3.is_empty()).map(|p| {
+                    // A note in the right half or at the top edge is written inward, so that
+                    // it stays inside the panel.
+                    let right = p.0 > 0.5 * (xr.start + xr.end);
+                    let dx = if right {
+                        -7 * p.3.chars().count() as i32
+                    } else {
+                        6
+                    };
+                    let dy = if p.1 >= yr.end { 6 } else { -16 };
                     EmptyElement::at((p.0, p.1))
                         + Text::new(
-                            p.2.clone(),
-                            (6, -16),
+                            p.3.clone(),
+                            (dx, dy),
                             ("sans-serif", 12).into_font().color(&c),
                         )
                 });
