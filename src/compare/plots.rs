@@ -188,6 +188,7 @@ fn draw(
         let all = || series.iter().flat_map(|s| s.points.iter());
         let xr = robust_range(all().map(|p| p.0));
         for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
+            let mut clamped_notes = 0;
             let (_, ytitle, what) = panels[k];
             // Points whose reward or this metric is absent are left out of this panel only.
             let yr = robust_range(all().map(|p| p.1[k]));
@@ -247,23 +248,32 @@ fn draw(
                     }
                 });
                 chart.draw_series(marks).map_err(e)?;
-                let notes = pts.iter().filter(|p| !p.3.is_empty()).map(|p| {
+                let mut notes = Vec::new();
+                for p in pts.iter().filter(|p| !p.3.is_empty()) {
                     // A note in the right half or at the top edge is written inward, so that
-                    // it stays inside the panel.
+                    // it stays inside the panel; the notes of clamped points (which share
+                    // an edge, often a corner) are stacked one line apart.
                     let right = p.0 > 0.5 * (xr.start + xr.end);
                     let dx = if right {
                         -7 * p.3.chars().count() as i32
                     } else {
                         6
                     };
-                    let dy = if p.1 >= yr.end { 6 } else { -16 };
-                    EmptyElement::at((p.0, p.1))
-                        + Text::new(
-                            p.3.clone(),
-                            (dx, dy),
-                            ("sans-serif", 12).into_font().color(&c),
-                        )
-                });
+                    let top = p.1 >= yr.end;
+                    let mut dy = if top { 6 } else { -16 };
+                    if p.2 {
+                        dy += if top { 14 } else { -14 } * clamped_notes;
+                        clamped_notes += 1;
+                    }
+                    notes.push(
+                        EmptyElement::at((p.0, p.1))
+                            + Text::new(
+                                p.3.clone(),
+                                (dx, dy),
+                                ("sans-serif", 12).into_font().color(&c),
+                            ),
+                    );
+                }
                 chart.draw_series(notes).map_err(e)?;
             }
         }
