@@ -320,15 +320,19 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
+fn merge_kohya_into_linear_3x3_and_1x1_conv_matches_a_hand_loop() {
     let dir = tempfile::tempdir().unwrap();
     let lin_w = filled(&[5, 6], 1.0);
     let conv_w = filled(&[7, 3, 3, 3], 2.0);
+    // SD-1.5's transformer proj_in is a 1x1 conv (use_linear_projection = false).
+    let proj = "down_blocks.0.attentions.0.proj_in";
+    let proj_w = filled(&[5, 5, 1, 1], 2.5);
     let bias = filled(&[7], 3.0);
     let other = filled(&[4, 4], 4.0);
     let base = HashMap::from([
         (format!("{LINEAR}.weight"), lin_w.clone()),
         (format!("{CONV}.weight"), conv_w.clone()),
+        (format!("{proj}.weight"), proj_w.clone()),
         (format!("{CONV}.bias"), bias.clone()),
         ("conv_in.weight".to_string(), other.clone()),
     ]);
@@ -337,6 +341,8 @@ fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
     let (conv_down, conv_up) = (filled(&[r, 3, 3, 3], 7.0), filled(&[7, r, 1, 1], 8.0));
     let lin = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let (proj_down, proj_up) = (filled(&[r, 5, 1, 1], 8.5), filled(&[5, r, 1, 1], 8.7));
+    let kproj = "lora_unet_down_blocks_0_attentions_0_proj_in";
     let path = dir.path().join("lcm.safetensors");
     write(
         &path,
@@ -350,6 +356,12 @@ fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
             // No alpha on the conv: alpha = rank.
             (&format!("{conv}.lora_down.weight"), conv_down.clone()),
             (&format!("{conv}.lora_up.weight"), conv_up.clone()),
+            (&format!("{kproj}.lora_down.weight"), proj_down.clone()),
+            (&format!("{kproj}.lora_up.weight"), proj_up.clone()),
+            (
+                &format!("{kproj}.alpha"),
+                Tensor::new(1.5f32, &Device::Cpu).unwrap(),
+            ),
             // A text-encoder module belongs to another model: skipped, not merged.
             (
                 "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
@@ -362,10 +374,15 @@ fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
         ],
     );
     let merged = merge_kohya_file(&path, base).unwrap();
-    assert_eq!(
-        merged.merged,
-        vec![format!("{LINEAR}.weight"), format!("{CONV}.weight")]
-    );
+    let mut names = merged.merged.clone();
+    names.sort();
+    let mut want_names = vec![
+        format!("{LINEAR}.weight"),
+        format!("{CONV}.weight"),
+        format!("{proj}.weight"),
+    ];
+    want_names.sort();
+    assert_eq!(names, want_names);
     assert_eq!(
         merged.skipped,
         vec!["lora_te_text_model_encoder_layers_0_mlp_fc1".to_string()]
@@ -389,13 +406,25 @@ fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
         27,
         1.0,
     );
+    let want_proj = hand_merge(
+        &flat(&proj_w),
+        &flat(&proj_up),
+        &flat(&proj_down),
+        5,
+        r,
+        5,
+        1.5 / 3.0,
+    );
     let got_lin = &merged.tensors[&format!("{LINEAR}.weight")];
     let got_conv = &merged.tensors[&format!("{CONV}.weight")];
+    let got_proj = &merged.tensors[&format!("{proj}.weight")];
     assert_eq!(got_lin.dims(), &[5, 6]);
     assert_eq!(got_conv.dims(), &[7, 3, 3, 3]);
+    assert_eq!(got_proj.dims(), &[5, 5, 1, 1]);
     for (name, got, want) in [
         ("linear", flat(got_lin), want_lin),
         ("conv", flat(got_conv), want_conv),
+        ("1x1 conv", flat(got_proj), want_proj),
     ] {
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!((g - w).abs() <= 1e-6, "{name}[{i}]: {g} vs {w}");
@@ -404,7 +433,7 @@ fn merge_kohya_into_linear_and_3x3_conv_matches_a_hand_loop() {
     // Untouched tensors are the base's.
     assert_eq!(flat(&merged.tensors[&format!("{CONV}.bias")]), flat(&bias));
     assert_eq!(flat(&merged.tensors["conv_in.weight"]), flat(&other));
-    assert_eq!(merged.tensors.len(), 4);
+    assert_eq!(merged.tensors.len(), 5);
 }
 
 #[test]

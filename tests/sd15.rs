@@ -95,10 +95,16 @@ fn micro_batches_accumulate_to_the_whole_batch_gradient() {
         // micro_batch may change during a run: only the update is split here, so both runs
         // draw the same states and the same noise (one sample after the other).
         t.script.config.micro_batch = micro;
-        t.update().unwrap().unwrap();
-        snapshot(&t)
+        let u = t.update().unwrap().unwrap();
+        (snapshot(&t), u.loss, u.grad_norm)
     };
-    let (whole, split) = (run(0, "a"), run(1, "b"));
+    let ((whole, loss_a, norm_a), (split, loss_b, norm_b)) = (run(0, "a"), run(1, "b"));
+    // AdamW's first step is about lr * sign(g), so the parameters alone would not notice a
+    // wrongly weighted accumulation; the loss and the gradient's norm do (f32 sums in
+    // another order differ by ~1e-5).
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+    assert!(rel(loss_a, loss_b) < 1e-4, "loss {loss_a} vs {loss_b}");
+    assert!(rel(norm_a, norm_b) < 1e-4, "grad norm {norm_a} vs {norm_b}");
     for ((k, a), (_, b)) in whole.iter().zip(&split) {
         let d = common::max_abs_diff(a, b);
         assert!(
@@ -117,6 +123,7 @@ fn the_reward_gradient_matches_finite_differences() {
             .unwrap();
     // f64 end to end: the check is then exact to ~1e-8 instead of f32's noise.
     let parts = Sd15Parts::load(&l, vec!["cat".into()], &tok, &Device::Cpu, DType::F64).unwrap();
+    assert_eq!(parts.head.dtype(), DType::F64);
     let dev = Device::Cpu;
     let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev)
         .unwrap()
@@ -234,4 +241,25 @@ fn a_half_precision_base_trains_f32_adapters() {
     for ((k, b), (_, a)) in before.iter().zip(snapshot(&t)) {
         assert!(common::max_abs_diff(b, &a) > 0.0, "{k} got no gradient");
     }
+}
+
+#[test]
+fn the_aesthetic_head_scores_in_f32_under_a_half_precision_base() {
+    // In bf16 scores near 5-6 would come in steps of 1/32: the head stays in f32.
+    let dir = tempfile::tempdir().unwrap();
+    let l = tiny_folder(dir.path());
+    let tok =
+        sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
+            .unwrap();
+    let load = |dtype| Sd15Parts::load(&l, vec!["cat".into()], &tok, &Device::Cpu, dtype).unwrap();
+    let (half, full) = (load(DType::F16), load(DType::F32));
+    assert_eq!(half.head.dtype(), DType::F32);
+    let dim = half.head.in_dim();
+    let e = randn(&mut seeded(5), (3, dim), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
+    let (a, b) = (half.head_score(&e).unwrap(), full.head_score(&e).unwrap());
+    assert_eq!(a.dtype(), DType::F32);
+    assert_eq!(common::max_abs_diff(&a, &b), 0.0);
 }

@@ -7,6 +7,18 @@ use crate::diffusion::{consistency::BoundaryScalings, tweedie, NoiseSchedule};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
+/// t itself at 0 (the boundary, where f(x, 0) = x) or when `grid` is empty, else the
+/// nearest timestep of `grid` (the earlier one on a tie).
+pub fn snap(grid: &[usize], t: usize) -> usize {
+    if t == 0 {
+        return t;
+    }
+    grid.iter()
+        .copied()
+        .min_by_key(|g| g.abs_diff(t))
+        .unwrap_or(t)
+}
+
 #[derive(Clone)]
 pub struct ConsistencyModel {
     pub net: Arc<dyn Denoiser>,
@@ -20,14 +32,7 @@ pub struct ConsistencyModel {
 impl ConsistencyModel {
     /// t itself at 0 (the boundary) or when there is no grid, else the nearest grid timestep.
     pub fn snap(&self, t: usize) -> usize {
-        if t == 0 || self.grid.is_empty() {
-            return t;
-        }
-        *self
-            .grid
-            .iter()
-            .min_by_key(|&&g| g.abs_diff(t))
-            .expect("non-empty grid")
+        snap(&self.grid, t)
     }
 
     /// f_ψ(x_t, t) for per-sample training timesteps `t`.

@@ -1,7 +1,7 @@
 //! A run's LoRA as files the rest of the ecosystem loads: after every epoch the adapters
 //! are written beside the checkpoint in diffusers' format (`pipe.load_lora_weights(dir,
 //! weight_name="lora_diffusers.safetensors")`) and in kohya's (A1111, ComfyUI); and
-//! `config.lora_init` starts a run (or `sqdf eval --lora`) from such a file.
+//! `config.lora_init` starts a run (or `sqdf eval --set lora_init=FILE`) from such a file.
 
 use crate::lora_files::{expected_adapters, load_lora, save_kohya, save_peft};
 use crate::nn::lora::LoraConfig;

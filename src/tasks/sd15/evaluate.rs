@@ -15,7 +15,7 @@ use crate::script::Script;
 use crate::tasks::{cond_tensor, TaskModels};
 use crate::train::rollout;
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde_json::json;
 use std::path::Path;
 
@@ -70,7 +70,12 @@ pub fn evaluate(
             rewards.extend(script.reward(&x0, &cond)?.to_vec1::<f32>()?);
             let images = parts.decode(&x0)?.detach();
             let e = parts.image_embeds(&images)?.detach();
-            aesthetic.extend(parts.head_score(&e)?.to_vec1::<f32>()?);
+            aesthetic.extend(
+                parts
+                    .head_score(&e)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            );
             clip.extend(parts.cosine_to_prompts(&e, &cond)?.to_vec1::<f32>()?);
             embeds.push(e);
             if p < GRID.0 {

@@ -26,9 +26,27 @@ pub fn consistency(merged: PromptUNet, schedule: NoiseSchedule) -> ConsistencyMo
 
 #[cfg(test)]
 mod tests {
+    use crate::models::consistency_model::snap;
+
     #[test]
     fn grid_is_lcms_skeleton() {
         let g = super::lcm_grid();
         assert_eq!((g.len(), g[0], g[49]), (50, 19, 999));
+    }
+
+    #[test]
+    fn ddim_timesteps_snap_to_the_nearest_lcm_timestep() {
+        let g = super::lcm_grid();
+        // SD-1.5's 50 DDIM timesteps (981, 961, ..., 1) lie 2 below an LCM one, except 1.
+        for t in (0..50).map(|i| 1 + 20 * i) {
+            let want = if t == 1 { 19 } else { t - 2 };
+            assert_eq!(snap(&g, t), want, "t = {t}");
+        }
+        assert_eq!(snap(&g, 0), 0, "the boundary is not snapped");
+        assert_eq!(
+            (snap(&g, 999), snap(&g, 1000), snap(&g, 29)),
+            (999, 999, 19)
+        );
+        assert_eq!(snap(&[], 37), 37, "no grid: no snapping");
     }
 }

@@ -54,11 +54,18 @@ impl Sd15Parts {
         let clip_path = layout.path(layout::CLIP);
         let vision = clip::load_vision(&clip_path, &clip_cfg.vision_config, device, dtype)?;
         let text = clip::load_text(&clip_path, &clip_cfg.text_config, device, dtype, true)?;
+        // The head stays in f32 (f64 in the tests' f64 runs) whatever the frozen dtype: it
+        // is 1 MB, and in bf16 scores near 5-6 would come out in steps of 1/32.
+        let head_dtype = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let head = AestheticHead::load(
             &layout.path(layout::AESTHETIC),
             clip_cfg.projection_dim,
             device,
-            dtype,
+            head_dtype,
         )?;
         let prompt_embeds = text_embeds(&text, tokenizer, &prompts, device)?;
         Ok(Self {
@@ -93,11 +100,11 @@ impl Sd15Parts {
             .to_dtype(latents.dtype())
     }
 
-    /// The aesthetic head on normalised image embeddings [B, proj] -> [B].
+    /// The aesthetic head on normalised image embeddings [B, proj] -> [B], in the head's
+    /// dtype (f32 or f64, never half: see `load`).
     pub fn head_score(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
         self.head
-            .forward(&embeds.to_dtype(self.dtype)?)?
-            .to_dtype(embeds.dtype())?
+            .forward(&embeds.to_dtype(self.head.dtype())?)?
             .flatten_all()
     }
 
