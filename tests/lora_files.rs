@@ -541,6 +541,52 @@ fn unknown_keys_and_bad_shapes_name_the_file_and_the_key() {
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("unet.mid_block.nope.lora_A.weight"), "{err}");
 
+    // Text-encoder adapters (in either format) are named as such: sqdf adapts the UNet only.
+    for (file, keys) in [
+        (
+            "te_peft.safetensors",
+            [
+                "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+                "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight",
+            ],
+        ),
+        (
+            "te_kohya.safetensors",
+            [
+                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+            ],
+        ),
+    ] {
+        let path = dir.path().join(file);
+        if file.contains("peft") {
+            save_peft(&path, &vm, &cfg).unwrap();
+        } else {
+            save_kohya(&path, &vm, &cfg).unwrap();
+        }
+        let mut t: Vec<(String, Tensor)> = sqdf::tensor_io::read(&path, &Device::Cpu)
+            .unwrap()
+            .tensors
+            .into_iter()
+            .collect();
+        t.push((keys[0].into(), filled(&[2, 4], 0.0)));
+        t.push((keys[1].into(), filled(&[4, 2], 0.0)));
+        write(
+            &path,
+            t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+        );
+        let err = format!(
+            "{:#}",
+            load_lora(&path, &expected, &Device::Cpu).unwrap_err()
+        );
+        assert!(
+            err.contains(&path.display().to_string())
+                && err.contains(keys[0])
+                && err.contains("adapts the text encoder"),
+            "{err}"
+        );
+    }
+
     // A shape that does not fit names the key and both shapes.
     let path = dir.path().join("bad_shape.safetensors");
     let mut t: Vec<(String, Tensor)> = sqdf::tensor_io::read(

@@ -153,6 +153,9 @@ pub(crate) fn from_kohya(
             Some(several) => bail!(
                 "{source}: key `{down_key}` is ambiguous: modules {several:?} all have the kohya name `{kname}`"
             ),
+            None if kname.starts_with("lora_te") => bail!(
+                "{source}: key `{down_key}` adapts the text encoder; sqdf's LoRA covers the UNet only (a file trained with text-encoder adapters describes another model)"
+            ),
             None => bail!("{source}: key `{down_key}` maps to no module of the model"),
         };
         let a = fit(source, down_key, down, &format!("{path}{LORA_A}"), &shapes)?;

@@ -139,6 +139,9 @@ pub(crate) fn from_peft(
             bail!("{source}: key `{key}` is not a LoRA A/B weight (`*.lora_A.weight`, `*.lora_B.weight`); LoRA biases, DoRA and other extras are not supported");
         }
         let name = key.strip_prefix(PEFT_UNET_PREFIX).unwrap_or(key);
+        if name.starts_with("text_encoder") {
+            bail!("{source}: key `{key}` adapts the text encoder; sqdf's LoRA covers the UNet only (a file trained with text-encoder adapters describes another model)");
+        }
         if !shapes.contains_key(name) {
             bail!("{source}: key `{key}` maps to no adapter of the model (`{name}`)");
         }
