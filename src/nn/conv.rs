@@ -31,6 +31,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     if padding == 0 && stride == w.dim(2)? && stride == w.dim(3)? && stride > 1 {
         return conv2d_patches(x, w);
     }
+    // Half precision on the CPU: candle's conv would compute the input gradient with its
+    // direct conv_transpose2d loop in software f16, which made a real-width SD-1.5 update
+    // at 64x64 latents run for over 40 minutes in the smoke test's backward alone; the f32
+    // im2col path costs an f32 copy of x and w per call instead.
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16) {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return conv2d(&f(x)?, &f(w)?, padding, stride)?.to_dtype(x.dtype());
+    }
     let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
     if !x.device().is_cpu()
         && w.dim(2)? == w.dim(3)?
