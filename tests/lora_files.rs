@@ -488,89 +488,21 @@ fn unknown_keys_and_bad_shapes_name_the_file_and_the_key() {
         convs: true,
     };
 
-    // kohya load: a module the model does not have.
-    let path = dir.path().join("unknown_kohya.safetensors");
-    save_kohya(&path, &vm, &cfg).unwrap();
-    let mut t: Vec<(String, Tensor)> = sqdf::tensor_io::read(&path, &Device::Cpu)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .collect();
-    t.push((
-        "lora_unet_up_blocks_9_nope.lora_down.weight".into(),
-        filled(&[2, 6], 0.0),
-    ));
-    t.push((
-        "lora_unet_up_blocks_9_nope.lora_up.weight".into(),
-        filled(&[5, 2], 0.0),
-    ));
-    write(
-        &path,
-        t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
-    );
-    let err = format!(
-        "{:#}",
-        load_lora(&path, &expected, &Device::Cpu).unwrap_err()
-    );
-    assert!(err.contains(&path.display().to_string()), "{err}");
-    assert!(
-        err.contains("lora_unet_up_blocks_9_nope.lora_down.weight"),
-        "{err}"
-    );
-
-    // PEFT load: a module the model does not have.
-    let path = dir.path().join("unknown_peft.safetensors");
-    save_peft(&path, &vm, &cfg).unwrap();
-    let mut t: Vec<(String, Tensor)> = sqdf::tensor_io::read(&path, &Device::Cpu)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .collect();
-    t.push((
-        "unet.mid_block.nope.lora_A.weight".into(),
-        filled(&[2, 6], 0.0),
-    ));
-    write(
-        &path,
-        t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
-    );
-    let err = format!(
-        "{:#}",
-        load_lora(&path, &expected, &Device::Cpu).unwrap_err()
-    );
-    assert!(err.contains(&path.display().to_string()), "{err}");
-    assert!(err.contains("unet.mid_block.nope.lora_A.weight"), "{err}");
-
-    // Text-encoder adapters (in either format) are named as such: sqdf adapts the UNet only.
-    for (file, keys) in [
-        (
-            "te_peft.safetensors",
-            [
-                "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
-                "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight",
-            ],
-        ),
-        (
-            "te_kohya.safetensors",
-            [
-                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
-            ],
-        ),
-    ] {
+    // A run's file (kohya or PEFT) with `extra` tensors added: loading it fails; the error
+    // names the file and the first extra key.
+    let load_err_with = |file: &str, kohya: bool, extra: &[(&str, &[usize])]| -> String {
         let path = dir.path().join(file);
-        if file.contains("peft") {
-            save_peft(&path, &vm, &cfg).unwrap();
-        } else {
+        if kohya {
             save_kohya(&path, &vm, &cfg).unwrap();
+        } else {
+            save_peft(&path, &vm, &cfg).unwrap();
         }
         let mut t: Vec<(String, Tensor)> = sqdf::tensor_io::read(&path, &Device::Cpu)
             .unwrap()
             .tensors
             .into_iter()
             .collect();
-        t.push((keys[0].into(), filled(&[2, 4], 0.0)));
-        t.push((keys[1].into(), filled(&[4, 2], 0.0)));
+        t.extend(extra.iter().map(|(k, d)| (k.to_string(), filled(d, 0.0))));
         write(
             &path,
             t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
@@ -580,11 +512,47 @@ fn unknown_keys_and_bad_shapes_name_the_file_and_the_key() {
             load_lora(&path, &expected, &Device::Cpu).unwrap_err()
         );
         assert!(
-            err.contains(&path.display().to_string())
-                && err.contains(keys[0])
-                && err.contains("adapts the text encoder"),
+            err.contains(&path.display().to_string()) && err.contains(extra[0].0),
             "{err}"
         );
+        err
+    };
+
+    // A module the model does not have, in either format.
+    let nope = "lora_unet_up_blocks_9_nope";
+    load_err_with(
+        "unknown_kohya.safetensors",
+        true,
+        &[
+            (&format!("{nope}.lora_down.weight"), &[2, 6]),
+            (&format!("{nope}.lora_up.weight"), &[5, 2]),
+        ],
+    );
+    load_err_with(
+        "unknown_peft.safetensors",
+        false,
+        &[("unet.mid_block.nope.lora_A.weight", &[2, 6])],
+    );
+
+    // Text-encoder adapters (in either format) are named as such: sqdf adapts the UNet only.
+    let te = "text_encoder.text_model.encoder.layers.0.mlp.fc1";
+    let kte = "lora_te_text_model_encoder_layers_0_mlp_fc1";
+    for (file, kohya, down, up) in [
+        (
+            "te_peft.safetensors",
+            false,
+            format!("{te}.lora_A.weight"),
+            format!("{te}.lora_B.weight"),
+        ),
+        (
+            "te_kohya.safetensors",
+            true,
+            format!("{kte}.lora_down.weight"),
+            format!("{kte}.lora_up.weight"),
+        ),
+    ] {
+        let err = load_err_with(file, kohya, &[(&down, &[2, 4]), (&up, &[4, 2])]);
+        assert!(err.contains("adapts the text encoder"), "{err}");
     }
 
     // A shape that does not fit names the key and both shapes.

@@ -114,15 +114,20 @@ fn micro_batches_accumulate_to_the_whole_batch_gradient() {
     }
 }
 
+/// The reward's parts (VAE, CLIP, head) of a tiny folder, frozen in `dtype`, one prompt.
+fn load_parts(l: &layout::Layout, dtype: DType) -> Sd15Parts {
+    let tok =
+        sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
+            .unwrap();
+    Sd15Parts::load(l, vec!["cat".into()], &tok, &Device::Cpu, dtype).unwrap()
+}
+
 #[test]
 fn the_reward_gradient_matches_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
     let l = tiny_folder(dir.path());
-    let tok =
-        sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
-            .unwrap();
     // f64 end to end: the check is then exact to ~1e-8 instead of f32's noise.
-    let parts = Sd15Parts::load(&l, vec!["cat".into()], &tok, &Device::Cpu, DType::F64).unwrap();
+    let parts = load_parts(&l, DType::F64);
     assert_eq!(parts.head.dtype(), DType::F64);
     let dev = Device::Cpu;
     let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev)
@@ -248,11 +253,7 @@ fn the_aesthetic_head_scores_in_f32_under_a_half_precision_base() {
     // In bf16 scores near 5-6 would come in steps of 1/32: the head stays in f32.
     let dir = tempfile::tempdir().unwrap();
     let l = tiny_folder(dir.path());
-    let tok =
-        sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
-            .unwrap();
-    let load = |dtype| Sd15Parts::load(&l, vec!["cat".into()], &tok, &Device::Cpu, dtype).unwrap();
-    let (half, full) = (load(DType::F16), load(DType::F32));
+    let (half, full) = (load_parts(&l, DType::F16), load_parts(&l, DType::F32));
     assert_eq!(half.head.dtype(), DType::F32);
     let dim = half.head.in_dim();
     let e = randn(&mut seeded(5), (3, dim), &Device::Cpu)
