@@ -100,12 +100,14 @@ fn the_previous_round_reference_moves_to_the_policy() {
 }
 
 /// Runs `extra` straight for `epochs`, and split (stopped after `split_at` epochs, then
-/// resumed); every checkpoint tensor, the round and the oracle's count must be equal.
+/// resumed); every checkpoint tensor, the round and the oracle's count must be equal, and
+/// the count `used_at_split` at the split and `used` at the end.
 fn resume_matches_a_straight_run(
     extra: &str,
     epochs: usize,
     split_at: usize,
     used_at_split: usize,
+    used: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let s = script(dir.path(), "rewards.surrogate(x0) * 10", extra);
@@ -113,7 +115,7 @@ fn resume_matches_a_straight_run(
     let total = format!("epochs={epochs}");
     let (mut a, _) = common::trainer(&s, &straight, &[&total]);
     a.run().unwrap();
-    let used = a.rounds.as_ref().unwrap().oracle.used();
+    assert_eq!(a.rounds.as_ref().unwrap().oracle.used(), used);
     drop(a);
     let (mut b, _) = common::trainer(&s, &split, &[&format!("epochs={split_at}")]);
     b.run().unwrap();
@@ -156,6 +158,7 @@ fn a_resumed_black_box_run_continues_where_it_stopped() {
         3,
         1,
         5,
+        12,
     );
 }
 
@@ -169,5 +172,6 @@ fn a_black_box_run_resumed_after_two_rounds_restores_the_warm_started_surrogate(
         3,
         2,
         12,
+        18,
     );
 }

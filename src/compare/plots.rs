@@ -188,7 +188,8 @@ fn draw(
         let all = || series.iter().flat_map(|s| s.points.iter());
         let xr = robust_range(all().map(|p| p.0));
         for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
-            let mut clamped_notes = 0;
+            // Notes of clamped points so far, below and at the top edge.
+            let mut clamped_notes = [0i32; 2];
             let (_, ytitle, what) = panels[k];
             // Points whose reward or this metric is absent are left out of this panel only.
             let yr = robust_range(all().map(|p| p.1[k]));
@@ -262,8 +263,9 @@ fn draw(
                     let top = p.1 >= yr.end;
                     let mut dy = if top { 6 } else { -16 };
                     if p.2 {
-                        dy += if top { 14 } else { -14 } * clamped_notes;
-                        clamped_notes += 1;
+                        let n = &mut clamped_notes[top as usize];
+                        dy += if top { 14 } else { -14 } * *n;
+                        *n += 1;
                     }
                     notes.push(
                         EmptyElement::at((p.0, p.1))
@@ -322,11 +324,13 @@ mod tests {
             run("DRaFT-1", 0, Some(1.0), 2.0),
         ];
         rs.extend((0..13).map(|i| run(&format!("m{i}"), 0, None, i as f64)));
+        // A collapsed run far outside the others: drawn clamped to the edge, with its note.
+        rs.push(run("collapse", 0, None, 300.0));
         let (f3, f4) = (dir.path().join("f3.png"), dir.path().join("f4.png"));
         plot_along_training(&rs, &f3).unwrap();
         plot_alpha_tradeoff(&rs, &f4).unwrap();
         plot_oracle_vs_queries(&rs, &f3).unwrap();
-        check(&f3, 15);
+        check(&f3, 16);
         check(&f4, 2);
         // One run: a single point per series in Fig. 4, a flat reward in Fig. 3.
         let mut flat = run("flat", 0, Some(1.0), 0.0);

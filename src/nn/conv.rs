@@ -33,8 +33,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     }
     // Half precision on the CPU: candle's conv would compute the input gradient with its
     // direct conv_transpose2d loop in software f16, which made a real-width SD-1.5 update
-    // at 64x64 latents run for over 40 minutes in the smoke test's backward alone; the f32
-    // im2col path costs an f32 copy of x and w per call instead.
+    // at 64x64 latents run for over 40 minutes in the smoke test's backward alone. The
+    // f32 im2col path costs f32 copies of x and w, which the graph keeps until the
+    // backward (checkpointed blocks keep nothing).
     if x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16) {
         let f = |t: &Tensor| t.to_dtype(DType::F32);
         return conv2d(&f(x)?, &f(w)?, padding, stride)?.to_dtype(x.dtype());
@@ -410,6 +411,72 @@ mod unfold_tests {
                     "gradient, k={k} pad={pad} stride={stride}"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod half_cpu_tests {
+    use super::*;
+    use crate::rng::{randn, seeded};
+
+    /// Half precision on the CPU (the f32 im2col path behind casts): the output stays f16,
+    /// and the values and both gradients (f16 Vars) match the f32 convolution.
+    #[test]
+    fn f16_matches_f32_and_both_gradients_flow() {
+        let d = Device::Cpu;
+        let x32 = randn(&mut seeded(1), (2, 3, 6, 6), &d).unwrap();
+        let w32 = randn(&mut seeded(2), (4, 3, 3, 3), &d).unwrap();
+        let half = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F16).unwrap());
+        let (x, w) = (half(&x32).unwrap(), half(&w32).unwrap());
+        let y = conv2d(&x, &w, 1, 1).unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        // The reference on the f16-rounded inputs, in f32.
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().detach();
+        let (xr, wr) = (
+            candle_core::Var::from_tensor(&f(&x)).unwrap(),
+            candle_core::Var::from_tensor(&f(&w)).unwrap(),
+        );
+        let yr = xr.conv2d(&wr, 1, 1, 1, 1).unwrap();
+        let diff = |p: &Tensor, q: &Tensor| {
+            (f(p) - f(q))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&y, &yr) < 2e-2, "values differ by {}", diff(&y, &yr));
+        let g = y
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = yr.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, r) in [(&x, &xr), (&w, &wr)] {
+            let (p, q) = (
+                g.get(v.as_tensor()).unwrap(),
+                gr.get(r.as_tensor()).unwrap(),
+            );
+            assert_eq!(p.dtype(), DType::F16);
+            let scale = f(q)
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff(p, q) < 2e-2 * scale,
+                "gradient differs by {}",
+                diff(p, q)
+            );
         }
     }
 }

@@ -146,12 +146,13 @@ pub fn sample_all(
     ))
 }
 
-/// The protocol's metrics of `samples` (from `sample_all`), and a grid of the first 8 of
-/// every prompt in `out_dir/samples_<label>.png`.
+/// The protocol's metrics of `samples` (from `sample_all`; `kl`: their trajectory KL, None
+/// where it was not computed), and a grid of the first 8 of every prompt in
+/// `out_dir/samples_<label>.png`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     samples: &Tensor,
-    kl: f64,
+    kl: Option<f64>,
     script: &Script,
     classifier: &Classifier,
     real: &Tensor,
@@ -194,7 +195,7 @@ pub fn evaluate(
         diversity_feature: div_f / PROMPTS as f64,
         diversity_lpips: div_l / PROMPTS as f64,
         frechet: frechet_distance(&Tensor::cat(&features, 0)?, real)?,
-        kl,
+        kl: kl.unwrap_or(f64::NAN),
     };
     let grid = out_dir.join(format!("samples_{label}.png"));
     save_grid(
@@ -213,12 +214,8 @@ pub fn evaluate(
         m.diversity_feature,
         m.diversity_lpips,
         m.frechet,
-        // NaN: not computed (along training; see `DigitsTask::evaluate`).
-        if m.kl.is_nan() {
-            "not computed".to_string()
-        } else {
-            format!("{:.2}", m.kl)
-        },
+        // None: not computed (along training; see `DigitsTask::evaluate`).
+        kl.map_or("not computed".to_string(), |kl| format!("{kl:.2}")),
         grid.display()
     ));
     Ok(m)

@@ -282,14 +282,14 @@ impl Task for DigitsTask {
                     "{label}: the pretrained model's samples from {}",
                     dir.join(eval_cache::FILE).display()
                 ));
-                (samples, 0.0)
+                (samples, Some(0.0))
             }
             None => {
-                // Along training the KL is left out (NaN): it doubles the cost, and Fig. 3 does
-                // not plot it; eval.json's `after` has it.
+                // Along training the KL is left out (None, NaN in the JSON): it doubles the
+                // cost, and Fig. 3 does not plot it; eval.json's `after` has it.
                 let (samples, kl) =
                     sample_all(models, policy, !is_reference && !along, seed, per_prompt)?;
-                let kl = if along && !is_reference { f64::NAN } else { kl };
+                let kl = (is_reference || !along).then_some(kl);
                 // `sqdf eval` of the pretrained model (label "pretrained") refreshes the cache,
                 // as `sqdf pretrain digits` writes it.
                 if is_reference && label == "pretrained" {

@@ -37,7 +37,8 @@ mod tests {
     #[test]
     fn ddim_timesteps_snap_to_the_nearest_lcm_timestep() {
         let g = super::lcm_grid();
-        // SD-1.5's 50 DDIM timesteps (981, 961, ..., 1) lie 2 below an LCM one, except 1.
+        // SD-1.5's 50 DDIM timesteps (981, 961, ..., 1) lie 2 above an LCM one (981 -> 979),
+        // except 1, whose nearest is 19.
         for t in (0..50).map(|i| 1 + 20 * i) {
             let want = if t == 1 { 19 } else { t - 2 };
             assert_eq!(snap(&g, t), want, "t = {t}");
