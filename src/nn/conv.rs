@@ -367,6 +367,20 @@ pub fn conv2d_layer(
     Ok(Conv2d::new(w, Some(b), cfg))
 }
 
+/// The largest |p - q|, both read as f32 (the convolution tests' measure).
+#[cfg(test)]
+fn diff(p: &Tensor, q: &Tensor) -> f32 {
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    (f(p) - f(q))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod unfold_tests {
     use super::*;
@@ -376,16 +390,6 @@ mod unfold_tests {
     #[test]
     fn unfold_matches_candle_conv_and_its_gradients() {
         let d = Device::Cpu;
-        let diff = |p: &Tensor, q: &Tensor| {
-            (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         for (k, pad, stride) in [(3, 1, 1), (3, 1, 2), (1, 0, 1), (3, 0, 1)] {
             let var = |seed, shape: (usize, usize, usize, usize)| {
                 candle_core::Var::from_tensor(&randn(&mut seeded(seed), shape, &d).unwrap())
@@ -438,16 +442,6 @@ mod half_cpu_tests {
             candle_core::Var::from_tensor(&f(&w)).unwrap(),
         );
         let yr = xr.conv2d(&wr, 1, 1, 1, 1).unwrap();
-        let diff = |p: &Tensor, q: &Tensor| {
-            (f(p) - f(q))
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         assert!(diff(&y, &yr) < 2e-2, "values differ by {}", diff(&y, &yr));
         let g = y
             .to_dtype(DType::F32)
