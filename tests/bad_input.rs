@@ -95,7 +95,7 @@ fn script_mistakes_are_reported_with_file_and_line() {
         "reward_type",
         &good.replace("return x0:matmul(W):squeeze(2)", "return 3"),
         dir,
-        &["hook `reward` returned a integer"],
+        &["hook `reward` returned an integer"],
     );
     expect_error(
         "priority_type",

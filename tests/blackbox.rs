@@ -34,6 +34,62 @@ fn the_query_counter_stops_a_run_past_its_budget() {
 }
 
 #[test]
+fn a_round_past_the_budget_stops_the_run_and_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5, 7}, round_epochs = 1, oracle_budget = 8",
+    );
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    t.run_epoch().unwrap();
+    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    assert!(
+        e.contains("oracle budget exceeded: 5 of 8 queries used, 7 more asked"),
+        "{e}"
+    );
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 5);
+}
+
+#[test]
+fn buffer_reward_decides_what_the_buffer_stores_and_oracle_labels_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5}, round_epochs = 1, oracle_budget = 9",
+    );
+    // The oracle's labels (times 0, plus 7: a value the surrogate never gives) go to the
+    // buffer; the loss still optimises the surrogate.
+    let src = std::fs::read_to_string(&s).unwrap().replacen(
+        "reward = function",
+        "buffer_reward = function(x0, cond, cfg)\n    return rewards.oracle(x0) * 0 + 7\n  end,\n  reward = function",
+        1,
+    );
+    std::fs::write(&s, src).unwrap();
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    t.run_epoch().unwrap();
+    // 5 for the round, 4 for the epoch's batch of 4 stored trajectories.
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 9);
+    let (_, stored) = t.buffer.rewards_in_push_order();
+    assert_eq!(stored, [7.0; 4]);
+    // A second epoch would store 4 more: past the budget of 9.
+    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    assert!(e.contains("oracle budget exceeded: 9 of 9"), "{e}");
+
+    let bad = std::fs::read_to_string(&s)
+        .unwrap()
+        .replace("return rewards.oracle(x0) * 0 + 7", "return 7");
+    std::fs::write(&s, bad).unwrap();
+    let (o, _) = common::quiet_options(&s, &dir.path().join("bad"), &[]);
+    let e = format!("{:#}", sqdf::train::Trainer::new(o).err().unwrap());
+    assert!(
+        e.contains("hook `buffer_reward` returned an integer, expected a tensor of shape"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
     let dir = tempfile::tempdir().unwrap();
     let s = script(
@@ -103,6 +159,7 @@ fn the_previous_round_reference_moves_to_the_policy() {
 /// resumed); every checkpoint tensor, the round and the oracle's count must be equal, and
 /// the count `used_at_split` at the split and `used` at the end.
 fn resume_matches_a_straight_run(
+    reward: &str,
     extra: &str,
     epochs: usize,
     split_at: usize,
@@ -110,7 +167,7 @@ fn resume_matches_a_straight_run(
     used: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let s = script(dir.path(), "rewards.surrogate(x0) * 10", extra);
+    let s = script(dir.path(), reward, extra);
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
     let total = format!("epochs={epochs}");
     let (mut a, _) = common::trainer(&s, &straight, &[&total]);
@@ -133,10 +190,12 @@ fn resume_matches_a_straight_run(
     let x = checkpoint::load(&straight.join(checkpoint::FILE)).unwrap();
     let y = checkpoint::load(&split.join(checkpoint::FILE)).unwrap();
     assert_eq!(x.tensors.len(), y.tensors.len());
-    assert!(
-        x.tensors.contains_key("blackbox.labels")
-            && x.tensors.keys().any(|k| k.starts_with("previous."))
-    );
+    if extra.contains("queries") {
+        assert!(
+            x.tensors.contains_key("blackbox.labels")
+                && x.tensors.keys().any(|k| k.starts_with("previous."))
+        );
+    }
     for (k, t) in &x.tensors {
         assert_eq!(
             common::max_abs_diff(t, &y.tensors[k]),
@@ -154,6 +213,7 @@ fn a_resumed_black_box_run_continues_where_it_stopped() {
     // (epoch 1 trains on the restored surrogate against the restored previous policy),
     // then starts round 2 (the restored labelled set, the oracle's count and noise).
     resume_matches_a_straight_run(
+        "rewards.surrogate(x0) * 10",
         "queries = {5, 7}, round_epochs = 2, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2",
         3,
         1,
@@ -168,10 +228,27 @@ fn a_black_box_run_resumed_after_two_rounds_restores_the_warm_started_surrogate(
     // restored surrogate is right only if every round's fit is replayed on the labels that
     // round had (a single refit on all labels gives another surrogate).
     resume_matches_a_straight_run(
+        "rewards.surrogate(x0) * 10",
         "queries = {5, 7, 6}, round_epochs = 1, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2",
         3,
         2,
         12,
         18,
+    );
+}
+
+#[test]
+fn a_resumed_oracle_run_with_evaluations_continues_where_it_stopped() {
+    // PPO+KL's way (the reward hook queries the oracle), evaluated after every epoch: an
+    // evaluation measures the oracle without drawing its label noise, so the run stopped
+    // after epoch 1 (checkpoint, then evaluation) and resumed labels epoch 2 as a straight
+    // run does.
+    resume_matches_a_straight_run(
+        "rewards.oracle(x0) * 10",
+        "oracle_budget = 100, oracle_noise = 0.01, evals = 3, eval_per_prompt = 2",
+        3,
+        1,
+        4,
+        12,
     );
 }

@@ -2,7 +2,7 @@
 //! and the test command CI runs.
 
 use sqdf::script::config::KEYS;
-use sqdf::script::experiment::REQUIRED_HOOKS;
+use sqdf::script::experiment::{OPTIONAL_HOOKS, REQUIRED_HOOKS};
 
 fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
@@ -28,7 +28,8 @@ fn every_config_key_is_documented_with_its_live_flag() {
 #[test]
 fn every_hook_is_documented() {
     let text = readme();
-    for (hook, _) in REQUIRED_HOOKS {
+    let hooks = REQUIRED_HOOKS.iter().map(|(h, _)| *h);
+    for hook in hooks.chain(OPTIONAL_HOOKS.iter().copied()) {
         assert!(
             text.contains(&format!("| `{hook}(")),
             "README does not document hook `{hook}`"

@@ -23,6 +23,9 @@ return {
     oracle = "gold",
     oracle_noise = 0.01,
     uncertainty = "bootstrap",
+    -- UCB's C1 is in the oracle's units: the paper's 0.01 on the aesthetic scale is 0.01 / SCALE
+    -- on the gold score (lambda stays the paper's 1e-3; other keys: README, "Black-box").
+    surrogate = { c1 = 0.01 / SCALE },
     buffer_reset = true,
     kl_reference = "previous", -- SEIKO: the KL to the previous round's model
     alpha = 0.5, -- SEIKO: weight 1 on the Gaussian KL's 1/2 form; ctx:kl has no 1/2

@@ -44,10 +44,12 @@ impl Oracle {
         Ok(r)
     }
 
-    /// The noisy labels without counting them: evaluations and smoke tests measure, they do
-    /// not query.
+    /// The noise-free reward, not counted: evaluations and smoke tests measure the oracle,
+    /// they do not query it. No noise is drawn, so the labels a run's queries get do not
+    /// depend on how often it is evaluated, and a run resumed from a checkpoint (saved before
+    /// its evaluation) draws the same noise as one that never stopped.
     pub fn peek(&self, x0: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
-        self.label(x0, cond, &mut self.state.lock().unwrap().1)
+        Ok((self.reward)(&x0.detach(), cond)?.detach())
     }
 
     /// The reward of detached samples plus the label noise.
@@ -102,5 +104,19 @@ mod tests {
         assert_eq!(o.used(), 3, "a refused query counts nothing");
         o.query(&x.narrow(0, 0, 2).unwrap(), None).unwrap();
         assert_eq!(o.used(), 5);
+    }
+
+    #[test]
+    fn peeking_is_noise_free_and_leaves_the_query_noise_alone() {
+        let f: TensorFn = Arc::new(|x: &Tensor, _: Option<&Tensor>| x.sum(1));
+        let x = Tensor::ones((4, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (peeked, straight) = (Oracle::new(f.clone(), 8, 0.1, 3), Oracle::new(f, 8, 0.1, 3));
+        let p = peeked.peek(&x, None).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(p, [2.0; 4], "peek returns the reward itself");
+        assert_eq!(peeked.used(), 0);
+        let a = peeked.query(&x, None).unwrap().to_vec1::<f32>().unwrap();
+        let b = straight.query(&x, None).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b, "a peek must not move the noise stream");
+        assert!(a.iter().any(|v| *v != 2.0), "queries are noisy: {a:?}");
     }
 }

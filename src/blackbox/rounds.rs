@@ -28,13 +28,20 @@ pub struct Fitted {
 }
 
 impl Fitted {
-    /// The surrogate's reward in label units, differentiable w.r.t. the features.
+    /// The surrogate's reward in label units, differentiable w.r.t. the features. The UCB
+    /// bonus is added after the prediction is mapped back: C1 sqrt(φᵀ(Σ + λI)⁻¹φ) is in the
+    /// oracle's units, as in the paper, not scaled by the labels' spread.
     pub fn reward(&self, phi: &Tensor) -> Result<Tensor> {
         let (Some(m), Some(sd)) = (&self.x_mean, &self.x_std) else {
             anyhow::bail!("the surrogate has not been fitted yet");
         };
         let z = phi.broadcast_sub(m)?.broadcast_div(sd)?;
-        Ok(self.surrogate.reward(&z)?.affine(self.y_std, self.y_mean)?)
+        let (pred, bonus) = self.surrogate.prediction_and_bonus(&z)?;
+        let pred = pred.affine(self.y_std, self.y_mean)?;
+        Ok(match bonus {
+            Some(b) => (pred + b)?,
+            None => pred,
+        })
     }
 
     fn fit(&mut self, set: &LabelledSet, seed: u64) -> Result<super::SurrogateFitReport> {
@@ -59,6 +66,28 @@ impl Fitted {
             (Some(x_mean), Some(x_std), y_mean, y_std);
         Ok(report)
     }
+}
+
+/// The surrogate's settings: the defaults (`SurrogateConfig`, the paper's C1, λ, heads),
+/// minibatches of 64 (the first rounds hold a few hundred labels; the released code's 512
+/// would give one step per epoch), then `config.surrogate`'s keys over them, and
+/// `config.uncertainty`.
+fn surrogate_config(cfg: &RunConfig) -> Result<SurrogateConfig> {
+    if cfg.surrogate.contains_key("uncertainty") {
+        anyhow::bail!("config.surrogate.uncertainty: set config.uncertainty instead");
+    }
+    let mut merged = serde_json::to_value(SurrogateConfig {
+        batch: 64,
+        ..SurrogateConfig::default()
+    })?;
+    for (k, v) in &cfg.surrogate {
+        merged[k] = v.clone();
+    }
+    let mut scfg: SurrogateConfig =
+        serde_json::from_value(merged).map_err(|e| anyhow!("config.surrogate: {e}"))?;
+    scfg.uncertainty = cfg.uncertainty.parse::<Uncertainty>()?;
+    scfg.validate().context("config.surrogate")?;
+    Ok(scfg)
 }
 
 pub struct Rounds {
@@ -106,13 +135,7 @@ impl Rounds {
             &models.device,
         )?;
         let dim = features(&probe, None)?.dim(1)?;
-        let scfg = SurrogateConfig {
-            uncertainty: cfg.uncertainty.parse::<Uncertainty>()?,
-            // Minibatches of 64: the first rounds hold a few hundred labels, and batch 512
-            // would give one step per epoch.
-            batch: 64,
-            ..SurrogateConfig::default()
-        };
+        let scfg = surrogate_config(cfg)?;
         Ok(Some(Self {
             oracle: Arc::new(Oracle::new(truth, cfg.budget(), cfg.oracle_noise, cfg.seed)),
             surrogate: Arc::new(RwLock::new(Fitted {
@@ -253,5 +276,91 @@ impl Rounds {
             "surrogate_held_out_mse": held.iter().sum::<f64>() / held.len().max(1) as f64,
             "surrogate_fit_seconds": report.seconds,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{randn, seeded};
+    use candle_core::Device;
+
+    /// A UCB surrogate fitted on `features` with labels `scale * y`.
+    fn fitted(features: &Tensor, y: &Tensor, scale: f64) -> Fitted {
+        let cfg = SurrogateConfig {
+            uncertainty: Uncertainty::Ucb,
+            epochs: 5,
+            batch: 8,
+            ..SurrogateConfig::default()
+        };
+        let mut f = Fitted {
+            surrogate: Surrogate::new(cfg, features.dim(1).unwrap(), 3, &Device::Cpu).unwrap(),
+            x_mean: None,
+            x_std: None,
+            y_mean: 0.0,
+            y_std: 1.0,
+        };
+        let mut set = LabelledSet::new(features.dim(1).unwrap());
+        set.push(features, &(y * scale).unwrap()).unwrap();
+        f.fit(&set, 5).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_ucb_bonus_is_in_reward_units_whatever_the_labels_spread() {
+        let dev = Device::Cpu;
+        let x = randn(&mut seeded(1), (40, 6), &dev).unwrap();
+        let y = randn(&mut seeded(2), 40, &dev).unwrap();
+        // Standardised, both fits see the same data and train the same network: only the
+        // map back differs. With r_s = s (pred σ + μ) + bonus, (100 r_1 - r_100) / 99 is
+        // the bonus, which must be C1 sqrt(φᵀ(Σ + λI)⁻¹φ) itself, not scaled with s.
+        let (a, b) = (fitted(&x, &y, 1.0), fitted(&x, &y, 100.0));
+        let probe = randn(&mut seeded(4), (5, 6), &dev).unwrap();
+        let (ra, rb) = (a.reward(&probe).unwrap(), b.reward(&probe).unwrap());
+        let bonus = ((ra * 100.0).unwrap() - rb).unwrap() / 99.0;
+        let z = probe
+            .broadcast_sub(a.x_mean.as_ref().unwrap())
+            .unwrap()
+            .broadcast_div(a.x_std.as_ref().unwrap())
+            .unwrap();
+        let phi = a.surrogate.ensemble().heads[0].hidden(&z).unwrap();
+        let want = a.surrogate.ucb().unwrap().bonus(&phi).unwrap();
+        let (got, want) = (
+            bonus.unwrap().to_vec1::<f32>().unwrap(),
+            want.to_vec1::<f32>().unwrap(),
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!(*w > 1e-3, "the bonus is not negligible here: {w}");
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn config_surrogate_overrides_the_defaults_and_names_a_wrong_key() {
+        let mut cfg = RunConfig {
+            uncertainty: "ucb".into(),
+            ..RunConfig::default()
+        };
+        let s = surrogate_config(&cfg).unwrap();
+        assert_eq!((s.c1, s.lambda, s.batch), (0.01, 1e-3, 64));
+        cfg.surrogate = serde_json::from_str(r#"{"c1": 0.001, "sigma": "covariance"}"#).unwrap();
+        let s = surrogate_config(&cfg).unwrap();
+        assert_eq!(
+            (s.c1, s.sigma, s.uncertainty),
+            (
+                0.001,
+                super::super::ucb::SigmaKind::Covariance,
+                Uncertainty::Ucb
+            )
+        );
+        cfg.surrogate = serde_json::from_str(r#"{"c2": 1}"#).unwrap();
+        let e = format!("{:#}", surrogate_config(&cfg).unwrap_err());
+        assert!(e.contains("config.surrogate: unknown field `c2`"), "{e}");
+        cfg.surrogate = serde_json::from_str(r#"{"lambda": 0}"#).unwrap();
+        let e = format!("{:#}", surrogate_config(&cfg).unwrap_err());
+        assert!(
+            e.contains("config.surrogate") && e.contains("lambda > 0"),
+            "{e}"
+        );
     }
 }

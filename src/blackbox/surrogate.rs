@@ -10,9 +10,10 @@
 //!   with phi its last hidden layer and Sigma over all labelled samples (`ucb.rs`);
 //! - "none": one MLP, reward = its prediction.
 //!
-//! Every fit holds out a seeded 10% (at least one row) to pick the best epoch. By default
-//! each round continues from the previous round's weights (warm start, as released);
-//! `warm_start = false` redraws the weights from the fit's seed first.
+//! Every fit holds out about 10% (at least one row) to pick the best epoch, each row in the
+//! same part at every fit. By default each round continues from the previous round's
+//! weights (warm start, as released); `warm_start = false` redraws the weights from the
+//! fit's seed first.
 
 use super::bootstrap::{Bootstrap, Combine, DEFAULT_HEADS};
 use super::dataset::{LabelledSet, Split, DEFAULT_HOLDOUT};
@@ -46,7 +47,7 @@ impl std::str::FromStr for Uncertainty {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SurrogateConfig {
     pub uncertainty: Uncertainty,
     /// Bootstrap heads ("ucb" and "none" use one MLP).
@@ -121,11 +122,14 @@ impl SurrogateConfig {
         if !(0.0..1.0).contains(&self.holdout) {
             bail!("surrogate: holdout must be in [0, 1), got {}", self.holdout);
         }
-        if self.uncertainty == Uncertainty::Ucb && !(self.lambda > 0.0 && self.clip >= 0.0) {
+        if self.uncertainty == Uncertainty::Ucb
+            && !(self.lambda > 0.0 && self.clip >= 0.0 && self.c1 >= 0.0 && self.c1.is_finite())
+        {
             bail!(
-                "surrogate: ucb needs lambda > 0 and clip >= 0, got {} and {}",
+                "surrogate: ucb needs lambda > 0, clip >= 0 and a finite c1 >= 0, got {}, {} and {}",
                 self.lambda,
-                self.clip
+                self.clip,
+                self.c1
             );
         }
         Ok(())
@@ -162,6 +166,9 @@ pub struct Surrogate {
     ensemble: Bootstrap,
     ucb: Option<UcbBonus>,
     fitted: bool,
+    /// The held-out split's seed, fixed for the surrogate's life: a row keeps its part
+    /// from fit to fit (`LabelledSet::split`).
+    split_seed: u64,
 }
 
 impl Surrogate {
@@ -174,6 +181,7 @@ impl Surrogate {
             ensemble,
             ucb: None,
             fitted: false,
+            split_seed: seed,
         })
     }
 
@@ -199,7 +207,7 @@ impl Surrogate {
         self.ucb.as_ref()
     }
 
-    /// Refits on every labelled sample: a seeded split, then each MLP (on its bootstrap
+    /// Refits on every labelled sample: the stable split (the same seed at every fit), then each MLP (on its bootstrap
     /// resample in "bootstrap"), best held-out epoch restored; in "ucb" the bonus's Sigma is
     /// rebuilt from the new phi of all labelled rows.
     pub fn fit(&mut self, set: &LabelledSet, seed: u64) -> Result<SurrogateFitReport> {
@@ -214,7 +222,7 @@ impl Surrogate {
         if !self.cfg.warm_start {
             self.ensemble.reinit(seed)?;
         }
-        let split = set.split(self.cfg.holdout, seed)?;
+        let split = set.split(self.cfg.holdout, self.split_seed)?;
         let resample = self.cfg.uncertainty == Uncertainty::Bootstrap;
         let heads = self
             .ensemble
@@ -240,17 +248,30 @@ impl Surrogate {
     }
 
     /// The reward the policy is fine-tuned on, features [N, in_dim] -> [N] (f32),
-    /// differentiable w.r.t. the features.
+    /// differentiable w.r.t. the features: the prediction plus the UCB bonus, if any.
     pub fn reward(&self, features: &Tensor) -> Result<Tensor> {
+        let (pred, bonus) = self.prediction_and_bonus(features)?;
+        Ok(match bonus {
+            Some(b) => pred.add(&b)?,
+            None => pred,
+        })
+    }
+
+    /// The reward's two parts, both differentiable: the prediction (in "bootstrap" the
+    /// heads' max or mean), in the units of the labels it was fitted on, and the UCB bonus
+    /// ("ucb" only), in the units of C1. A caller that fitted on standardised labels maps
+    /// the prediction back and adds the bonus as it is, so that C1 is in reward units
+    /// as in the paper's formula.
+    pub fn prediction_and_bonus(&self, features: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let x = self.check(features)?;
-        match self.cfg.uncertainty {
-            Uncertainty::Bootstrap => self.ensemble.reward(&x, self.cfg.combine),
+        Ok(match self.cfg.uncertainty {
+            Uncertainty::Bootstrap => (self.ensemble.reward(&x, self.cfg.combine)?, None),
             Uncertainty::Ucb => {
                 let (pred, phi) = self.ensemble.heads[0].forward_with_hidden(&x)?;
-                Ok(pred.add(&self.bonus(&phi)?)?)
+                (pred, Some(self.bonus(&phi)?))
             }
-            Uncertainty::None => Ok(self.ensemble.heads[0].forward(&x)?),
-        }
+            Uncertainty::None => (self.ensemble.heads[0].forward(&x)?, None),
+        })
     }
 
     /// The reward and its parts, detached, for logging.

@@ -76,6 +76,7 @@ pub struct RunConfig {
     pub uncertainty: String,
     pub buffer_reset: bool,
     pub kl_reference: String,
+    pub surrogate: Map<String, Json>,
     pub params: Map<String, Json>,
 }
 
@@ -118,6 +119,7 @@ impl Default for RunConfig {
             uncertainty: "bootstrap".into(),
             buffer_reset: true,
             kl_reference: "pretrained".into(),
+            surrogate: Map::new(),
             params: Map::new(),
         }
     }
@@ -296,6 +298,11 @@ pub const KEYS: &[(&str, bool, &str)] = &[
         "kl_reference",
         false,
         "the KL's reference: \"pretrained\" (SQDF) or \"previous\" (the policy at the start of the round: SEIKO)",
+    ),
+    (
+        "surrogate",
+        false,
+        "the surrogate's settings over its defaults, e.g. { c1 = 0.001, lambda = 1e-3, sigma = \"covariance\", heads = 4, combine = \"mean\", warm_start = false, epochs = 300 } (black-box)",
     ),
     (
         "params",

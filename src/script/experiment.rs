@@ -27,7 +27,10 @@ pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
     ("discount", "function(k, config) -> number"),
     ("priority", "function(state, config) -> number >= 0"),
 ];
-const OPTIONAL_HOOKS: &[&str] = &["on_epoch_end"];
+/// Hooks a script may define: `buffer_reward(x0, cond, config)`, the reward stored with each
+/// sampled trajectory (default: `reward`; a black-box script may store oracle labels), and
+/// `on_epoch_end(metrics, config)`.
+pub const OPTIONAL_HOOKS: &[&str] = &["buffer_reward", "on_epoch_end"];
 const OTHER_KEYS: &[&str] = &["config", "name", "description"];
 
 /// A differentiable function of a tensor that a task offers scripts (a reward model, say).
@@ -52,6 +55,7 @@ pub struct Script {
     loss: LuaFunction,
     discount: LuaFunction,
     priority: LuaFunction,
+    buffer_reward: Option<LuaFunction>,
     on_epoch_end: Option<LuaFunction>,
     /// The script and every file it required from disk, with the source that was loaded.
     pub sources: Vec<(PathBuf, String)>,
@@ -66,21 +70,32 @@ pub fn call_reward(
     x0: &Tensor,
     cond: &Tensor,
 ) -> LuaResult<Tensor> {
+    call_reward_hook("reward", f, cfg, x0, cond)
+}
+
+/// `call_reward` for the hook named `name`.
+fn call_reward_hook(
+    name: &str,
+    f: &LuaFunction,
+    cfg: &LuaTable,
+    x0: &Tensor,
+    cond: &Tensor,
+) -> LuaResult<Tensor> {
     let b = x0.dim(0).map_err(lua_err)?;
     let r: Value = f.call((LuaTensor(x0.clone()), LuaTensor(cond.clone()), cfg.clone()))?;
     let t = match r {
         Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
         other => {
             return Err(lua_err(format!(
-                "hook `reward` returned a {}, expected a tensor of shape [{b}]",
-                other.type_name()
+                "hook `{name}` returned {}, expected a tensor of shape [{b}]",
+                a(other.type_name())
             )))
         }
     };
     let ok = t.dims() == [b] || t.dims() == [b, 1];
     if !ok {
         return Err(lua_err(format!(
-            "hook `reward` returned a tensor of shape {:?}, expected [{b}] (one reward per sample)",
+            "hook `{name}` returned a tensor of shape {:?}, expected [{b}] (one reward per sample)",
             t.dims()
         )));
     }
@@ -112,9 +127,9 @@ impl Script {
             .map_err(|e| anyhow!("{}", describe(&e)))?;
         let Value::Table(table) = value else {
             bail!(
-                "{origin} must return a table with `config` and the hooks {}, it returned a {}",
+                "{origin} must return a table with `config` and the hooks {}, it returned {}",
                 hook_names(),
-                value.type_name()
+                a(value.type_name())
             )
         };
         for pair in table.clone().pairs::<Value, Value>() {
@@ -131,8 +146,9 @@ impl Script {
                 || OTHER_KEYS.contains(&key.as_str());
             if !known {
                 bail!(
-                    "{origin}: unknown key `{key}` in the returned table; expected config, {}, on_epoch_end",
-                    hook_names()
+                    "{origin}: unknown key `{key}` in the returned table; expected config, {}, {}",
+                    hook_names(),
+                    OPTIONAL_HOOKS.join(", ")
                 );
             }
         }
@@ -159,14 +175,17 @@ impl Script {
             .iter()
             .map(|(n, what)| hook(n, what))
             .collect::<Result<_>>()?;
-        let on_epoch_end = match table.get::<Value>("on_epoch_end")? {
-            Value::Nil => None,
-            Value::Function(f) => Some(f),
-            other => bail!(
-                "{origin}: hook `on_epoch_end` must be a function, got a {}",
-                other.type_name()
-            ),
+        let optional = |name: &str| -> Result<Option<LuaFunction>> {
+            match table.get::<Value>(name)? {
+                Value::Nil => Ok(None),
+                Value::Function(f) => Ok(Some(f)),
+                other => bail!(
+                    "{origin}: hook `{name}` must be a function, got a {}",
+                    other.type_name()
+                ),
+            }
         };
+        let (buffer_reward, on_epoch_end) = (optional("buffer_reward")?, optional("on_epoch_end")?);
         let config_table = config.to_lua(&lua)?;
         let mut sources = vec![(path.to_path_buf(), src)];
         sources.extend(required.0.lock().unwrap().iter().cloned());
@@ -179,6 +198,7 @@ impl Script {
             loss: hooks[1].clone(),
             discount: hooks[2].clone(),
             priority: hooks[3].clone(),
+            buffer_reward,
             on_epoch_end,
             sources,
             budget,
@@ -244,6 +264,17 @@ impl Script {
     pub fn reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
         self.budget.reset();
         call_reward(&self.reward, &self.config_table, x0, cond).map_err(|e| self.fail("reward", e))
+    }
+
+    /// buffer_reward(x0, cond) if the script defines it, else reward(x0, cond): the reward
+    /// stored with each sampled trajectory (its priority's and DDPO's advantages' input).
+    pub fn buffer_reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let Some(f) = &self.buffer_reward else {
+            return self.reward(x0, cond);
+        };
+        self.budget.reset();
+        call_reward_hook("buffer_reward", f, &self.config_table, x0, cond)
+            .map_err(|e| self.fail("buffer_reward", e))
     }
 
     /// The reward hook itself, for a loss context.
@@ -359,9 +390,19 @@ impl Script {
         self.lua.set_app_data(env);
     }
 
+    pub fn has_buffer_reward(&self) -> bool {
+        self.buffer_reward.is_some()
+    }
+
     pub fn has_on_epoch_end(&self) -> bool {
         self.on_epoch_end.is_some()
     }
+}
+
+/// A Lua type name with its article: "a number", "an integer".
+fn a(type_name: &str) -> String {
+    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
 fn hook_names() -> String {

@@ -65,6 +65,9 @@ fn smoke_loss(
         discount,
     )?;
     script.reward(&x, &batch.cond)?;
+    if script.has_buffer_reward() {
+        script.buffer_reward(&x, &batch.cond)?;
+    }
     let ctx = LossContext {
         models: models.clone(),
         reward: script.reward_fn(),

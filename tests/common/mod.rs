@@ -21,8 +21,13 @@ pub fn tiny_config() -> ToyMlpConfig {
     }
 }
 
-/// The largest absolute difference between two tensors of the same shape.
+/// The largest absolute difference between two tensors of the same shape (0 for two empty
+/// ones).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    if a.elem_count() == 0 {
+        return 0.0;
+    }
     let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
     let d = f(a).sub(&f(b)).unwrap().abs().unwrap();
     d.flatten_all()

@@ -5,7 +5,8 @@ use super::*;
 
 impl Trainer {
     /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
-    /// by the script's `reward` and stored with their priorities. Returns the rewards.
+    /// by the script's `buffer_reward` (its `reward` unless it has one) and stored with their
+    /// priorities. Returns the rewards.
     pub fn collect(&mut self) -> Result<Vec<f32>> {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
@@ -31,7 +32,7 @@ impl Trainer {
             if r.log_probs.len() == steps {
                 log_probs.extend(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?);
             }
-            rewards.extend(self.script.reward(&r.x0, &ct)?.to_vec1::<f32>()?);
+            rewards.extend(self.script.buffer_reward(&r.x0, &ct)?.to_vec1::<f32>()?);
             traj.extend(
                 Tensor::stack(&r.states, 1)?
                     .to_device(&Device::Cpu)?
