@@ -238,3 +238,187 @@ fn ddpo_kl_takes_alpha_times_the_step_kl_off_the_advantage() {
         "{diff} != 0.5 * {mean_kl}"
     );
 }
+
+/// KL(p_θ || p') (released form) of each stored step i = 0..T-1, averaged over the batch.
+fn step_kls(t: &Trainer, traj: &Trajectories) -> Vec<f64> {
+    let ctx = t.context();
+    (0..traj.steps())
+        .map(|i| {
+            let b = traj.at(i).unwrap();
+            let (p, q) = (ctx.step(&b, true).unwrap(), ctx.step(&b, false).unwrap());
+            scalar(
+                &gaussian_kl(&p.mean, &q.mean, &p.sigma, KlForm::Released)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn draft_kl_samples_the_early_steps_kl_scaled_to_their_number() {
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped default: kl_steps = 4 random ones of the T - K = 7 early steps, scaled by
+    // 7/4, plus the last step's own KL. The loss must match one 4-subset exactly.
+    let script = baseline_script(
+        dir.path(),
+        "draft",
+        "loss",
+        ", alpha = 0.5, params = { K = 1, kl_steps = 4 }",
+    );
+    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
+    let k = step_kls(&t, &traj);
+    let subsets: Vec<f64> = (0u32..128)
+        .filter(|m| m.count_ones() == 4)
+        .map(|m| {
+            0.5 * (k[7]
+                + 7.0 / 4.0
+                    * (0..7)
+                        .filter(|i| m >> i & 1 == 1)
+                        .map(|i| k[i])
+                        .sum::<f64>())
+        })
+        .collect();
+    for _ in 0..5 {
+        let diff = kl_part_of_the_loss(&t, &traj);
+        let nearest = subsets
+            .iter()
+            .map(|s| (diff - s).abs())
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            nearest < 1e-6 * (1.0 + diff.abs()),
+            "{diff} matches no 4-subset: {subsets:?}"
+        );
+    }
+}
+
+#[test]
+fn ddpo_kl_is_detached_so_its_gradient_is_the_advantage_shift_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = baseline_script(
+        dir.path(),
+        "ddpo",
+        "loss",
+        ", alpha = 0.5, params = { min_count = 2, timestep_fraction = 1 }",
+    );
+    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
+    let at = |alpha| {
+        t.script
+            .loss(traj.clone(), with_alpha(t.context(), alpha))
+            .unwrap()
+            .loss
+    };
+    let (with_kl, without) = (grads(&t, &at(0.5)), grads(&t, &at(0.0)));
+    // On the policy's own batch (ratio 1, inside the clip) the KL variant's loss is larger by
+    // mean_t mean_b alpha KL_t.detach() ratio_t: its gradient flows through the ratio alone.
+    let ctx = t.context();
+    let mut shift = Tensor::zeros((), DType::F32, &t.models.device).unwrap();
+    for i in 0..traj.steps() {
+        let b = traj.at(i).unwrap();
+        let (p, q) = (ctx.step(&b, true).unwrap(), ctx.step(&b, false).unwrap());
+        let kl = gaussian_kl(&p.mean, &q.mean, &p.sigma, KlForm::Released)
+            .unwrap()
+            .detach();
+        let lp = sqdf::diffusion::log_prob::gaussian_log_prob(&b.next, &p.mean, &p.sigma).unwrap();
+        let ratio = (lp - &b.log_prob).unwrap().exp().unwrap();
+        let term = (kl * ratio).unwrap().mean_all().unwrap() * 0.5;
+        shift = (shift + term.unwrap()).unwrap();
+    }
+    let shift = (shift / traj.steps() as f64).unwrap();
+    let expected = grads(&t, &shift);
+    for ((a, b), e) in with_kl.iter().zip(&without).zip(&expected) {
+        let d = (a - b).unwrap();
+        let scale = scalar(&e.abs().unwrap().flatten_all().unwrap().max(0).unwrap()).max(1e-8);
+        assert!(
+            max_abs_diff(&d, e) / scale < 1e-3,
+            "gradients differ: {d} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn refl_takes_its_gradient_step_in_the_last_fifth_of_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = baseline_script(dir.path(), "refl", "loss", "");
+    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
+    t.collect().unwrap();
+    let traj = latest(&t);
+    // T = 8: floor(0.8 T) = 6, so step 6 or 7 (ReFL's [40, 50) of 50, scaled).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let out = t.script.loss(traj.clone(), t.context()).unwrap();
+        seen.insert(out.stats["step"] as usize);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [6, 7]);
+}
+
+#[test]
+fn ddpo_advantages_are_normalised_per_prompt_over_its_newest_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_digits_weights(dir.path());
+    // Digits (10 prompts), two batches of 16: some prompts have 3 or more rewards (their
+    // newest 3 give the statistics), the others fall back to the batch's.
+    let src = digits_script(
+        &w,
+        "batch = 16, capacity = 32, update_on = \"trajectories\", params = { min_count = 3, buffer_size = 3, adv_clip = 100 }",
+    )
+    .replace(
+        "local sqdf = require(\"sqdf\")",
+        "local sqdf = require(\"sqdf\")\nlocal ddpo = require(\"baselines.ddpo\")",
+    )
+    .replace(
+        "loss = sqdf.loss,",
+        r#"loss = function(traj, ctx)
+    local st = {}
+    for j, a in ipairs(ddpo.advantages(traj, ctx):totable()) do
+      st["adv" .. j] = a
+    end
+    return ctx:policy_step(traj:at(0)).mean:sum() * 0, st
+  end,"#,
+    );
+    let s = write_script(dir.path(), "adv.lua", &src);
+    let (mut t, _) = trainer(&s, &dir.path().join("run"), &[]);
+    t.collect().unwrap();
+    t.collect().unwrap();
+    let out = t.script.loss(latest(&t), t.context()).unwrap();
+    let (conds, rewards) = t.buffer.rewards_in_push_order();
+    let batch: Vec<(u32, f32)> = conds[16..]
+        .iter()
+        .copied()
+        .zip(rewards[16..].iter().copied())
+        .collect();
+    let stats = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64 - m * m;
+        (m, var.max(0.0).sqrt())
+    };
+    let whole: Vec<f64> = batch.iter().map(|(_, r)| *r as f64).collect();
+    let mut per_prompt_used = 0;
+    for (j, (c, r)) in batch.iter().enumerate() {
+        let newest: Vec<f64> = conds
+            .iter()
+            .zip(&rewards)
+            .rev()
+            .filter(|(cc, _)| *cc == c)
+            .take(3)
+            .map(|(_, r)| *r as f64)
+            .collect();
+        let (m, sd) = if newest.len() >= 3 {
+            per_prompt_used += 1;
+            stats(&newest)
+        } else {
+            stats(&whole)
+        };
+        let want = (*r as f64 - m) / (sd + 1e-6);
+        let got = out.stats[&format!("adv{}", j + 1)];
+        assert!(
+            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+            "sample {j}: {got} vs {want}"
+        );
+    }
+    assert!(
+        per_prompt_used > 0 && per_prompt_used < 16,
+        "both cases: {per_prompt_used} of 16"
+    );
+}
