@@ -36,15 +36,22 @@ const COLUMNS: [(&str, Source, f64, usize); 11] = [
 ];
 
 /// The table's columns: "queries used" only when some run had an oracle (a black-box
-/// comparison); every other column always, so a metric no run reported shows as "–".
+/// comparison); every other column always, so a metric no run reported shows as "–". In a
+/// black-box comparison the gold score is the oracle's noise-free reward (Table 1's
+/// "oracle reward"), and the header says so: "target reward" there is each method's own.
 fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
+    let black_box = results
+        .iter()
+        .any(|r| metric(&r.after, "queries_used").is_some());
     COLUMNS
         .into_iter()
         .filter(|(_, source, _, _)| match source {
-            Source::After(k @ "queries_used") => {
-                results.iter().any(|r| metric(&r.after, k).is_some())
-            }
+            Source::After("queries_used") => black_box,
             _ => true,
+        })
+        .map(|(h, source, scale, decimals)| match (h, black_box) {
+            ("gold", true) => ("oracle reward (gold)", source, scale, decimals),
+            _ => (h, source, scale, decimals),
         })
         .collect()
 }
@@ -385,6 +392,21 @@ pub(super) mod tests {
         assert_eq!(c[3], "–");
         assert_eq!(c[9], "–");
         assert_eq!(c[10], "2.0 (n=1)");
+    }
+
+    #[test]
+    fn a_black_box_table_counts_queries_and_names_gold_the_oracle_reward() {
+        let header = |t: String| cells(t.lines().next().unwrap());
+        let plain = header(table(&[run("SQDF", 0, None, 1.0)]));
+        assert_eq!(plain[3], "gold");
+        assert!(!plain.contains(&"queries used".to_string()));
+        let mut bb = run("SQDF-UCB", 0, None, 1.0);
+        bb.after["queries_used"] = json!(1920);
+        let t = table(&[bb]);
+        let h = header(t.clone());
+        assert_eq!(h[3], "oracle reward (gold)");
+        assert_eq!(h.last().unwrap(), "queries used");
+        assert_eq!(cells(t.lines().nth(2).unwrap()).last().unwrap(), "1,920");
     }
 
     #[test]
