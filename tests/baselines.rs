@@ -155,21 +155,6 @@ fn ddpo_ratio_is_one_on_the_first_ppo_epoch_only() {
     );
 }
 
-/// Σ_t KL(p_θ(·|x_t) || p'(·|x_t)) (released form) per trajectory, over all T stored states.
-fn summed_kl(t: &Trainer, traj: &Trajectories) -> Tensor {
-    let ctx = t.context();
-    let mut sum = Tensor::zeros(traj.size(), DType::F32, &t.models.device).unwrap();
-    for i in 0..traj.steps() {
-        let b = traj.at(i).unwrap();
-        let p = ctx.step(&b, true).unwrap();
-        let q = ctx.step(&b, false).unwrap();
-        sum = sum
-            .add(&gaussian_kl(&p.mean, &q.mean, &p.sigma, KlForm::Released).unwrap())
-            .unwrap();
-    }
-    sum
-}
-
 /// A trainer one update away from the reference (so the KL is not zero) that has then
 /// sampled a fresh batch: the first update on it re-takes the policy's own actions (ratio 1,
 /// no fresh noise in DRaFT's loss). Returns it with that batch.
@@ -182,17 +167,28 @@ fn moved_then_fresh(script: &std::path::Path, out: &std::path::Path) -> (Trainer
     (t, traj)
 }
 
+/// The script's loss on `traj` with config.alpha = `alpha`.
+fn loss_at(t: &Trainer, traj: &Trajectories, alpha: f64) -> Tensor {
+    t.script
+        .loss(traj.clone(), with_alpha(t.context(), alpha))
+        .unwrap()
+        .loss
+}
+
 /// loss(alpha = 0.5) - loss(alpha = 0) on the same trajectories.
 fn kl_part_of_the_loss(t: &Trainer, traj: &Trajectories) -> f64 {
-    let at = |alpha| {
-        scalar(
-            &t.script
-                .loss(traj.clone(), with_alpha(t.context(), alpha))
-                .unwrap()
-                .loss,
-        )
-    };
-    at(0.5) - at(0.0)
+    scalar(&loss_at(t, traj, 0.5)) - scalar(&loss_at(t, traj, 0.0))
+}
+
+/// DDPO+KL (alpha 0.5, every step) one update away from the reference, on a fresh batch.
+fn ddpo_kl(dir: &std::path::Path) -> (Trainer, Trajectories) {
+    let script = baseline_script(
+        dir,
+        "ddpo",
+        "loss",
+        ", alpha = 0.5, params = { min_count = 2, timestep_fraction = 1 }",
+    );
+    moved_then_fresh(&script, &dir.join("run"))
 }
 
 #[test]
@@ -207,7 +203,7 @@ fn draft_kl_adds_alpha_times_the_summed_kl() {
     );
     let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
     let diff = kl_part_of_the_loss(&t, &traj);
-    let kl = scalar(&summed_kl(&t, &traj).mean_all().unwrap());
+    let kl: f64 = step_kls(&t, &traj).iter().sum();
     assert!(kl > 1e-6, "the KL should be positive after an update: {kl}");
     assert!(
         (diff - 0.5 * kl).abs() < 1e-5 * (1.0 + kl),
@@ -218,17 +214,11 @@ fn draft_kl_adds_alpha_times_the_summed_kl() {
 #[test]
 fn ddpo_kl_takes_alpha_times_the_step_kl_off_the_advantage() {
     let dir = tempfile::tempdir().unwrap();
-    let script = baseline_script(
-        dir.path(),
-        "ddpo",
-        "loss",
-        ", alpha = 0.5, params = { min_count = 2, timestep_fraction = 1 }",
-    );
     // On the policy's own batch the ratio is 1: loss = mean_t mean_b -(A - alpha KL_t), so the KL
     // version is larger by alpha times the per-step KL averaged over steps and samples.
-    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
+    let (t, traj) = ddpo_kl(dir.path());
     let diff = kl_part_of_the_loss(&t, &traj);
-    let mean_kl = scalar(&summed_kl(&t, &traj).mean_all().unwrap()) / traj.steps() as f64;
+    let mean_kl = step_kls(&t, &traj).iter().sum::<f64>() / traj.steps() as f64;
     assert!(
         mean_kl > 1e-6,
         "the KL should be positive after an update: {mean_kl}"
@@ -296,20 +286,11 @@ fn draft_kl_samples_the_early_steps_kl_scaled_to_their_number() {
 #[test]
 fn ddpo_kl_is_detached_so_its_gradient_is_the_advantage_shift_only() {
     let dir = tempfile::tempdir().unwrap();
-    let script = baseline_script(
-        dir.path(),
-        "ddpo",
-        "loss",
-        ", alpha = 0.5, params = { min_count = 2, timestep_fraction = 1 }",
+    let (t, traj) = ddpo_kl(dir.path());
+    let (with_kl, without) = (
+        grads(&t, &loss_at(&t, &traj, 0.5)),
+        grads(&t, &loss_at(&t, &traj, 0.0)),
     );
-    let (t, traj) = moved_then_fresh(&script, &dir.path().join("run"));
-    let at = |alpha| {
-        t.script
-            .loss(traj.clone(), with_alpha(t.context(), alpha))
-            .unwrap()
-            .loss
-    };
-    let (with_kl, without) = (grads(&t, &at(0.5)), grads(&t, &at(0.0)));
     // On the policy's own batch (ratio 1, inside the clip) the KL variant's loss is larger by
     // mean_t mean_b alpha KL_t.detach() ratio_t: its gradient flows through the ratio alone.
     let ctx = t.context();

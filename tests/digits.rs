@@ -82,6 +82,41 @@ fn a_short_digits_run_trains_the_adapters() {
 }
 
 #[test]
+fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
+    // eval_per_prompt 8 = the along-training count: the final epoch's point is eval.json's
+    // `after` (KL included), not a second sampling of the same 80 images; at 4 per prompt
+    // the final epoch has its own smaller evaluation (no KL).
+    for (per_prompt, shared) in [(8, true), (4, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let w = common::tiny_digits_weights(dir.path());
+        let extra =
+            format!("evals = 2, epochs = 2, updates_per_epoch = 1, eval_per_prompt = {per_prompt}");
+        let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, &extra));
+        let run = dir.path().join("run");
+        let (mut t, _) = common::trainer(&script, &run, &[]);
+        let eval = t.run().unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("evals.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let epochs: Vec<u64> = lines.iter().map(|l| l["epoch"].as_u64().unwrap()).collect();
+        assert_eq!(epochs, [0, 1, 2]);
+        let last = &lines[2];
+        let png = run.join("along_training").join("samples_epoch_002.png");
+        if shared {
+            assert_eq!(last["reward"], eval["after"]["reward"]);
+            assert!(last["kl"].as_f64().is_some(), "{last}");
+            assert!(!png.exists());
+        } else {
+            assert_ne!(last["reward"], eval["after"]["reward"]);
+            assert!(last["kl"].is_null(), "{last}");
+            assert!(png.exists());
+        }
+    }
+}
+
+#[test]
 fn the_evaluation_is_repeatable_for_a_fixed_seed() {
     let dir = tempfile::tempdir().unwrap();
     let w = common::tiny_digits_weights(dir.path());

@@ -3,10 +3,13 @@
 -- final sampling steps, with the KL taken against the previous round's model
 -- (config.kl_reference = "previous").
 --
--- SEIKO's code (online/online_main.py): DDIM 50 steps with eta 1, the UNet's output detached
--- before a step drawn uniformly from 0..50 and redrawn at every step; lr 1e-3, AdamW weight
--- decay 0.1, 10 updates of 64 per round; loss 0.01 |r - 10| + 0.01 KL, i.e. a KL weight of 1
--- relative to the reward, the KL summed over the steps with the 1/2 of the Gaussian KL.
+-- The SQDF paper (D.1.2) takes SEIKO's official settings: alpha = 0.01, 5 inner iterations
+-- of 64 samples, K uniform in (0, 50). SEIKO's code (online/online_main.py): DDIM 50 steps
+-- with eta 1, the UNet's output detached before a step drawn uniformly from 0..50 and
+-- redrawn at every step; lr 1e-3, AdamW weight decay 0.1, 10 updates of 64 per round; loss
+-- 0.01 |r - 10| + 0.01 KL: the paper's alpha = 0.01 beside a reward also scaled by 0.01, a
+-- KL weight of 1 relative to the reward, the KL summed over the steps with the Gaussian
+-- KL's 1/2.
 -- Here: the gradient runs through the last K steps, K uniform in 1..params.K_max per update
 -- (the issue's "random number of final steps"; K_max below 50 bounds memory on a CPU), and
 -- the KL of the other steps is estimated from params.kl_steps random ones (DRaFT+KL's way).

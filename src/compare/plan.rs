@@ -96,9 +96,13 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
     } else {
         Json::Object(Map::new())
     };
-    let seed_list = seeds(&q, &at)?
-        .or(seeds(&j, &at)?)
-        .unwrap_or_else(|| vec![0]);
+    let seed_list = match (quick, seeds(&q, &at)?) {
+        (_, Some(s)) => s,
+        // --quick is a smoke check: one seed unless its table names others.
+        (true, None) => vec![0],
+        // The paper's three seeds unless the file names others.
+        (false, None) => seeds(&j, &at)?.unwrap_or_else(|| vec![0, 1, 2]),
+    };
     let evals = q
         .get("evals")
         .or(j.get("evals"))
@@ -199,4 +203,39 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
             .to_string(),
         runs: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_default_to_three_and_quick_to_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        let file = dir.path().join("cmp.lua");
+        let write = |extra: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "return {{ {extra} quick = {{ evals = 1 }}, runs = {{ {{ label = \"A\", script = \"a.lua\" }} }} }}"
+                ),
+            )
+            .unwrap()
+        };
+        let seeds = |quick| -> Vec<u64> {
+            load(&file, quick)
+                .unwrap()
+                .runs
+                .iter()
+                .map(|r| r.seed)
+                .collect()
+        };
+        write("");
+        assert_eq!(seeds(false), [0, 1, 2]);
+        assert_eq!(seeds(true), [0]);
+        write("seeds = { 4, 5 },");
+        assert_eq!(seeds(false), [4, 5]);
+        assert_eq!(seeds(true), [0], "--quick keeps to one seed");
+    }
 }

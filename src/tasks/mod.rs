@@ -120,6 +120,13 @@ pub trait Task: Send + Sync {
         log: &RunLog,
         along: bool,
     ) -> Result<serde_json::Value>;
+
+    /// Whether the evaluation after training draws the very samples an evaluation along
+    /// training would (same count, same noise): the run then takes its last along-training
+    /// point from the evaluation after instead of sampling them twice.
+    fn along_equals_after(&self, _cfg: &crate::script::RunConfig) -> bool {
+        false
+    }
 }
 
 /// `sqdf pretrain TARGET`: a task's base model, or one of its evaluation or reward networks.

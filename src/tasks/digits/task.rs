@@ -231,6 +231,11 @@ impl Task for DigitsTask {
         (0..n).map(|_| rng.random_range(0..10)).collect()
     }
 
+    /// Both use the fixed evaluation seed; along training the count is PER_PROMPT_ALONG.
+    fn along_equals_after(&self, cfg: &crate::script::RunConfig) -> bool {
+        cfg.eval_per_prompt == super::evaluate::PER_PROMPT_ALONG
+    }
+
     fn evaluate(
         &self,
         models: &TaskModels,

@@ -192,6 +192,9 @@ impl Trainer {
             t.restore(&dir)?;
         }
         t.recompute_priorities()?;
+        if let Some(w) = unstarted_rounds(&t.script.config) {
+            t.log.warn(w);
+        }
         if t.opts.watch {
             match ScriptWatcher::new().and_then(|mut w| w.watch(&t.source_paths()).map(|_| w)) {
                 Ok(w) => t.watcher = Some(w),
@@ -236,5 +239,48 @@ impl Trainer {
             update: self.updates_since_collect + 1,
             buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
         }
+    }
+}
+
+/// A warning when black-box rounds would start after the last epoch: their queries would
+/// go unused (a run may be resumed with more epochs, so not an error).
+fn unstarted_rounds(cfg: &config::RunConfig) -> Option<String> {
+    let started = cfg.epochs.div_ceil(cfg.round_epochs.max(1));
+    let left = cfg.queries.get(started..).filter(|q| !q.is_empty())?;
+    Some(format!(
+        "config.queries has {} rounds of {} epochs, but epochs = {}: rounds {}..{} never start and their {} queries go unused",
+        cfg.queries.len(),
+        cfg.round_epochs,
+        cfg.epochs,
+        started + 1,
+        cfg.queries.len(),
+        left.iter().sum::<usize>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_past_the_last_epoch_are_named() {
+        let cfg = |epochs| config::RunConfig {
+            queries: vec![128, 256, 512, 1024],
+            round_epochs: 5,
+            epochs,
+            ..config::RunConfig::default()
+        };
+        assert_eq!(unstarted_rounds(&cfg(20)), None);
+        assert_eq!(
+            unstarted_rounds(&cfg(16)),
+            None,
+            "round 4 starts at epoch 15"
+        );
+        let w = unstarted_rounds(&cfg(10)).unwrap();
+        assert!(
+            w.contains("rounds 3..4 never start and their 1536 queries"),
+            "{w}"
+        );
+        assert_eq!(unstarted_rounds(&config::RunConfig::default()), None);
     }
 }

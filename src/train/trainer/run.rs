@@ -55,6 +55,15 @@ impl Trainer {
             &self.log,
             false,
         )?;
+        let cfg = self.script.config.clone();
+        if cfg.evals > 0 && self.task.along_equals_after(&cfg) && !self.evals.has(self.epoch) {
+            // The last along-training point (skipped in `evaluate_along`) is this evaluation.
+            let mut m = after.clone();
+            if let Some(r) = &self.rounds {
+                m["queries_used"] = json!(r.oracle.used());
+            }
+            self.evals.append(self.epoch, &m)?;
+        }
         let mut eval = json!({
             "before": before,
             "after": after,
@@ -116,6 +125,10 @@ impl Trainer {
         if !along_training::eval_epochs(cfg.epochs, cfg.evals).contains(&self.epoch)
             || self.evals.has(self.epoch)
         {
+            return Ok(());
+        }
+        if self.epoch == cfg.epochs && self.task.along_equals_after(cfg) {
+            // The evaluation after training draws these very samples; `run` records it here.
             return Ok(());
         }
         let m = self.evaluate_along_with(self.models.policy.as_ref(), self.epoch)?;
