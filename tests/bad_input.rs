@@ -124,6 +124,18 @@ fn script_mistakes_are_reported_with_file_and_line() {
         dir,
         &["hook `loss` failed", "runtime.lua:7:"],
     );
+    expect_error(
+        "surrogate_without_oracle",
+        &common::standard_script(&w, "surrogate = { c1 = 0.1 }"),
+        dir,
+        &["config.surrogate applies to black-box runs only"],
+    );
+    expect_error(
+        "hook_not_a_function",
+        &good.replace("discount = sqdf.discount,", "discount = 3,"),
+        dir,
+        &["hook `discount` must be a function", "got an integer"],
+    );
     expect_error("not_a_table", "return 42\n", dir, &["must return a table"]);
     expect_error(
         "no_module",

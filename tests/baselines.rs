@@ -403,3 +403,30 @@ fn ddpo_advantages_are_normalised_per_prompt_over_its_newest_rewards() {
         "both cases: {per_prompt_used} of 16"
     );
 }
+
+#[test]
+fn seiko_draws_one_k_per_update_shared_by_its_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = baseline_script(
+        dir.path(),
+        "seiko",
+        "loss",
+        ", micro_batch = 2, params = { K_max = 8, kl_steps = 2 }",
+    );
+    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
+    t.collect().unwrap();
+    // Batch 6 in 3 micro-batches: the logged K is their weighted mean, a whole number only
+    // if they drew the same K (three independent draws would rarely all average to one).
+    let ks: Vec<f64> = (0..8)
+        .map(|_| t.update().unwrap().expect("a finite update").stats["K"])
+        .collect();
+    assert!(
+        ks.iter()
+            .all(|k| (k - k.round()).abs() < 1e-9 && (1.0..=8.0).contains(&k.round())),
+        "{ks:?}"
+    );
+    assert!(
+        ks.iter().any(|k| *k != ks[0]),
+        "K is redrawn per update: {ks:?}"
+    );
+}

@@ -17,16 +17,13 @@ local draft = require("baselines.draft")
 local M = {}
 
 -- K of the update in progress: with config.micro_batch the loss is called once per
--- micro-batch, and all of an update's micro-batches take the same K.
-local drawn = { update = nil, K = nil }
+-- micro-batch, and all of an update's micro-batches take the K drawn at its first.
+local K = nil
 
 function M.loss(traj, ctx)
-  local update = ctx.epoch .. ":" .. ctx.update
-  if drawn.update ~= update then
-    drawn.update = update
-    drawn.K = math.random(1, math.min(ctx.config.params.K_max or 50, traj.steps))
+  if ctx.micro_batch == 1 or not K then
+    K = math.random(1, math.min(ctx.config.params.K_max or 50, traj.steps))
   end
-  local K = drawn.K
   local loss, stats = draft.loss_k(traj, ctx, K)
   stats.K = K
   return loss, stats

@@ -153,7 +153,8 @@ impl Rounds {
     }
 
     /// `rewards.surrogate(x0)` (the surrogate's optimistic reward, differentiable; 0 before
-    /// the first fit) and `rewards.oracle(x0)` (noisy, detached, counted while sampling).
+    /// the first fit) and `rewards.oracle(x0)` (detached; noisy and counted while the trainer
+    /// samples, noise-free and uncounted otherwise).
     pub fn rewards(&self) -> Vec<(String, TensorFn)> {
         let (s, f) = (self.surrogate.clone(), self.features.clone());
         let (o, counting) = (self.oracle.clone(), self.counting.clone());

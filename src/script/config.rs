@@ -480,7 +480,7 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 17] = [
+        let checks: [(bool, &str); 18] = [
             (
                 ["bootstrap", "ucb", "none"].contains(&self.uncertainty.as_str()),
                 "config.uncertainty must be \"bootstrap\", \"ucb\" or \"none\"",
@@ -488,6 +488,10 @@ impl RunConfig {
             (
                 ["pretrained", "previous"].contains(&self.kl_reference.as_str()),
                 "config.kl_reference must be \"pretrained\" or \"previous\"",
+            ),
+            (
+                self.surrogate.is_empty() || self.is_black_box(),
+                "config.surrogate applies to black-box runs only (config.queries or config.oracle_budget)",
             ),
             (
                 self.queries.is_empty() || self.round_epochs >= 1,

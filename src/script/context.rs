@@ -30,6 +30,9 @@ pub struct LossContext {
     /// 1 for the first update after the epoch's trajectories were sampled, 2 for the next...
     /// (an on-policy loss knows whether its stored actions are still the policy's own).
     pub update: usize,
+    /// 1 for the first micro-batch of this update (`config.micro_batch`), 2 for the next...:
+    /// a loss that draws one random choice per update (SEIKO's K) draws it at 1.
+    pub micro_batch: usize,
     /// (condition, final reward) of every trajectory in the replay buffer, oldest first.
     pub buffer_rewards: Arc<(Vec<u32>, Vec<f32>)>,
 }
@@ -181,6 +184,7 @@ impl UserData for LossContext {
         f.add_field_method_get("config", |_, c| Ok(c.config.clone()));
         f.add_field_method_get("epoch", |_, c| Ok(c.epoch));
         f.add_field_method_get("update", |_, c| Ok(c.update));
+        f.add_field_method_get("micro_batch", |_, c| Ok(c.micro_batch));
         f.add_field_method_get("steps", |_, c| Ok(c.models.sampler.steps()));
     }
 

@@ -156,8 +156,8 @@ impl Script {
             Value::Nil => None,
             Value::Table(t) => Some(t),
             other => bail!(
-                "{origin}: `config` must be a table, got a {}",
-                other.type_name()
+                "{origin}: `config` must be a table, got {}",
+                a(other.type_name())
             ),
         };
         let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, &origin)?;
@@ -166,8 +166,8 @@ impl Script {
                 Value::Function(f) => Ok(f),
                 Value::Nil => bail!("{origin}: missing hook `{name}`: {what}"),
                 other => bail!(
-                    "{origin}: hook `{name}` must be a function ({what}), got a {}",
-                    other.type_name()
+                    "{origin}: hook `{name}` must be a function ({what}), got {}",
+                    a(other.type_name())
                 ),
             }
         };
@@ -180,8 +180,8 @@ impl Script {
                 Value::Nil => Ok(None),
                 Value::Function(f) => Ok(Some(f)),
                 other => bail!(
-                    "{origin}: hook `{name}` must be a function, got a {}",
-                    other.type_name()
+                    "{origin}: hook `{name}` must be a function, got {}",
+                    a(other.type_name())
                 ),
             }
         };

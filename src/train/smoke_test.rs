@@ -78,6 +78,7 @@ fn smoke_loss(
         origin: script.path.display().to_string(),
         x0_steps: script.config.x0_steps,
         update: 1,
+        micro_batch: 1,
         buffer_rewards: Arc::new((vec![cond; n], (0..n).map(|i| i as f32).collect())),
     };
     let out = match script.config.update_on {

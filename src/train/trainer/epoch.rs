@@ -79,6 +79,10 @@ impl Trainer {
         let units = refs.len().max(slots.len());
         for start in (0..units).step_by(micro) {
             let len = micro.min(units - start);
+            let ctx = LossContext {
+                micro_batch: start / micro + 1,
+                ..self.context()
+            };
             let out = match cfg.update_on {
                 UpdateOn::States => {
                     let batch = Batch::gather(
@@ -88,7 +92,7 @@ impl Trainer {
                         &self.discounts,
                         &m.device,
                     )?;
-                    self.script.loss(batch, self.context())?
+                    self.script.loss(batch, ctx)?
                 }
                 UpdateOn::Trajectories => {
                     let traj = Trajectories::from_buffer(
@@ -98,7 +102,7 @@ impl Trainer {
                         &self.discounts,
                         &m.device,
                     )?;
-                    self.script.loss(traj, self.context())?
+                    self.script.loss(traj, ctx)?
                 }
             };
             let w = len as f64 / units as f64;

@@ -237,6 +237,7 @@ impl Trainer {
             origin: self.script.path.display().to_string(),
             x0_steps: self.script.config.x0_steps,
             update: self.updates_since_collect + 1,
+            micro_batch: 1,
             buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
         }
     }
@@ -247,13 +248,19 @@ impl Trainer {
 fn unstarted_rounds(cfg: &config::RunConfig) -> Option<String> {
     let started = cfg.epochs.div_ceil(cfg.round_epochs.max(1));
     let left = cfg.queries.get(started..).filter(|q| !q.is_empty())?;
+    let which = match left.len() {
+        1 => format!("round {} never starts and its", started + 1),
+        _ => format!(
+            "rounds {}..{} never start and their",
+            started + 1,
+            cfg.queries.len()
+        ),
+    };
     Some(format!(
-        "config.queries has {} rounds of {} epochs, but epochs = {}: rounds {}..{} never start and their {} queries go unused",
+        "config.queries has {} rounds of {} epochs, but epochs = {}: {which} {} queries go unused",
         cfg.queries.len(),
         cfg.round_epochs,
         cfg.epochs,
-        started + 1,
-        cfg.queries.len(),
         left.iter().sum::<usize>()
     ))
 }
@@ -271,6 +278,11 @@ mod tests {
             ..config::RunConfig::default()
         };
         assert_eq!(unstarted_rounds(&cfg(20)), None);
+        let w = unstarted_rounds(&cfg(15)).unwrap();
+        assert!(
+            w.contains("round 4 never starts and its 1024 queries"),
+            "{w}"
+        );
         assert_eq!(
             unstarted_rounds(&cfg(16)),
             None,
