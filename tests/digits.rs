@@ -105,6 +105,30 @@ fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
         let last = &lines[2];
         let png = run.join("along_training").join("samples_epoch_002.png");
         if shared {
+            // The claim the reuse rests on: an evaluation along training of the trained
+            // policy gives the evaluation after's metrics (the same samples), KL aside.
+            let along = t
+                .task
+                .evaluate(
+                    &t.models,
+                    t.models.policy.as_ref(),
+                    &t.script,
+                    dir.path(),
+                    "check",
+                    &t.log,
+                    true,
+                )
+                .unwrap();
+            for k in [
+                "reward",
+                "gold",
+                "alignment_prob",
+                "diversity_feature",
+                "diversity_lpips",
+                "frechet",
+            ] {
+                assert_eq!(along[k], eval["after"][k], "{k}");
+            }
             assert_eq!(last["reward"], eval["after"]["reward"]);
             assert!(last["kl"].as_f64().is_some(), "{last}");
             assert!(!png.exists());
