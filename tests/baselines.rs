@@ -1,5 +1,5 @@
 //! The baselines written in Lua (lua/baselines/) against what they claim to compute:
-//! DRaFT-1's gradient is backpropagation through the last step of the sampled trajectory,
+//! DRaFT-K's gradient is backpropagation through the last K steps of the sampled trajectory,
 //! DDPO's likelihood ratio is 1 on the first PPO epoch, and the KL variants add exactly the
 //! KL of the SQDF paper's Appendix D.1.1 (alpha * sum_t KL_t).
 
@@ -74,8 +74,24 @@ fn scalar(t: &Tensor) -> f64 {
 
 #[test]
 fn draft1_gradient_is_backprop_through_the_last_step_of_the_trajectory() {
+    draft_k_gradient_is_backprop_through_the_last_k_steps(1);
+}
+
+#[test]
+fn draft3_gradient_is_backprop_through_the_last_three_steps() {
+    draft_k_gradient_is_backprop_through_the_last_k_steps(3);
+}
+
+/// DRaFT-K's loss and gradient on the epoch's trajectories equal -mean r(x_0) of the same
+/// trajectory sampled again from the same RNG state, the graph kept on its last K steps.
+fn draft_k_gradient_is_backprop_through_the_last_k_steps(k: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let script = baseline_script(dir.path(), "draft", "loss", ", params = { K = 1 }");
+    let script = baseline_script(
+        dir.path(),
+        "draft",
+        "loss",
+        &format!(", params = {{ K = {k} }}"),
+    );
     let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
     let rng_before = t.rng.lock().unwrap().clone();
     t.collect().unwrap();
@@ -84,7 +100,7 @@ fn draft1_gradient_is_backprop_through_the_last_step_of_the_trajectory() {
     let lua_grads = grads(&t, &lua_loss);
 
     // The same trajectory sampled again from the same RNG state, the graph kept on the last
-    // step only: -mean r(x_0) differentiated by plain backpropagation.
+    // K steps only: -mean r(x_0) differentiated by plain backpropagation.
     let m = t.models.clone();
     let mut rng = rng_before;
     let b = t.script.config.batch;
@@ -104,7 +120,7 @@ fn draft1_gradient_is_backprop_through_the_last_step_of_the_trajectory() {
             .mean
             .add(&z.broadcast_mul(&step.sigma).unwrap())
             .unwrap();
-        if i + 1 < steps {
+        if i + k < steps {
             x = x.detach();
         }
     }
@@ -429,4 +445,60 @@ fn seiko_draws_one_k_per_update_shared_by_its_micro_batches() {
         ks.iter().any(|k| *k != ks[0]),
         "K is redrawn per update: {ks:?}"
     );
+}
+
+#[test]
+fn the_ddim_x0_ablation_is_n_reference_ddim_steps_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = baseline_script(dir.path(), "draft", "loss", "");
+    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
+    t.collect().unwrap();
+    let b = latest(&t).at(2).unwrap();
+    let (ctx, m) = (t.context(), t.models.clone());
+    let x = b.next.clone();
+    // One step is Tweedie's estimate of the reference.
+    let one = ctx.ddim_next(&x, &b, 1).unwrap();
+    assert!(max_abs_diff(&one, &ctx.tweedie_next(&x, &b).unwrap()) < 1e-6);
+    // Two steps by hand: Tweedie at τ, DDIM (η = 0) to round(τ / 2), Tweedie there.
+    let tau: Vec<usize> = b.idx.iter().map(|&i| m.sampler.time_of(i + 1)).collect();
+    let half: Vec<usize> = tau
+        .iter()
+        .map(|&v| (v as f64 / 2.0).round() as usize)
+        .collect();
+    let eps = |x: &Tensor, ts: &[usize]| -> Vec<Vec<f64>> {
+        let tt = Tensor::new(ts.iter().map(|&v| v as f32).collect::<Vec<_>>(), &m.device).unwrap();
+        let e = m.reference.eps(x, &tt, &b.cond).unwrap();
+        e.to_dtype(DType::F64).unwrap().to_vec2().unwrap()
+    };
+    let xs: Vec<Vec<f64>> = x.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+    let e1 = eps(&x, &tau);
+    let mut x1 = xs.clone();
+    let mut x0_first = xs.clone();
+    for (i, row) in xs.iter().enumerate() {
+        let (a, a1) = (m.schedule.alpha_bar(tau[i]), m.schedule.alpha_bar(half[i]));
+        for (d, v) in row.iter().enumerate() {
+            x0_first[i][d] = (v - (1.0 - a).sqrt() * e1[i][d]) / a.sqrt();
+            x1[i][d] = a1.sqrt() * x0_first[i][d] + (1.0 - a1).sqrt() * e1[i][d];
+        }
+    }
+    let x1_t = Tensor::new(x1.clone(), &m.device)
+        .unwrap()
+        .to_dtype(x.dtype())
+        .unwrap();
+    let e2 = eps(&x1_t, &half);
+    let two = ctx
+        .ddim_next(&x, &b, 2)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    for (i, row) in two.to_vec2::<f64>().unwrap().iter().enumerate() {
+        let a1 = m.schedule.alpha_bar(half[i]);
+        for (d, got) in row.iter().enumerate() {
+            let want = (x1[i][d] - (1.0 - a1).sqrt() * e2[i][d]) / a1.sqrt();
+            assert!(
+                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "[{i}, {d}]: {got} vs {want}"
+            );
+        }
+    }
 }
