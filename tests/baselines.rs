@@ -502,3 +502,71 @@ fn the_ddim_x0_ablation_is_n_reference_ddim_steps_to_zero() {
         }
     }
 }
+
+#[test]
+fn draft_lv_is_the_last_step_from_n_renoised_copies_of_x0() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = baseline_script(
+        dir.path(),
+        "draft",
+        "loss_lv",
+        ", params = { lv_copies = 2 }",
+    );
+    let (mut t, _) = trainer(&script, &dir.path().join("run"), &[]);
+    t.collect().unwrap();
+    let traj = latest(&t);
+    let saved = t.rng.lock().unwrap().clone();
+    let lua_loss = t.script.loss(traj.clone(), t.context()).unwrap().loss;
+    let lua_grads = grads(&t, &lua_loss);
+
+    // Replayed from the same generator state, in the loss's order of draws: per copy, the
+    // re-noising ε of q(x_1 | x_0), then the step's noise.
+    *t.rng.lock().unwrap() = saved;
+    let (ctx, m) = (t.context(), t.models.clone());
+    let last = traj.at(traj.steps() - 1).unwrap();
+    let x0 = &last.next;
+    let mut sum: Option<Tensor> = None;
+    for _ in 0..2 {
+        let mut rng = t.rng.lock().unwrap().clone();
+        let e1 = sqdf::rng::randn(&mut rng, x0.shape(), &m.device).unwrap();
+        let a: Vec<f64> = last.idx.iter().map(|&i| m.sampler.alpha_bar(i)).collect();
+        let col = |f: &dyn Fn(f64) -> f64| {
+            Tensor::new(
+                a.iter().map(|v| f(*v) as f32).collect::<Vec<_>>(),
+                &m.device,
+            )
+            .unwrap()
+            .unsqueeze(1)
+            .unwrap()
+        };
+        let x1 = (x0.broadcast_mul(&col(&|v| v.sqrt())).unwrap()
+            + e1.broadcast_mul(&col(&|v| (1.0 - v).sqrt())).unwrap())
+        .unwrap();
+        let step = ctx.step_from(&last, &x1, true).unwrap();
+        let e2 = sqdf::rng::randn(&mut rng, step.mean.shape(), &m.device).unwrap();
+        *t.rng.lock().unwrap() = rng;
+        let x = step
+            .mean
+            .add(&e2.broadcast_mul(&step.sigma).unwrap())
+            .unwrap();
+        let r = t.script.reward(&x, &last.cond).unwrap();
+        sum = Some(match sum {
+            Some(s) => (s + r).unwrap(),
+            None => r,
+        });
+    }
+    let direct = (sum.unwrap() / 2.0)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap();
+    assert!((scalar(&direct) - scalar(&lua_loss)).abs() < 1e-5);
+    for (a, d) in lua_grads.iter().zip(grads(&t, &direct)) {
+        let scale = scalar(&d.abs().unwrap().flatten_all().unwrap().max(0).unwrap()).max(1e-6);
+        assert!(
+            max_abs_diff(a, &d) / scale < 1e-4,
+            "gradients differ: {a} vs {d}"
+        );
+    }
+}
