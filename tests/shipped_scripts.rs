@@ -1,6 +1,7 @@
 //! Every experiment script the project ships runs one short epoch on the shipped models
 //! (few steps, tiny batches): a copied script starts from one that works. Every comparison
-//! file parses, in both modes, and names scripts that exist.
+//! file parses, in both modes, and names scripts that exist; each of its runs (the ablations
+//! are `--set`s of shipped scripts) trains one short epoch.
 
 mod common;
 
@@ -85,4 +86,45 @@ fn every_comparison_file_names_existing_scripts() {
             assert!(!plan.runs.is_empty());
         }
     }
+}
+
+#[test]
+fn every_run_of_the_comparison_files_trains_one_short_epoch() {
+    // The ablations are `--set`s of shipped scripts (x0 = "ddim", gamma = 1, sampling =
+    // "priority", the sweeps, the black-box variants): each combination loads and trains.
+    let mut files = Vec::new();
+    lua_files(&root().join("scripts/compare"), &mut files);
+    let mut trained = 0;
+    for f in files {
+        let plan = sqdf::compare::plan::load(&f, false).unwrap();
+        for run in plan.runs.iter().filter(|r| r.seed == 0) {
+            trained += 1;
+            let out = tempfile::tempdir().unwrap();
+            let mut opts: Vec<String> = run
+                .overrides
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            opts.extend(
+                ["steps=3", "batch=2", "updates_per_epoch=1", "epochs=1"].map(String::from),
+            );
+            if std::fs::read_to_string(&run.script)
+                .unwrap()
+                .contains("queries = {")
+            {
+                opts.extend(["queries=[4,4]".into(), "round_epochs=1".into()]);
+            }
+            let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+            let (o, _) = quiet_options(&run.script, out.path(), &opts);
+            let what = format!("{} ({})", run.label, f.display());
+            let mut t = sqdf::train::Trainer::new(o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let m = t.run_epoch().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert!(
+                m["loss"].as_f64().is_some_and(f64::is_finite),
+                "{what}: no finite loss in {m}"
+            );
+        }
+    }
+    // paper.lua: 21 runs a seed; blackbox.lua: 5.
+    assert!(trained >= 26, "{trained} runs");
 }
