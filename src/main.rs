@@ -31,7 +31,7 @@ enum Command {
     Run {
         /// The experiment script, e.g. scripts/toy_gmm.lua.
         script: PathBuf,
-        /// Override a config key (repeatable): --set alpha=0.5 --set params.w=2.
+        /// Override a config key (repeatable): --set alpha=0.5 --set params.w=2 --set surrogate.c1=0.002.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Run folder (default runs/<script name>-<UTC time>).

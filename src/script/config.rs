@@ -315,7 +315,8 @@ pub fn is_live(key: &str) -> bool {
     KEYS.iter().any(|(k, live, _)| *k == key && *live)
 }
 
-/// One `--set key=value`: numbers, booleans and strings; `params.x` reaches into params.
+/// One `--set key=value`: numbers, booleans and strings; `params.x` and `surrogate.x` reach
+/// into those tables.
 pub fn parse_override(s: &str) -> Result<(String, Json)> {
     let (k, v) = s
         .split_once('=')
@@ -423,15 +424,15 @@ impl RunConfig {
         };
         for (k, v) in overrides {
             match k.split_once('.') {
-                Some(("params", sub)) => {
+                Some((table @ ("params" | "surrogate"), sub)) => {
                     let p = given
-                        .entry("params")
+                        .entry(table)
                         .or_insert_with(|| Json::Object(Map::new()));
                     match p {
                         Json::Object(m) => {
                             m.insert(sub.to_string(), v.clone());
                         }
-                        _ => bail!("--set {k}: config.params is not a table"),
+                        _ => bail!("--set {k}: config.{table} is not a table"),
                     }
                 }
                 _ => {
@@ -623,5 +624,28 @@ fn kind(v: &Json) -> &'static str {
         Json::Object(_) => "a table",
         Json::Null => "a string",
         Json::Array(_) => "a list",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_overrides_reach_into_params_and_surrogate() {
+        let o = |s: &str| parse_override(s).unwrap();
+        let cfg = RunConfig::from_lua(
+            None,
+            &[o("queries=[4,4]"), o("surrogate.c1=0.002"), o("params.w=3")],
+            "test",
+        )
+        .unwrap();
+        assert_eq!(cfg.surrogate["c1"], 0.002);
+        assert_eq!(cfg.params["w"], 3);
+        let e = RunConfig::from_lua(None, &[o("lr.x=1")], "test").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown config key `lr.x`"),
+            "{e:#}"
+        );
     }
 }
