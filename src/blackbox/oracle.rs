@@ -54,7 +54,7 @@ impl Oracle {
 
     /// The reward of detached samples plus the label noise.
     fn label(&self, x0: &Tensor, cond: Option<&Tensor>, rng: &mut Rng) -> Result<Tensor> {
-        let r = (self.reward)(&x0.detach(), cond)?.detach();
+        let r = self.peek(x0, cond)?;
         if self.noise_std == 0.0 {
             return Ok(r);
         }

@@ -46,7 +46,7 @@ impl Trainer {
         plot_training_curve(&self.run_dir.join("metrics.jsonl"), &curve)?;
         self.log.info(format!("wrote {}", curve.display()));
         self.log.info("evaluating the fine-tuned model");
-        let after = self.task.evaluate(
+        let after = self.with_queries(self.task.evaluate(
             &self.models,
             self.models.policy.as_ref(),
             &self.script,
@@ -54,15 +54,10 @@ impl Trainer {
             "after",
             &self.log,
             false,
-        )?;
-        let cfg = self.script.config.clone();
-        if cfg.evals > 0 && self.task.along_equals_after(&cfg) && !self.evals.has(self.epoch) {
+        )?);
+        if self.after_is_last_point() && !self.evals.has(self.epoch) {
             // The last along-training point (skipped in `evaluate_along`) is this evaluation.
-            let mut m = after.clone();
-            if let Some(r) = &self.rounds {
-                m["queries_used"] = json!(r.oracle.used());
-            }
-            self.evals.append(self.epoch, &m)?;
+            self.evals.append(self.epoch, &after)?;
         }
         let mut eval = json!({
             "before": before,
@@ -76,8 +71,7 @@ impl Trainer {
             "config": self.script.config,
         });
         if let Some(r) = &self.rounds {
-            // In `after` too: the comparison's table reads its columns from there.
-            eval["after"]["queries_used"] = json!(r.oracle.used());
+            // `after` has it too (`with_queries`): the comparison's table reads it there.
             eval["queries_used"] = json!(r.oracle.used());
             eval["oracle_budget"] = json!(r.oracle.budget());
         }
@@ -127,7 +121,7 @@ impl Trainer {
         {
             return Ok(());
         }
-        if self.epoch == cfg.epochs && self.task.along_equals_after(cfg) {
+        if self.epoch == cfg.epochs && self.after_is_last_point() {
             // The evaluation after training draws these very samples; `run` records it here.
             return Ok(());
         }
@@ -142,7 +136,7 @@ impl Trainer {
     ) -> Result<Json> {
         let dir = self.run_dir.join("along_training");
         std::fs::create_dir_all(&dir)?;
-        let mut m = self.task.evaluate(
+        let m = self.task.evaluate(
             &self.models,
             model,
             &self.script,
@@ -151,11 +145,23 @@ impl Trainer {
             &self.log,
             true,
         )?;
-        // Fig. "oracle reward against queries" of the black-box comparison.
+        Ok(self.with_queries(m))
+    }
+
+    /// Evaluation metrics with the oracle queries used so far, in a black-box run (the
+    /// "queries used" column and the oracle-reward-against-queries figure read it).
+    fn with_queries(&self, mut m: Json) -> Json {
         if let Some(r) = &self.rounds {
             m["queries_used"] = json!(r.oracle.used());
         }
-        Ok(m)
+        m
+    }
+
+    /// Whether the run's last along-training point is the evaluation after training (the
+    /// task draws the same samples for both), rather than an evaluation of its own.
+    fn after_is_last_point(&self) -> bool {
+        let cfg = &self.script.config;
+        cfg.evals > 0 && self.task.along_equals_after(cfg)
     }
 
     /// The pretrained model's metrics, computed once per run folder.
