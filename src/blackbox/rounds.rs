@@ -81,7 +81,13 @@ fn surrogate_config(cfg: &RunConfig) -> Result<SurrogateConfig> {
         ..SurrogateConfig::default()
     })?;
     for (k, v) in &cfg.surrogate {
-        merged[k] = v.clone();
+        // Unknown keys fall through to serde, whose error lists the known ones.
+        merged[k] = match merged.get(k) {
+            Some(def) => {
+                crate::script::config::coerce_to(def, v.clone(), &format!("config.surrogate.{k}"))?
+            }
+            None => v.clone(),
+        };
     }
     let mut scfg: SurrogateConfig =
         serde_json::from_value(merged).map_err(|e| anyhow!("config.surrogate: {e}"))?;
@@ -353,6 +359,25 @@ mod tests {
                 super::super::ucb::SigmaKind::Covariance,
                 Uncertainty::Ucb
             )
+        );
+        // Lua's 3e2 is a float: an integral one is an integer, a fractional one an error.
+        cfg.surrogate =
+            serde_json::from_str(r#"{"epochs": 3e2, "hidden": [64.0, 32], "c1": 1}"#).unwrap();
+        let s = surrogate_config(&cfg).unwrap();
+        assert_eq!((s.epochs, s.hidden.clone(), s.c1), (300, vec![64, 32], 1.0));
+        cfg.surrogate = serde_json::from_str(r#"{"hidden": [64, 2.5]}"#).unwrap();
+        let e = format!("{:#}", surrogate_config(&cfg).unwrap_err());
+        assert!(
+            e.contains("config.surrogate.hidden[2] must be a non-negative integer, got 2.5"),
+            "{e}"
+        );
+        cfg.surrogate = serde_json::from_str(r#"{"epochs": "many"}"#).unwrap();
+        let e = format!("{:#}", surrogate_config(&cfg).unwrap_err());
+        assert!(
+            e.contains(
+                "config.surrogate.epochs has the wrong type: expected a non-negative integer"
+            ),
+            "{e}"
         );
         cfg.surrogate = serde_json::from_str(r#"{"c2": 1}"#).unwrap();
         let e = format!("{:#}", surrogate_config(&cfg).unwrap_err());

@@ -453,25 +453,8 @@ impl RunConfig {
                     known.join(", ")
                 )
             };
-            let v = match (def, &v) {
-                // 50.0 where an integer is expected is fine; 50.5 is not.
-                (Json::Number(d), Json::Number(n)) if d.is_u64() => match n.as_f64() {
-                    Some(f) if f >= 0.0 && f.fract() == 0.0 => Json::from(f as u64),
-                    _ => bail!("{origin}: config.{k} must be a non-negative integer, got {n}"),
-                },
-                (Json::Number(_), Json::Number(_))
-                | (Json::String(_), Json::String(_))
-                | (Json::Bool(_), Json::Bool(_)) => v,
-                (Json::Object(_), Json::Object(_)) => v,
-                (Json::Array(_), Json::Array(_)) => v,
-                (Json::Array(_), Json::Object(o)) if o.is_empty() => Json::Array(Vec::new()),
-                (Json::Object(_), Json::Array(a)) if a.is_empty() => Json::Object(Map::new()),
-                (Json::Null, Json::String(_)) => v,
-                (_, v) => bail!(
-                    "{origin}: config.{k} has the wrong type: expected {}, got {v}",
-                    kind(def)
-                ),
-            };
+            let v =
+                coerce_to(def, v, &format!("config.{k}")).map_err(|e| anyhow!("{origin}: {e}"))?;
             merged.insert(k, v);
         }
         let cfg: RunConfig = serde_json::from_value(Json::Object(merged))
@@ -613,6 +596,35 @@ impl RunConfig {
             _ => unreachable!(),
         }
     }
+}
+
+/// `v` in the type of the default `def`, or an error naming `name` (`config.epochs`).
+/// Lua has one number type, so 50.0 where an integer is expected is 50; 50.5 is an error.
+pub fn coerce_to(def: &Json, v: Json, name: &str) -> Result<Json> {
+    Ok(match (def, v) {
+        (Json::Number(d), Json::Number(n)) if d.is_u64() => match n.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 => Json::from(f as u64),
+            _ => bail!("{name} must be a non-negative integer, got {n}"),
+        },
+        // A list of integers (the surrogate's `hidden`) takes the same rule per element.
+        (Json::Array(d), Json::Array(a)) if d.first().is_some_and(|x| x.is_u64()) => {
+            let a: Result<Vec<Json>> = a
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| coerce_to(&d[0], x, &format!("{name}[{}]", i + 1)))
+                .collect();
+            Json::Array(a?)
+        }
+        (Json::Array(_), Json::Object(o)) if o.is_empty() => Json::Array(Vec::new()),
+        (Json::Object(_), Json::Array(a)) if a.is_empty() => Json::Object(Map::new()),
+        (Json::Null, v @ Json::String(_)) => v,
+        (Json::Number(_), v @ Json::Number(_))
+        | (Json::String(_), v @ Json::String(_))
+        | (Json::Bool(_), v @ Json::Bool(_))
+        | (Json::Object(_), v @ Json::Object(_))
+        | (Json::Array(_), v @ Json::Array(_)) => v,
+        (_, v) => bail!("{name} has the wrong type: expected {}, got {v}", kind(def)),
+    })
 }
 
 fn kind(v: &Json) -> &'static str {
