@@ -31,6 +31,15 @@ const ORACLE_PANELS: Panels = [
     ("diversity_feature", "diversity (feature)", "feature diversity"),
 ];
 
+/// The same when some run's oracle was not the gold score: the first panel is then only
+/// the gold score.
+#[rustfmt::skip]
+const GOLD_PANELS: Panels = [
+    ("gold", "gold score", "gold score"),
+    ORACLE_PANELS[1],
+    ORACLE_PANELS[2],
+];
+
 /// What the x axis shows: the metric key, its axis title and the captions' "vs ...".
 struct XAxis {
     key: &'static str,
@@ -96,7 +105,12 @@ pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
         key: "queries_used",
         title: "oracle queries used",
     };
-    along(results, png, &x, &ORACLE_PANELS)
+    let panels = if super::report::gold_is_the_oracle(results) {
+        &ORACLE_PANELS
+    } else {
+        &GOLD_PANELS
+    };
+    along(results, png, &x, panels)
 }
 
 fn along(results: &[RunResult], png: &Path, x: &XAxis, panels: &Panels) -> Result<()> {

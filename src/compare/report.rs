@@ -35,21 +35,38 @@ const COLUMNS: [(&str, Source, f64, usize); 11] = [
     ("queries used", Source::After("queries_used"), 1.0, 0),
 ];
 
-/// The table's columns: "queries used" only when some run had an oracle (a black-box
-/// comparison); every other column always, so a metric no run reported shows as "–". In a
-/// black-box comparison the gold score is the oracle's noise-free reward (Table 1's
-/// "oracle reward"), and the header says so: "target reward" there is each method's own.
-fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
-    let black_box = results
+/// Some run counted oracle queries: a black-box comparison.
+fn is_black_box(results: &[RunResult]) -> bool {
+    results
         .iter()
-        .any(|r| metric(&r.after, "queries_used").is_some());
+        .any(|r| metric(&r.after, "queries_used").is_some())
+}
+
+/// Every black-box run's oracle was the gold score (`config.oracle = "gold"`, which the
+/// runner copies into `after.oracle`), so the gold column is Table 1's "oracle reward".
+/// Any other oracle (the learned reward as a black box), or one not recorded, leaves the
+/// column named "gold".
+pub(super) fn gold_is_the_oracle(results: &[RunResult]) -> bool {
+    is_black_box(results)
+        && results
+            .iter()
+            .filter(|r| metric(&r.after, "queries_used").is_some())
+            .all(|r| r.after.get("oracle").and_then(|o| o.as_str()) == Some("gold"))
+}
+
+/// The table's columns: "queries used" only in a black-box comparison; every other column
+/// always, so a metric no run reported shows as "–". When the gold score is the oracle, its
+/// header says "oracle reward (gold)": "target reward" there is each method's own.
+fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
+    let black_box = is_black_box(results);
+    let gold_oracle = gold_is_the_oracle(results);
     COLUMNS
         .into_iter()
         .filter(|(_, source, _, _)| match source {
             Source::After("queries_used") => black_box,
             _ => true,
         })
-        .map(|(h, source, scale, decimals)| match (h, black_box) {
+        .map(|(h, source, scale, decimals)| match (h, gold_oracle) {
             ("gold", true) => ("oracle reward (gold)", source, scale, decimals),
             _ => (h, source, scale, decimals),
         })
@@ -402,11 +419,22 @@ pub(super) mod tests {
         assert!(!plain.contains(&"queries used".to_string()));
         let mut bb = run("SQDF-UCB", 0, None, 1.0);
         bb.after["queries_used"] = json!(1920);
-        let t = table(&[bb]);
+        bb.after["oracle"] = json!("gold");
+        let t = table(&[bb.clone()]);
         let h = header(t.clone());
         assert_eq!(h[3], "oracle reward (gold)");
         assert_eq!(h.last().unwrap(), "queries used");
         assert_eq!(cells(t.lines().nth(2).unwrap()).last().unwrap(), "1,920");
+        // The learned reward as the oracle: the gold column is not the oracle's reward.
+        let mut learned = bb.clone();
+        learned.after["oracle"] = json!("learned");
+        let h = header(table(&[bb.clone(), learned]));
+        assert_eq!(
+            (h[3].as_str(), h.last().unwrap().as_str()),
+            ("gold", "queries used")
+        );
+        bb.after.as_object_mut().unwrap().remove("oracle");
+        assert_eq!(header(table(&[bb]))[3], "gold");
     }
 
     #[test]

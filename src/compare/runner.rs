@@ -86,11 +86,19 @@ pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<(RunResult, Json)> {
         .into_iter()
         .filter_map(|l| Some((l["epoch"].as_u64()? as usize, l)))
         .collect();
+    let mut after = eval["after"].clone();
+    // Which task reward played the oracle, so the report can say whether its gold column is
+    // the oracle's reward (only black-box runs count queries).
+    if let (Some(a), Some(oracle)) = (after.as_object_mut(), eval["config"]["oracle"].as_str()) {
+        if a.contains_key("queries_used") {
+            a.insert("oracle".into(), Json::from(oracle));
+        }
+    }
     let result = RunResult {
         label: run.label.clone(),
         seed: run.seed,
         sweep: run.sweep.clone(),
-        after: eval["after"].clone(),
+        after,
         curve,
         wall_seconds: training_seconds(dir).unwrap_or(f64::NAN),
         peak_rss_mib: eval["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
@@ -225,12 +233,18 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     } else {
         String::new()
     };
+    let seeds = plan
+        .runs
+        .iter()
+        .map(|r| r.seed)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs, {} seeds per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
+        "`sqdf compare {}{}`: {} runs, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),
-        plan.runs.iter().map(|r| r.seed).collect::<std::collections::BTreeSet<_>>().len(),
+        if seeds == 1 { "" } else { "s" },
         machine["cpu"].as_str().unwrap_or("unknown"),
         machine["cores"],
         if failed.is_empty() {
