@@ -252,3 +252,49 @@ fn a_resumed_oracle_run_with_evaluations_continues_where_it_stopped() {
         12,
     );
 }
+
+#[test]
+fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5, 7}, round_epochs = 1, oracle_noise = 0.01, eval_per_prompt = 2",
+    );
+    let run = dir.path().join("run");
+    // The run's surrogate is a UCB one; the script's default is bootstrap.
+    let (mut t, _) = common::trainer(&s, &run, &["uncertainty=ucb"]);
+    t.run().unwrap();
+    drop(t);
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    let ck = run.join(sqdf::train::checkpoint::FILE);
+    let log = sqdf::run_log::RunLog::captured();
+    let v = sqdf::train::evaluate::evaluate(&s, Some(&ck), &[], &dir.path().join("e"), log)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let r = v["reward"].as_f64().unwrap();
+    assert_ne!(r, 0.0, "scored under an unfitted surrogate");
+    assert_eq!(r, after["after"]["reward"].as_f64().unwrap());
+    assert_eq!(v["gold"], after["after"]["gold"]);
+    // A checkpoint of a run with a known reward has no surrogate to score under.
+    let other = tempfile::tempdir().unwrap();
+    let plain = other.path().join("plain");
+    let p = script(
+        other.path(),
+        "rewards.learned(x0) * 10",
+        "eval_per_prompt = 2",
+    );
+    let (mut t, _) = common::trainer(&p, &plain, &["epochs=1"]);
+    t.run().unwrap();
+    drop(t);
+    let ck = plain.join(sqdf::train::checkpoint::FILE);
+    let e = sqdf::train::evaluate::evaluate(
+        &s,
+        Some(&ck),
+        &[],
+        &dir.path().join("e2"),
+        sqdf::run_log::RunLog::captured(),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("has no black-box state"), "{e:#}");
+}

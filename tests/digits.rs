@@ -141,6 +141,68 @@ fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
 }
 
 #[test]
+fn prompts_sampled_in_one_batch_are_the_prompts_sampled_alone() {
+    use sqdf::tasks::digits::evaluate::{sample_prompts, KL_SAMPLES};
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    // Adapters away from zero, so that the policy's KL to the reference is not zero.
+    for (i, (_, v)) in sqdf::tensor_io::sorted_vars(&t.models.policy_vars)
+        .iter()
+        .enumerate()
+    {
+        let r = randn(&mut seeded(20 + i as u64), v.shape(), &Device::Cpu).unwrap();
+        v.set(&r.affine(0.3, 0.0).unwrap()).unwrap();
+    }
+    // More samples per prompt than KL_SAMPLES: the KL rows are the first of each prompt.
+    let per = KL_SAMPLES + 2;
+    let (classes, seeds) = ([3u32, 7], [11u64, 12]);
+    let x_t: Vec<Tensor> = (0..2)
+        .map(|p| randn(&mut seeded(p), (per, 1, 28, 28), &Device::Cpu).unwrap())
+        .collect();
+    let models = t.models.as_ref();
+    let sample = |ps: &[usize]| {
+        let xs: Vec<Tensor> = ps.iter().map(|&p| x_t[p].clone()).collect();
+        let cs: Vec<u32> = ps.iter().map(|&p| classes[p]).collect();
+        let ss: Vec<u64> = ps.iter().map(|&p| seeds[p]).collect();
+        let (x, kl) = sample_prompts(
+            models,
+            models.policy.as_ref(),
+            Tensor::cat(&xs, 0).unwrap(),
+            &cs,
+            true,
+            &ss,
+        )
+        .unwrap();
+        (x, kl.unwrap())
+    };
+    let (x, kl) = sample(&[0, 1]);
+    let (x0, kl0) = sample(&[0]);
+    let (x1, kl1) = sample(&[1]);
+    assert_eq!(kl.dims(), [2 * KL_SAMPLES]);
+    assert!(kl0.min(0).unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    let alone = Tensor::cat(&[x0, x1], 0).unwrap();
+    // Equal up to the rounding of convolutions of another batch size, relative to the
+    // samples' size (the tiny random UNet's samples are far from [-1, 1]).
+    let d = common::max_abs_diff(&x, &alone);
+    let size = common::max_abs_diff(&alone, &alone.zeros_like().unwrap());
+    assert!(
+        d < 1e-5 * size,
+        "batched and alone differ by {d} (size {size})"
+    );
+    let kl_alone = Tensor::cat(&[kl0, kl1], 0).unwrap();
+    let scale = kl_alone
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    assert!(common::max_abs_diff(&kl, &kl_alone) < 1e-4 * scale);
+}
+
+#[test]
 fn the_evaluation_is_repeatable_for_a_fixed_seed() {
     let dir = tempfile::tempdir().unwrap();
     let w = common::tiny_digits_weights(dir.path());

@@ -1,14 +1,17 @@
 //! `sqdf eval`: the task's evaluation of the pretrained model or of a run's checkpoint,
 //! or of a LoRA file (`--set lora_init=FILE`), under a script's reward and config (the
-//! same code a run uses for eval.json).
+//! same code a run uses for eval.json). A black-box script is evaluated under the run's
+//! surrogate, refitted from the checkpoint's labels.
 
 use super::checkpoint;
+use crate::blackbox::rounds::Rounds;
 use crate::rng;
 use crate::run_log::RunLog;
 use crate::script::{SandboxOptions, Script, TensorEnv};
-use crate::tasks;
+use crate::tasks::{self, TaskModels};
 use crate::tensor_io::set_vars;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Tensor;
 use serde_json::Value as Json;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,12 +37,36 @@ pub fn evaluate(
     let cfg = &s.config;
     let task = tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", script.display()))?;
     let weights = tasks::weights_dir(&cfg.task, cfg.weights.as_deref());
-    let models = task.build(&weights, cfg, &device)?;
+    let mut models = task.build(&weights, cfg, &device)?;
+    let loaded = checkpoint
+        .map(|path| checkpoint::load(path).map(|l| (path, l)))
+        .transpose()?;
+    // A black-box script's reward is the surrogate: a black-box checkpoint's own (built
+    // from the run's config, refitted on its labels), or an unfitted one (reward 0, as a
+    // run's "before") under the script's config without one.
+    let surrogate = match &loaded {
+        Some((path, l)) if l.state.blackbox.is_some() => Some(run_surrogate(l, &models, path)?),
+        Some((path, _)) if cfg.is_black_box() => bail!(
+            "{}: the script is a black-box one (config.queries) but the checkpoint has no black-box state, so there is no surrogate to evaluate under",
+            path.display()
+        ),
+        _ => Rounds::new(cfg, &models).map_err(|e| anyhow!("{}: {e:#}", script.display()))?,
+    };
+    if let Some(r) = &surrogate {
+        models.rewards.extend(r.rewards());
+    }
     s.provide_rewards(&models.rewards)?;
+    // The reward hook once on a single state, so a broken one fails before the sampling.
+    let probe = Tensor::zeros(
+        [vec![1], models.state_shape.clone()].concat(),
+        crate::DTYPE,
+        &device,
+    )?;
+    let cond = tasks::cond_tensor(&task.conditions(1, &mut rng::seeded(0)), &device)?;
+    s.reward(&probe, &cond)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (label, policy) = match checkpoint {
-        Some(path) => {
-            let loaded = checkpoint::load(path)?;
+    let (label, policy) = match &loaded {
+        Some((path, loaded)) => {
             set_vars(&models.policy_vars, &loaded.policy_tensors(), path)?;
             ("checkpoint", models.policy.clone())
         }
@@ -55,4 +82,23 @@ pub fn evaluate(
     let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log, false)?;
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
     Ok(v)
+}
+
+/// The surrogate of a black-box run's checkpoint, as the run had it: built from the run's
+/// config (its uncertainty and `surrogate` table), each round's fit replayed on its labels
+/// with its seed.
+fn run_surrogate(loaded: &checkpoint::Loaded, models: &TaskModels, path: &Path) -> Result<Rounds> {
+    let (cfg, bb) = (&loaded.state.config, loaded.state.blackbox.as_ref());
+    let refit = || -> Result<Rounds> {
+        let mut rounds = Rounds::new(cfg, models)?.context("the run's config is not black-box")?;
+        rounds.restore(
+            bb.context("no black-box state")?,
+            loaded.get("blackbox.features", path)?,
+            loaded.get("blackbox.labels", path)?,
+            &cfg.queries,
+            cfg.seed,
+        )?;
+        Ok(rounds)
+    };
+    refit().with_context(|| format!("{}: refitting the run's surrogate", path.display()))
 }
