@@ -287,6 +287,17 @@ fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
     let (mut t, _) = common::trainer(&p, &plain, &["epochs=1"]);
     t.run().unwrap();
     drop(t);
+    // The black-box checkpoint under a script with a known reward: its policy, scored by
+    // that reward (no surrogate involved).
+    let v = sqdf::train::evaluate::evaluate(
+        &p,
+        Some(&run.join(sqdf::train::checkpoint::FILE)),
+        &[],
+        &dir.path().join("e1"),
+        sqdf::run_log::RunLog::captured(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(v["gold"], after["after"]["gold"]);
     let ck = plain.join(sqdf::train::checkpoint::FILE);
     let e = sqdf::train::evaluate::evaluate(
         &s,

@@ -98,8 +98,9 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
     along(results, png, &TARGET, &PANELS)
 }
 
-/// The black-box comparison's figure: the oracle reward, alignment and diversity against
-/// the oracle queries used, checkpoint by checkpoint (one checkpoint per round).
+/// The black-box comparison's figure: the oracle reward (the gold score, named so only
+/// when it is every run's oracle), alignment and diversity against the oracle queries
+/// used, checkpoint by checkpoint (one checkpoint per round).
 pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
     let x = XAxis {
         key: "queries_used",

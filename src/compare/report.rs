@@ -312,9 +312,14 @@ pub fn write_report(results: &[RunResult], dir: &Path, title: &str, notes: &str)
     if results.iter().any(has_queries) {
         let with: Vec<RunResult> = results.iter().filter(|r| has_queries(r)).cloned().collect();
         plots::plot_oracle_vs_queries(&with, &dir.join(ORACLE_FIG))?;
+        let what = match gold_is_the_oracle(&with) {
+            true => ("Oracle reward", "the noise-free oracle reward"),
+            false => ("Gold score", "the gold score"),
+        };
         md.push_str(&format!(
-            "\n## Oracle reward against queries (black box)\n\n![the noise-free oracle reward, \
-             alignment and diversity against the oracle queries used]({ORACLE_FIG})\n"
+            "\n## {} against queries (black box)\n\n![{}, alignment and diversity against the \
+             oracle queries used]({ORACLE_FIG})\n",
+            what.0, what.1
         ));
     }
     let report = dir.join("report.md");

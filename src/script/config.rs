@@ -453,8 +453,8 @@ impl RunConfig {
                     known.join(", ")
                 )
             };
-            let v =
-                coerce_to(def, v, &format!("config.{k}")).map_err(|e| anyhow!("{origin}: {e}"))?;
+            let v = coerce_to(element_rule(&k, def), v, &format!("config.{k}"))
+                .map_err(|e| anyhow!("{origin}: {e}"))?;
             merged.insert(k, v);
         }
         let cfg: RunConfig = serde_json::from_value(Json::Object(merged))
@@ -598,6 +598,17 @@ impl RunConfig {
     }
 }
 
+/// The default a key's value is coerced against: a list of integers whose default is
+/// empty (`queries`) gets a one-element one, so that its elements take the integer rule
+/// (Lua's `2^7` and `128 / 1` are floats).
+fn element_rule<'a>(key: &str, def: &'a Json) -> &'a Json {
+    static INTEGERS: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+    match key {
+        "queries" => INTEGERS.get_or_init(|| Json::from(vec![0u64])),
+        _ => def,
+    }
+}
+
 /// `v` in the type of the default `def`, or an error naming `name` (`config.epochs`).
 /// Lua has one number type, so 50.0 where an integer is expected is 50; 50.5 is an error.
 pub fn coerce_to(def: &Json, v: Json, name: &str) -> Result<Json> {
@@ -654,6 +665,16 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.surrogate["c1"], 0.002);
         assert_eq!(cfg.params["w"], 3);
+        // Integral floats are integers, in a list too; a fractional one names its place.
+        let cfg = RunConfig::from_lua(None, &[o("queries=[128.0,2.56e2]"), o("epochs=3e1")], "t")
+            .unwrap();
+        assert_eq!((cfg.queries, cfg.epochs), (vec![128, 256], 30));
+        let e = RunConfig::from_lua(None, &[o("queries=[128,1.5]")], "s.lua").unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .contains("s.lua: config.queries[2] must be a non-negative integer, got 1.5"),
+            "{e:#}"
+        );
         let e = RunConfig::from_lua(None, &[o("lr.x=1")], "test").unwrap_err();
         assert!(
             format!("{e:#}").contains("unknown config key `lr.x`"),

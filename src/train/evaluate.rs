@@ -44,9 +44,11 @@ pub fn evaluate(
     // A black-box script's reward is the surrogate: a black-box checkpoint's own (built
     // from the run's config, refitted on its labels), or an unfitted one (reward 0, as a
     // run's "before") under the script's config without one.
+    // A script with a known reward never calls the surrogate: nothing is refitted.
     let surrogate = match &loaded {
+        _ if !cfg.is_black_box() => None,
         Some((path, l)) if l.state.blackbox.is_some() => Some(run_surrogate(l, &models, path)?),
-        Some((path, _)) if cfg.is_black_box() => bail!(
+        Some((path, _)) => bail!(
             "{}: the script is a black-box one (config.queries) but the checkpoint has no black-box state, so there is no surrogate to evaluate under",
             path.display()
         ),
@@ -64,6 +66,11 @@ pub fn evaluate(
     )?;
     let cond = tasks::cond_tensor(&task.conditions(1, &mut rng::seeded(0)), &device)?;
     s.reward(&probe, &cond)?;
+    // The hooks' random stream starts afresh, so a noisy reward scores as it did unprobed.
+    s.set_tensor_env(TensorEnv {
+        device: device.clone(),
+        rng: rng::shared(0),
+    });
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (label, policy) = match &loaded {
         Some((path, loaded)) => {
