@@ -134,8 +134,9 @@ impl LabelledSet {
 
     /// A seeded split that is stable as the set grows: row i is held out when its key
     /// u_i = hash(seed, i) in [0, 1) is below `fraction`, so a row keeps its part from round
-    /// to round (but for the two fallbacks below, which only tiny sets reach). With the warm start, a row the surrogate trained on in an earlier round
-    /// never becomes a held-out row of a later one, which would favour early epochs. At
+    /// to round (but for the two fallbacks below, which only tiny sets reach). With the warm
+    /// start, a row the surrogate trained on in an earlier round never becomes a held-out
+    /// row of a later one, which would favour early epochs. At
     /// least one row is held out when `fraction > 0` (the smallest key), and at least one
     /// left to train on (the largest); `fraction = 0` holds out nothing (the fit then keeps
     /// its last epoch).

@@ -13,9 +13,9 @@ use std::ops::Range;
 /// (A quartile fence clipped the highest ordinary points of tightly clustered metrics.)
 const FAR: f64 = 1.5;
 
-/// ... and exceeds this fraction of the larger magnitude of the kept range's ends: among alignments of 0.896 to
-/// 0.900, two at 0.907 and 0.910 lie far by spread but are ordinary runs, where γ = 1's
-/// 0.07 is a collapse.
+/// ... and the gap exceeds this fraction of the larger magnitude of the kept range's two
+/// ends: among alignments of 0.896 to 0.900, two at 0.907 and 0.910 lie far by spread but are
+/// ordinary runs, where γ = 1's 0.07 is a collapse.
 const FLOOR: f64 = 0.1;
 
 /// Fewer points than this are all shown.

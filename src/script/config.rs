@@ -453,7 +453,7 @@ impl RunConfig {
                     known.join(", ")
                 )
             };
-            let v = coerce_to(element_rule(&k, def), v, &format!("config.{k}"))
+            let v = coerce_to(&element_rule(&k, def), v, &format!("config.{k}"))
                 .map_err(|e| anyhow!("{origin}: {e}"))?;
             merged.insert(k, v);
         }
@@ -601,11 +601,10 @@ impl RunConfig {
 /// The default a key's value is coerced against: a list of integers whose default is
 /// empty (`queries`) gets a one-element one, so that its elements take the integer rule
 /// (Lua's `2^7` and `128 / 1` are floats).
-fn element_rule<'a>(key: &str, def: &'a Json) -> &'a Json {
-    static INTEGERS: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+fn element_rule(key: &str, def: &Json) -> Json {
     match key {
-        "queries" => INTEGERS.get_or_init(|| Json::from(vec![0u64])),
-        _ => def,
+        "queries" => Json::from(vec![0u64]),
+        _ => def.clone(),
     }
 }
 

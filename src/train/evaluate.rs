@@ -43,8 +43,8 @@ pub fn evaluate(
         .transpose()?;
     // A black-box script's reward is the surrogate: a black-box checkpoint's own (built
     // from the run's config, refitted on its labels), or an unfitted one (reward 0, as a
-    // run's "before") under the script's config without one.
-    // A script with a known reward never calls the surrogate: nothing is refitted.
+    // run's "before") under the script's config without one. A script with a known reward
+    // never calls the surrogate, so nothing is refitted for it.
     let surrogate = match &loaded {
         _ if !cfg.is_black_box() => None,
         Some((path, l)) if l.state.blackbox.is_some() => Some(run_surrogate(l, &models, path)?),

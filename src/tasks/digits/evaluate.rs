@@ -48,12 +48,12 @@ pub struct DigitsMetrics {
 }
 
 /// Samples of several prompts in one batch (CPU convolutions are about 1.8 times as fast
-/// per sample at 160 guided rows as at 16): `x_t` holds `per_prompt` rows of each of `classes` in
-/// order, and each prompt's step noise comes from its own generator (`rng_seeds`), so a
-/// prompt's samples are the same draw whichever prompts share its batch (equal up to the
-/// convolutions' rounding, which depends on the batch size). Returns the samples and
-/// the summed trajectory KL to the reference of the first KL_SAMPLES rows of every prompt
-/// (one entry per such row) when `with_kl`.
+/// per sample at 160 guided rows as at 16): `x_t` holds `per_prompt` rows of each of
+/// `classes` in order, and each prompt's step noise comes from its own generator
+/// (`rng_seeds`), so a prompt's samples are the same draw whichever prompts share its
+/// batch (equal up to the convolutions' rounding, which depends on the batch size).
+/// Returns the samples and, when `with_kl`, the summed trajectory KL to the reference of
+/// the first KL_SAMPLES rows of every prompt (one entry per such row).
 pub fn sample_prompts(
     models: &TaskModels,
     policy: &dyn Denoiser,
@@ -80,14 +80,24 @@ pub fn sample_prompts(
     let mut rngs: Vec<_> = rng_seeds.iter().map(|&seed| seeded(seed)).collect();
     let mut noise_shape = x_t.dims().to_vec();
     noise_shape[0] = per_prompt;
-    // The rows whose KL is measured: the first KL_SAMPLES of each prompt.
+    // The rows whose KL is measured: the first KL_SAMPLES of each prompt (None: all rows).
     let kn = KL_SAMPLES.min(per_prompt);
-    let kl_rows: Vec<u32> = (0..classes.len())
-        .flat_map(|p| (0..kn).map(move |j| (p * per_prompt + j) as u32))
-        .collect();
-    let kl_rows = Tensor::new(kl_rows.as_slice(), &models.device)?;
+    let kl_rows = (kn < per_prompt)
+        .then(|| {
+            let rows: Vec<u32> = (0..classes.len())
+                .flat_map(|p| (0..kn).map(move |j| (p * per_prompt + j) as u32))
+                .collect();
+            Tensor::new(rows.as_slice(), &models.device)
+        })
+        .transpose()?;
+    let pick = |v: &Tensor| match &kl_rows {
+        None => Ok(v.clone()),
+        Some(rows) => v.index_select(rows, 0),
+    };
+    let kl_n = classes.len() * kn;
+    let kl_cond = pick(&cond)?;
     let mut kl = with_kl
-        .then(|| Tensor::zeros(kl_rows.dim(0)?, DType::F32, &models.device))
+        .then(|| Tensor::zeros(kl_n, DType::F32, &models.device))
         .transpose()?;
     let mut x = x_t;
     for i in 0..s.steps() {
@@ -96,20 +106,11 @@ pub fn sample_prompts(
         let step = s.step(&x, &policy.eps(&x, &t, &cond)?.detach(), &idx)?;
         if let Some(kl) = kl.as_mut() {
             // The reference costs a second guided pass, so only on the KL rows.
-            let all = kn == per_prompt;
-            let pick = |v: &Tensor| match all {
-                true => Ok(v.clone()),
-                false => v.index_select(&kl_rows, 0),
-            };
             let xs = pick(&x)?;
-            let reference = s.step(
-                &xs,
-                &models
-                    .reference
-                    .eps(&xs, &pick(&t)?, &pick(&cond)?)?
-                    .detach(),
-                &idx[..kl_rows.dim(0)?],
-            )?;
+            let idx = &idx[..kl_n];
+            let ts = s.timesteps_tensor(idx, &models.device)?;
+            let eps = models.reference.eps(&xs, &ts, &kl_cond)?.detach();
+            let reference = s.step(&xs, &eps, idx)?;
             let kl_step = gaussian_kl(
                 &pick(&step.mean)?,
                 &reference.mean,
