@@ -18,11 +18,27 @@ fn script(dir: &std::path::Path, reward: &str, extra: &str) -> std::path::PathBu
     common::write_script(dir, "bb.lua", &src)
 }
 
+/// PPO+KL's way: the reward hook queries the oracle on every sampled batch, and the loss
+/// (DDPO's) trains on the rewards stored then, never calling the reward hook.
+fn oracle_script(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let s = script(
+        dir,
+        "rewards.oracle(x0) * 10",
+        &format!("update_on = \"trajectories\", {extra}"),
+    );
+    let src = std::fs::read_to_string(&s).unwrap().replace(
+        "loss = sqdf.loss",
+        "loss = require(\"baselines.ddpo\").loss",
+    );
+    std::fs::write(&s, src).unwrap();
+    s
+}
+
 #[test]
 fn the_query_counter_stops_a_run_past_its_budget() {
     let dir = tempfile::tempdir().unwrap();
-    // PPO+KL's way: the reward hook queries the oracle on every sampled batch (4 per epoch).
-    let s = script(dir.path(), "rewards.oracle(x0) * 10", "oracle_budget = 6");
+    // 4 queries per epoch (the batch).
+    let s = oracle_script(dir.path(), "oracle_budget = 6");
     let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
     // Loading ran the hooks (smoke test): that is no query.
     assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 0);
@@ -31,6 +47,33 @@ fn the_query_counter_stops_a_run_past_its_budget() {
     let e = format!("{:#}", t.run_epoch().unwrap_err());
     assert!(e.contains("oracle budget exceeded: 4 of 6"), "{e}");
     assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 4);
+}
+
+#[test]
+fn a_loss_that_queries_the_oracle_is_refused() {
+    // SQDF's loss calls the reward hook on its x0 estimate: with the oracle as the reward,
+    // every update would take labels the budget never counted.
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(dir.path(), "rewards.oracle(x0) * 10", "oracle_budget = 100");
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    assert!(
+        e.contains("rewards.oracle was called during an update (the loss hook)"),
+        "{e}"
+    );
+    // The sampling's 4 queries were counted; the refused calls counted nothing.
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 4);
+    // The oracle reads again (noise-free, uncounted) once the update is over: evaluations.
+    let rounds = t.rounds.as_ref().unwrap();
+    let x = randn(&mut seeded(3), (2, 1, 28, 28), &Device::Cpu).unwrap();
+    let oracle = rounds
+        .rewards()
+        .into_iter()
+        .find(|(k, _)| k == "oracle")
+        .unwrap()
+        .1;
+    oracle(&x, None).unwrap();
+    assert_eq!(rounds.oracle.used(), 4);
 }
 
 #[test]
@@ -103,6 +146,7 @@ fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
         (m1["round"].as_u64(), m1["queries_used"].as_u64()),
         (Some(1), Some(5))
     );
+    assert_eq!(t.optim.step, 2, "2 updates a round");
     assert!(t
         .rounds
         .as_ref()
@@ -120,11 +164,28 @@ fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
     assert_eq!(m2["queries_used"].as_u64(), Some(12));
     // buffer_reset (default): only this epoch's batch is left.
     assert_eq!(t.buffer.len(), 4);
+    // optimizer_reset (default): AdamW restarted at the round (bias correction included).
+    assert_eq!(t.optim.step, 2);
     assert!(m2["surrogate_held_out_mse"].as_f64().unwrap().is_finite());
     // A third epoch has no round left and queries nothing.
     let m3 = t.run_epoch().unwrap();
     assert!(m3.get("round").is_none());
     assert_eq!(m3["queries_used"].as_u64(), Some(12));
+    assert_eq!(t.optim.step, 4, "no round, no restart");
+}
+
+#[test]
+fn without_optimizer_reset_adamw_runs_on_across_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5, 7}, round_epochs = 1, optimizer_reset = false",
+    );
+    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    t.run_epoch().unwrap();
+    t.run_epoch().unwrap();
+    assert_eq!(t.optim.step, 4);
 }
 
 #[test]
@@ -155,19 +216,18 @@ fn the_previous_round_reference_moves_to_the_policy() {
     assert!(common::max_abs_diff(&eps(&models.reference), &eps(&previous())) > 0.0);
 }
 
-/// Runs `extra` straight for `epochs`, and split (stopped after `split_at` epochs, then
-/// resumed); every checkpoint tensor, the round and the oracle's count must be equal, and
-/// the count `used_at_split` at the split and `used` at the end.
+/// Runs the script `make` writes straight for `epochs`, and split (stopped after `split_at`
+/// epochs, then resumed); every checkpoint tensor, the round and the oracle's count must be
+/// equal, and the count `used_at_split` at the split and `used` at the end.
 fn resume_matches_a_straight_run(
-    reward: &str,
-    extra: &str,
+    make: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
     epochs: usize,
     split_at: usize,
     used_at_split: usize,
     used: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let s = script(dir.path(), reward, extra);
+    let s = make(dir.path());
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
     let total = format!("epochs={epochs}");
     let (mut a, _) = common::trainer(&s, &straight, &[&total]);
@@ -190,7 +250,9 @@ fn resume_matches_a_straight_run(
     let x = checkpoint::load(&straight.join(checkpoint::FILE)).unwrap();
     let y = checkpoint::load(&split.join(checkpoint::FILE)).unwrap();
     assert_eq!(x.tensors.len(), y.tensors.len());
-    if extra.contains("queries") {
+    // Runs with rounds (all of them with kl_reference = "previous") keep their labels and
+    // the previous round's policy.
+    if x.state.blackbox.as_ref().unwrap().round > 0 {
         assert!(
             x.tensors.contains_key("blackbox.labels")
                 && x.tensors.keys().any(|k| k.starts_with("previous."))
@@ -213,8 +275,9 @@ fn a_resumed_black_box_run_continues_where_it_stopped() {
     // (epoch 1 trains on the restored surrogate against the restored previous policy),
     // then starts round 2 (the restored labelled set, the oracle's count and noise).
     resume_matches_a_straight_run(
-        "rewards.surrogate(x0) * 10",
-        "queries = {5, 7}, round_epochs = 2, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2",
+        &|d| {
+            script(d, "rewards.surrogate(x0) * 10", "queries = {5, 7}, round_epochs = 2, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2")
+        },
         3,
         1,
         5,
@@ -228,8 +291,9 @@ fn a_black_box_run_resumed_after_two_rounds_restores_the_warm_started_surrogate(
     // restored surrogate is right only if every round's fit is replayed on the labels that
     // round had (a single refit on all labels gives another surrogate).
     resume_matches_a_straight_run(
-        "rewards.surrogate(x0) * 10",
-        "queries = {5, 7, 6}, round_epochs = 1, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2",
+        &|d| {
+            script(d, "rewards.surrogate(x0) * 10", "queries = {5, 7, 6}, round_epochs = 1, oracle_noise = 0.01, kl_reference = \"previous\", eval_per_prompt = 2")
+        },
         3,
         2,
         12,
@@ -244,8 +308,12 @@ fn a_resumed_oracle_run_with_evaluations_continues_where_it_stopped() {
     // after epoch 1 (checkpoint, then evaluation) and resumed labels epoch 2 as a straight
     // run does.
     resume_matches_a_straight_run(
-        "rewards.oracle(x0) * 10",
-        "oracle_budget = 100, oracle_noise = 0.01, evals = 3, eval_per_prompt = 2",
+        &|d| {
+            oracle_script(
+                d,
+                "oracle_budget = 100, oracle_noise = 0.01, evals = 3, eval_per_prompt = 2",
+            )
+        },
         3,
         1,
         4,

@@ -11,8 +11,10 @@
 -- KL weight of 1 relative to the reward, the KL summed over the steps with the Gaussian
 -- KL's 1/2.
 -- Here: the gradient runs through the last K steps, K uniform in 1..params.K_max per update
--- (the issue's "random number of final steps"; K_max below 50 bounds memory on a CPU), and
--- the KL of the other steps is estimated from params.kl_steps random ones (DRaFT+KL's way).
+-- (the issue's "random number of final steps"; K_max below 50 bounds memory on a CPU). The
+-- KL of the other steps is estimated from params.kl_steps random ones (DRaFT+KL's way);
+-- scripts/blackbox/digits_seiko.lua sets it to 0, as SEIKO's code, whose detached steps
+-- pass the KL no gradient.
 local draft = require("baselines.draft")
 local M = {}
 

@@ -3,7 +3,9 @@
 //! labelled set, the surrogate is refitted on all of it, the buffer is emptied and the KL
 //! reference is moved (script choices). In between, scripts optimise `rewards.surrogate`;
 //! `rewards.oracle` is the oracle itself (PPO+KL queries it directly), counted only while
-//! the trainer samples (`counting`), never in evaluations or smoke tests.
+//! the trainer samples, read noise-free and uncounted in evaluations and smoke tests, and
+//! refused during updates (`OracleAccess`): a loss that called it would take labels the
+//! budget never counted.
 
 use super::{LabelledSet, Oracle, Surrogate, SurrogateConfig, Uncertainty};
 use crate::script::{RunConfig, TensorFn};
@@ -12,7 +14,7 @@ use crate::train::checkpoint::BlackBoxState;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Tensor;
 use serde_json::{json, Value as Json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The surrogate and the standardisation it was fitted under: features and labels are
@@ -104,7 +106,19 @@ pub struct Rounds {
     pub features: TensorFn,
     /// Rounds started so far.
     pub round: usize,
-    counting: Arc<AtomicBool>,
+    access: Arc<AtomicU8>,
+}
+
+/// What `rewards.oracle` does at a given moment of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OracleAccess {
+    /// Noise-free and uncounted (`Oracle::peek`): evaluations and smoke tests.
+    Peek = 0,
+    /// Noisy labels counted against the budget: the trainer's sampling.
+    Count = 1,
+    /// An error: the updates (the loss hook) must not query the oracle.
+    Refuse = 2,
 }
 
 impl Rounds {
@@ -154,16 +168,15 @@ impl Rounds {
             set: LabelledSet::new(dim),
             features,
             round: 0,
-            counting: Arc::new(AtomicBool::new(false)),
+            access: Arc::new(AtomicU8::new(OracleAccess::Peek as u8)),
         }))
     }
 
     /// `rewards.surrogate(x0)` (the surrogate's optimistic reward, differentiable; 0 before
-    /// the first fit) and `rewards.oracle(x0)` (detached; noisy and counted while the trainer
-    /// samples, noise-free and uncounted otherwise).
+    /// the first fit) and `rewards.oracle(x0)` (detached; as `OracleAccess` says).
     pub fn rewards(&self) -> Vec<(String, TensorFn)> {
         let (s, f) = (self.surrogate.clone(), self.features.clone());
-        let (o, counting) = (self.oracle.clone(), self.counting.clone());
+        let (o, access) = (self.oracle.clone(), self.access.clone());
         vec![
             (
                 "surrogate".into(),
@@ -181,20 +194,28 @@ impl Rounds {
             (
                 "oracle".into(),
                 Arc::new(move |x: &Tensor, cond: Option<&Tensor>| {
-                    let r = if counting.load(Ordering::SeqCst) {
-                        o.query(x, cond)
-                    } else {
-                        o.peek(x, cond)
-                    };
+                    let r =
+                        match access.load(Ordering::SeqCst) {
+                            a if a == OracleAccess::Count as u8 => o.query(x, cond),
+                            a if a == OracleAccess::Peek as u8 => o.peek(x, cond),
+                            _ => return Err(candle_core::Error::Msg(
+                                "rewards.oracle was called during an update (the loss hook): the \
+                                 oracle answers only while the trainer samples, where every \
+                                 query counts against the budget; a loss optimises \
+                                 rewards.surrogate or the rewards stored at sampling"
+                                    .into(),
+                            )),
+                        };
                     r.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
                 }),
             ),
         ]
     }
 
-    /// Whether oracle calls count (the trainer turns this on while it samples).
-    pub fn set_counting(&self, on: bool) {
-        self.counting.store(on, Ordering::SeqCst);
+    /// What oracle calls do from now on (the trainer counts while it samples and refuses
+    /// while it updates).
+    pub fn set_access(&self, access: OracleAccess) {
+        self.access.store(access as u8, Ordering::SeqCst);
     }
 
     /// Whether round `self.round` starts at `epoch`.

@@ -75,6 +75,7 @@ pub struct RunConfig {
     pub oracle_budget: usize,
     pub uncertainty: String,
     pub buffer_reset: bool,
+    pub optimizer_reset: bool,
     pub kl_reference: String,
     pub surrogate: Map<String, Json>,
     pub params: Map<String, Json>,
@@ -118,6 +119,7 @@ impl Default for RunConfig {
             oracle_budget: 0,
             uncertainty: "bootstrap".into(),
             buffer_reset: true,
+            optimizer_reset: true,
             kl_reference: "pretrained".into(),
             surrogate: Map::new(),
             params: Map::new(),
@@ -293,6 +295,11 @@ pub const KEYS: &[(&str, bool, &str)] = &[
         "buffer_reset",
         false,
         "empty the replay buffer at each black-box round (released code: true)",
+    ),
+    (
+        "optimizer_reset",
+        false,
+        "start each black-box round with fresh AdamW moments (released code: a new optimiser per round)",
     ),
     (
         "kl_reference",

@@ -36,6 +36,16 @@ impl AdamW {
         })
     }
 
+    /// Zeroes the moments and the step count, as a newly built optimiser over the same
+    /// parameters (the released black-box code builds one per round).
+    pub fn reset(&mut self) -> Result<()> {
+        for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.zeros_like()?;
+        }
+        self.step = 0;
+        Ok(())
+    }
+
     /// Backpropagates `loss` and takes one step; returns the loss value.
     pub fn minimise(&mut self, loss: &Tensor, lr: f64, weight_decay: f64) -> Result<f64> {
         let g = loss.backward()?;

@@ -2,6 +2,7 @@
 //! the script's `loss`, then a line of metrics.
 
 use super::*;
+use crate::blackbox::rounds::OracleAccess;
 
 impl Trainer {
     /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
@@ -177,27 +178,28 @@ impl Trainer {
             Some(r) if r.due(self.epoch, &cfg) => Some(self.start_round()?),
             _ => None,
         };
-        if let Some(r) = &self.rounds {
-            r.set_counting(true);
-        }
+        self.oracle_access(OracleAccess::Count);
         let collected = self.collect();
-        if let Some(r) = &self.rounds {
-            r.set_counting(false);
-        }
+        self.oracle_access(OracleAccess::Refuse);
         let rewards = collected?;
         let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for _ in 0..cfg.updates_per_epoch {
-            let Some(u) = self.update()? else {
-                skipped += 1;
-                continue;
-            };
-            losses.push(u.loss);
-            norms.push(u.grad_norm);
-            for (k, v) in u.stats {
-                stats.entry(k).or_default().push(v);
+        let updated = (|| -> Result<()> {
+            for _ in 0..cfg.updates_per_epoch {
+                let Some(u) = self.update()? else {
+                    skipped += 1;
+                    continue;
+                };
+                losses.push(u.loss);
+                norms.push(u.grad_norm);
+                for (k, v) in u.stats {
+                    stats.entry(k).or_default().push(v);
+                }
             }
-        }
+            Ok(())
+        })();
+        self.oracle_access(OracleAccess::Peek);
+        updated?;
         self.epoch += 1;
 
         // 3. Metrics.
@@ -253,9 +255,17 @@ impl Trainer {
         Ok(line)
     }
 
+    /// Sets what `rewards.oracle` does (black-box runs only).
+    fn oracle_access(&self, access: OracleAccess) {
+        if let Some(r) = &self.rounds {
+            r.set_access(access);
+        }
+    }
+
     /// Algorithm 2, lines 3-6: `queries[n]` samples of the current policy labelled by the
     /// oracle, the surrogate refitted on every label so far, the buffer emptied
-    /// (`buffer_reset`) and the previous-round reference moved to the policy.
+    /// (`buffer_reset`), AdamW restarted (`optimizer_reset`) and the previous-round reference
+    /// moved to the policy.
     pub fn start_round(&mut self) -> Result<Json> {
         let cfg = self.script.config.clone();
         let m = self.models.clone();
@@ -283,6 +293,9 @@ impl Trainer {
         let line = rounds.label_and_fit(&x0, &ct, seed)?;
         if cfg.buffer_reset {
             self.buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &m.state_shape);
+        }
+        if cfg.optimizer_reset {
+            self.optim.reset()?;
         }
         if let Some((_, previous)) = &m.previous {
             // set_vars copies into the previous model's own variables (Var::set).
