@@ -137,3 +137,97 @@ fn a_bad_comparison_file_names_the_file_and_the_run() {
         "{err}"
     );
 }
+
+/// Killing `sqdf compare` stops the run it is waiting on: an orphaned run would train on
+/// beside whatever starts next and slow it (Linux: PR_SET_PDEATHSIG).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_comparison_takes_its_run_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_weights(dir.path());
+    write_script(dir.path(), "toy.lua", &standard_script(&w, ""));
+    let file = write_script(
+        dir.path(),
+        "cmp.lua",
+        r#"return {
+  title = "a long comparison",
+  seeds = { 0 },
+  set = { epochs = 100000 },
+  runs = { { label = "SQDF", script = "toy.lua" } },
+}"#,
+    );
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "compare"])
+        .arg(&file)
+        .arg("--out")
+        .arg(dir.path().join("report"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run = None;
+    let found = wait_until(120, || {
+        run = children_of(parent.id()).first().copied();
+        run.is_some()
+    });
+    parent.kill().unwrap(); // SIGKILL: nothing of the comparison's own code runs
+    parent.wait().unwrap();
+    assert!(found, "the comparison started no run");
+    let run = run.unwrap();
+    let stopped = wait_until(30, || !alive(run));
+    if !stopped {
+        unsafe { libc::kill(run as i32, libc::SIGKILL) };
+    }
+    assert!(stopped, "the run outlived its comparison");
+}
+
+/// Polls `done` every 0.1 s for up to `secs` seconds.
+#[cfg(target_os = "linux")]
+fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(secs) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Processes whose parent is `pid` (from /proc/*/stat; the command name is in parentheses
+/// and may hold spaces, so the fields are read after the last ')').
+#[cfg(target_os = "linux")]
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether `pid` still runs (a zombie, waiting for a reaper, does not).
+#[cfg(target_os = "linux")]
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
