@@ -3,9 +3,10 @@
 //!
 //! Rust owns state and speed (tensors, models, sampler, replay buffer, optimiser,
 //! checkpoints); Lua owns the experiment's math (reward, loss, discount, priority).
-//! See `README.md` for the script contract and `docs/ARCHITECTURE.md` for the layout.
+//! See `README.md` for the script contract and the layout, `docs/DESIGN.md` for the design.
 
 pub mod blackbox;
+pub mod child_process;
 pub mod compare;
 pub mod data;
 pub mod device;

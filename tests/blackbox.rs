@@ -52,28 +52,70 @@ fn the_query_counter_stops_a_run_past_its_budget() {
 #[test]
 fn a_loss_that_queries_the_oracle_is_refused() {
     // SQDF's loss calls the reward hook on its x0 estimate: with the oracle as the reward,
-    // every update would take labels the budget never counted.
+    // every update would take labels the budget never counted. The smoke test runs the
+    // loss as an update does, so the script is refused before anything is sampled.
     let dir = tempfile::tempdir().unwrap();
     let s = script(dir.path(), "rewards.oracle(x0) * 10", "oracle_budget = 100");
-    let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
-    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    let (o, _) = common::quiet_options(&s, &dir.path().join("run"), &[]);
+    let e = format!("{:#}", sqdf::train::Trainer::new(o).err().unwrap());
     assert!(
         e.contains("rewards.oracle was called during an update (the loss hook)"),
         "{e}"
     );
-    // The sampling's 4 queries were counted; the refused calls counted nothing.
-    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 4);
-    // The oracle reads again (noise-free, uncounted) once the update is over: evaluations.
+
+    // A loss that queries it only from the second epoch on passes the smoke test and is
+    // stopped at that update; the refused call counts nothing.
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5}, round_epochs = 1",
+    );
+    let src = std::fs::read_to_string(&s).unwrap().replace(
+        "loss = sqdf.loss,",
+        "loss = function(batch, ctx)\n    if ctx.epoch >= 1 then rewards.oracle(tensor.zeros(1, 1, 28, 28)) end\n    return sqdf.loss(batch, ctx)\n  end,",
+    );
+    std::fs::write(&s, src).unwrap();
+    let (mut t, _) = common::trainer(&s, &dir.path().join("late"), &[]);
+    t.run_epoch().unwrap();
+    let e = format!("{:#}", t.run_epoch().unwrap_err());
+    assert!(
+        e.contains("rewards.oracle was called during an update"),
+        "{e}"
+    );
     let rounds = t.rounds.as_ref().unwrap();
-    let x = randn(&mut seeded(3), (2, 1, 28, 28), &Device::Cpu).unwrap();
+    assert_eq!(rounds.oracle.used(), 5);
+    // Once the update is over the oracle reads again (noise-free, uncounted): evaluations.
     let oracle = rounds
         .rewards()
         .into_iter()
         .find(|(k, _)| k == "oracle")
         .unwrap()
         .1;
-    oracle(&x, None).unwrap();
-    assert_eq!(rounds.oracle.used(), 4);
+    oracle(
+        &randn(&mut seeded(3), (2, 1, 28, 28), &Device::Cpu).unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rounds.oracle.used(), 5);
+}
+
+#[test]
+fn the_reward_that_plays_the_oracle_is_hidden_from_a_black_box_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.gold(x0) * 10",
+        "queries = {5}, round_epochs = 1",
+    );
+    let (o, _) = common::quiet_options(&s, &dir.path().join("run"), &[]);
+    let e = format!("{:#}", sqdf::train::Trainer::new(o).err().unwrap());
+    assert!(
+        e.contains("rewards.gold plays the oracle in this run (config.oracle)"),
+        "{e}"
+    );
+    // With another oracle the gold score is an ordinary (known) reward.
+    let (o, _) = common::quiet_options(&s, &dir.path().join("run2"), &["oracle=learned"]);
+    sqdf::train::Trainer::new(o).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

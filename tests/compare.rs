@@ -170,10 +170,22 @@ fn a_killed_comparison_takes_its_run_with_it() {
         run = children_of(parent.id()).first().copied();
         run.is_some()
     });
+    // The run is training (its log exists) and still alive when the comparison is killed,
+    // so only the parent's death can stop it.
+    let log = dir.path().join("report/runs/sqdf-seed0/run.log");
+    let started = found && wait_until(120, || log.exists());
+    let was_alive = run.is_some_and(alive);
     parent.kill().unwrap(); // SIGKILL: nothing of the comparison's own code runs
     parent.wait().unwrap();
     assert!(found, "the comparison started no run");
     let run = run.unwrap();
+    if !(started && was_alive) {
+        unsafe { libc::kill(run as i32, libc::SIGKILL) };
+    }
+    assert!(
+        started && was_alive,
+        "the run did not start, or stopped by itself"
+    );
     let stopped = wait_until(30, || !alive(run));
     if !stopped {
         unsafe { libc::kill(run as i32, libc::SIGKILL) };

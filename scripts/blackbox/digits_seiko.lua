@@ -28,7 +28,8 @@ return {
     uncertainty = "bootstrap",
     -- UCB's C1 is in the oracle's units: the paper's 0.01 on the aesthetic scale is 0.01 / SCALE
     -- on the gold score (lambda stays the paper's 1e-3; other keys: README, "Black-box").
-    -- Sigma is the features' sample covariance, as the released code (torch.cov).
+    -- UCB's Sigma: the sample covariance of phi (the surrogate's last hidden layer), as the
+    -- released code (torch.cov).
     surrogate = { c1 = 0.01 / SCALE, sigma = "covariance" },
     grad_clip = 5.0, -- released black-box code: 5
     buffer_reset = true,

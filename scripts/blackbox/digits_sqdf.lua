@@ -15,16 +15,17 @@ return {
     task = "digits",
     seed = 0,
     queries = { 128, 256, 512, 1024 }, -- paper: 1024, 2048, 4096, 8192 (4 rounds, 1:2:4:8)
-    round_epochs = 5, -- epochs per round (paper: 20 iterations of 64; released code: 40)
+    round_epochs = 5, -- epochs per round
     epochs = 20, -- 4 rounds x 5
     batch = 32,
-    updates_per_epoch = 4,
+    updates_per_epoch = 4, -- 20 updates a round (paper: 20 inner iterations; released code: 40)
     oracle = "gold",
     oracle_noise = 0.01, -- released code: N(0, 0.1^2) on the aesthetic scale
     uncertainty = "bootstrap", -- paper: 4 bootstrap heads (max) or UCB (C1 0.01, lambda 0.001)
     -- UCB's C1 is in the oracle's units: the paper's 0.01 on the aesthetic scale is 0.01 / SCALE
     -- on the gold score (lambda stays the paper's 1e-3; other keys: README, "Black-box").
-    -- Sigma is the features' sample covariance, as the released code (torch.cov).
+    -- UCB's Sigma: the sample covariance of phi (the surrogate's last hidden layer), as the
+    -- released code (torch.cov).
     surrogate = { c1 = 0.01 / SCALE, sigma = "covariance" },
     grad_clip = 5.0, -- released black-box code: 5
     buffer_reset = true, -- released code: the buffer is emptied every round

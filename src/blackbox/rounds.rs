@@ -107,6 +107,8 @@ pub struct Rounds {
     /// Rounds started so far.
     pub round: usize,
     access: Arc<AtomicU8>,
+    /// The task reward that plays the oracle (`config.oracle`).
+    truth_name: String,
 }
 
 /// What `rewards.oracle` does at a given moment of the run.
@@ -169,6 +171,7 @@ impl Rounds {
             features,
             round: 0,
             access: Arc::new(AtomicU8::new(OracleAccess::Peek as u8)),
+            truth_name: cfg.oracle.clone(),
         }))
     }
 
@@ -210,6 +213,25 @@ impl Rounds {
                 }),
             ),
         ]
+    }
+
+    /// The rewards a black-box script sees: the task's, with `rewards.surrogate` and
+    /// `rewards.oracle` added, and the task reward that plays the oracle made an error: a
+    /// script reaches the oracle only through the counted `rewards.oracle`.
+    pub fn install_rewards(&self, rewards: &mut Vec<(String, TensorFn)>) {
+        let name = self.truth_name.clone();
+        for (k, f) in rewards.iter_mut() {
+            if *k == name {
+                let name = name.clone();
+                *f = Arc::new(move |_: &Tensor, _: Option<&Tensor>| {
+                    Err(candle_core::Error::Msg(format!(
+                        "rewards.{name} plays the oracle in this run (config.oracle): scripts \
+                         query it as rewards.oracle, which counts every query against the budget"
+                    )))
+                });
+            }
+        }
+        rewards.extend(self.rewards());
     }
 
     /// What oracle calls do from now on (the trainer counts while it samples and refuses

@@ -45,7 +45,7 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
         cmd.arg("--out").arg(dir);
     }
     cmd.arg("--no-watch");
-    die_with_parent(&mut cmd);
+    crate::child_process::die_with_parent(&mut cmd);
     for (k, v) in &run.overrides {
         cmd.arg("--set").arg(set_arg(k, v));
     }
@@ -63,34 +63,6 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// The run stops when the comparison does: a `kill` of `sqdf compare` (or its crash) must
-/// not leave a run training beside whatever starts next, slowing it and its timings. Ctrl-C
-/// in a terminal reaches both anyway (it signals the process group); on Linux the kernel
-/// sends the child SIGTERM when its parent dies, however it dies. The child's checkpoint
-/// is written atomically after each epoch, so the killed run resumes from its last epoch.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id();
-    // SAFETY: between fork and exec the closure calls only prctl and getppid, both
-    // async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent died before the prctl took effect: no signal will come.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("sqdf compare exited"));
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}
 
 /// The sum of the epochs' `seconds` in a run's metrics.jsonl (resumed parts included).
 fn training_seconds(dir: &Path) -> Option<f64> {

@@ -38,7 +38,10 @@ pub enum UpdateOn {
     Trajectories,
 }
 
+/// A key missing from a stored config (a checkpoint written before the key existed) takes
+/// its default, as a key missing from a script does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunConfig {
     pub task: String,
     pub weights: Option<String>,
@@ -659,6 +662,17 @@ fn kind(v: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_config_without_a_newer_key_takes_its_default() {
+        // A checkpoint written before `optimizer_reset` existed.
+        let mut stored = serde_json::to_value(RunConfig::default()).unwrap();
+        stored.as_object_mut().unwrap().remove("optimizer_reset");
+        stored["epochs"] = serde_json::json!(7);
+        let cfg: RunConfig = serde_json::from_value(stored).unwrap();
+        assert!(cfg.optimizer_reset);
+        assert_eq!(cfg.epochs, 7);
+    }
 
     #[test]
     fn dotted_overrides_reach_into_params_and_surrogate() {

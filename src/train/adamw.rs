@@ -82,3 +82,26 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn a_reset_optimiser_steps_as_a_new_one() {
+        let dev = Device::Cpu;
+        let g = |s: f32| Some(Tensor::new(&[s, 2.0 * s, -s], &dev).unwrap());
+        let p = Var::new(&[1.0f32, -2.0, 0.5], &dev).unwrap();
+        let mut used = AdamW::new(vec![("p".into(), p.clone())]).unwrap();
+        used.step(&[g(1.0)], 0.1, 0.1).unwrap();
+        used.step(&[g(3.0)], 0.1, 0.1).unwrap();
+        let q = Var::from_tensor(&p.as_tensor().copy().unwrap()).unwrap();
+        let mut fresh = AdamW::new(vec![("q".into(), q.clone())]).unwrap();
+        used.reset().unwrap();
+        used.step(&[g(-2.0)], 0.1, 0.1).unwrap();
+        fresh.step(&[g(-2.0)], 0.1, 0.1).unwrap();
+        let v = |x: &Var| x.as_tensor().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&p), v(&q));
+    }
+}

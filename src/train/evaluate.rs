@@ -55,7 +55,7 @@ pub fn evaluate(
         _ => Rounds::new(cfg, &models).map_err(|e| anyhow!("{}: {e:#}", script.display()))?,
     };
     if let Some(r) = &surrogate {
-        models.rewards.extend(r.rewards());
+        r.install_rewards(&mut models.rewards);
     }
     s.provide_rewards(&models.rewards)?;
     // The reward hook once on a single state, so a broken one fails before the sampling.

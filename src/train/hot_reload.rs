@@ -3,6 +3,7 @@
 //! On any failure the running version stays and the error says file, line and hook.
 
 use super::smoke_test::smoke_test;
+use crate::blackbox::rounds::Rounds;
 use crate::script::{config, SandboxOptions, Script};
 use crate::tasks::TaskModels;
 use anyhow::{bail, Result};
@@ -46,11 +47,12 @@ pub fn try_reload(
     sandbox: &SandboxOptions,
     models: &Arc<TaskModels>,
     cond: u32,
+    oracle: Option<&Rounds>,
 ) -> Reload {
     if !differs(running) {
         return Reload::Unchanged;
     }
-    match load_checked(running, overrides, sandbox, models, cond) {
+    match load_checked(running, overrides, sandbox, models, cond, oracle) {
         Ok((s, d)) => Reload::Accepted(Box::new(s), d),
         Err(e) => Reload::Rejected(format!("{e:#}")),
     }
@@ -62,12 +64,13 @@ fn load_checked(
     sandbox: &SandboxOptions,
     models: &Arc<TaskModels>,
     cond: u32,
+    oracle: Option<&Rounds>,
 ) -> Result<(Script, ConfigChanges)> {
     let new = Script::load(&running.path, overrides, sandbox)?;
     new.provide_rewards(&models.rewards)?;
     let diffs = running.config.diff(&new.config);
     refuse_unsafe(&diffs)?;
-    smoke_test(&new, models, cond)?;
+    smoke_test(&new, models, cond, oracle)?;
     Ok((new, diffs))
 }
 

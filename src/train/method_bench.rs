@@ -106,6 +106,7 @@ pub fn bench_methods(exe: &Path, root: &Path, batch: usize, log: &RunLog) -> Res
     let mut rows = Vec::new();
     for (name, script, o) in &cases {
         let mut cmd = Command::new(exe);
+        crate::child_process::die_with_parent(&mut cmd);
         cmd.arg("--quiet")
             .arg("bench-update")
             .arg(root.join(script));

@@ -2,13 +2,20 @@
 //! a run (at start and on every reload), so that a broken script fails here, not mid-epoch.
 //! It draws from its own RNG: testing a script never shifts the run's random stream.
 
+use crate::blackbox::rounds::{OracleAccess, Rounds};
 use crate::rng::{randn, shared};
 use crate::script::{Batch, LossContext, Script, TensorEnv, Trajectories, UpdateOn};
 use crate::tasks::TaskModels;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
-pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Result<()> {
+/// `oracle`: a black-box run's rounds, whose oracle the loss may not query (as in updates).
+pub fn smoke_test(
+    script: &Script,
+    models: &Arc<TaskModels>,
+    cond: u32,
+    oracle: Option<&Rounds>,
+) -> Result<()> {
     let rng = shared(0x5eed);
     script.set_tensor_env(TensorEnv {
         device: models.device.clone(),
@@ -27,7 +34,7 @@ pub fn smoke_test(script: &Script, models: &Arc<TaskModels>, cond: u32) -> Resul
         vec![vec![0, steps - 1]]
     };
     for idx in groups {
-        smoke_loss(script, models, cond, &rng, &discount, &idx)?;
+        smoke_loss(script, models, cond, &rng, &discount, &idx, oracle)?;
     }
     Ok(())
 }
@@ -40,6 +47,7 @@ fn smoke_loss(
     rng: &crate::rng::SharedRng,
     discount: &[f64],
     idx: &[usize],
+    oracle: Option<&Rounds>,
 ) -> Result<()> {
     let steps = models.sampler.steps();
     let n = idx.len();
@@ -81,8 +89,14 @@ fn smoke_loss(
         micro_batch: 1,
         buffer_rewards: Arc::new((vec![cond; n], (0..n).map(|i| i as f32).collect())),
     };
+    let access = |a| {
+        if let Some(r) = oracle {
+            r.set_access(a)
+        }
+    };
+    access(OracleAccess::Refuse);
     let out = match script.config.update_on {
-        UpdateOn::States => script.loss(batch, ctx)?,
+        UpdateOn::States => script.loss(batch, ctx),
         UpdateOn::Trajectories => {
             // Random trajectories whose actions had log-probability 0.
             let lp = candle_core::Tensor::zeros((n, steps), crate::DTYPE, &models.device)?;
@@ -94,9 +108,11 @@ fn smoke_loss(
                 &models.sampler,
                 discount,
             );
-            script.loss(t, ctx)?
+            script.loss(t, ctx)
         }
     };
+    access(OracleAccess::Peek);
+    let out = out?;
     if let Err(e) = out.loss.backward() {
         bail!(
             "{}: hook `loss` returned a tensor whose gradient cannot be computed: {e}",

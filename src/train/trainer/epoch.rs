@@ -180,8 +180,9 @@ impl Trainer {
         };
         self.oracle_access(OracleAccess::Count);
         let collected = self.collect();
-        self.oracle_access(OracleAccess::Refuse);
+        self.oracle_access(OracleAccess::Peek);
         let rewards = collected?;
+        self.oracle_access(OracleAccess::Refuse);
         let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let updated = (|| -> Result<()> {

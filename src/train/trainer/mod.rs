@@ -138,7 +138,7 @@ impl Trainer {
         let rounds = crate::blackbox::rounds::Rounds::new(&cfg, &models)
             .map_err(|e| anyhow!("{}: {e:#}", opts.script.display()))?;
         if let Some(r) = &rounds {
-            models.rewards.extend(r.rewards());
+            r.install_rewards(&mut models.rewards);
         }
         let models = Arc::new(models);
         if let Some(init) = &cfg.lora_init {
@@ -147,7 +147,7 @@ impl Trainer {
         }
         script.provide_rewards(&models.rewards)?;
         let cond0 = task.conditions(1, &mut rng::seeded(0))[0];
-        smoke_test(&script, &models, cond0)?;
+        smoke_test(&script, &models, cond0, rounds.as_ref())?;
 
         let rng = rng::shared(cfg.seed);
         script.set_tensor_env(TensorEnv {

@@ -46,6 +46,7 @@ impl Trainer {
             &self.sandbox,
             &self.models,
             cond0,
+            self.rounds.as_ref(),
         ) {
             Reload::Unchanged => ReloadOutcome::NoChange,
             Reload::Rejected(msg) => self.reject(disk, msg),
