@@ -227,7 +227,8 @@ fn draft_kl_adds_alpha_times_the_summed_kl() {
 fn ddpo_kl_takes_alpha_times_the_step_kl_off_the_advantage() {
     let dir = tempfile::tempdir().unwrap();
     // On the policy's own batch the ratio is 1: loss = mean_t mean_b -(A - alpha KL_t), so the KL
-    // version is larger by alpha times the per-step KL averaged over steps and samples.
+    // version is larger by alpha times the per-step KL averaged over steps and samples. DDPO+KL's
+    // KL_t is half the released form (mean / 2 sigma^2: the first author's DDPO fork).
     let (t, traj) = ddpo_kl(dir.path());
     let diff = kl_part_of_the_loss(&t, &traj);
     let mean_kl = step_kls(&t, &traj).iter().sum::<f64>() / traj.steps() as f64;
@@ -236,8 +237,8 @@ fn ddpo_kl_takes_alpha_times_the_step_kl_off_the_advantage() {
         "the KL should be positive after an update: {mean_kl}"
     );
     assert!(
-        (diff - 0.5 * mean_kl).abs() < 1e-5 * (1.0 + mean_kl),
-        "{diff} != 0.5 * {mean_kl}"
+        (diff - 0.5 * mean_kl / 2.0).abs() < 1e-5 * (1.0 + mean_kl),
+        "{diff} != 0.5 * {mean_kl} / 2"
     );
 }
 
@@ -315,7 +316,8 @@ fn ddpo_kl_is_detached_so_its_gradient_is_the_advantage_shift_only() {
             .detach();
         let lp = sqdf::diffusion::log_prob::gaussian_log_prob(&b.next, &p.mean, &p.sigma).unwrap();
         let ratio = (lp - &b.log_prob).unwrap().exp().unwrap();
-        let term = (kl * ratio).unwrap().mean_all().unwrap() * 0.5;
+        // alpha 0.5 times DDPO+KL's KL, half the released form.
+        let term = (kl * ratio).unwrap().mean_all().unwrap() * (0.5 * 0.5);
         shift = (shift + term.unwrap()).unwrap();
     }
     let shift = (shift / traj.steps() as f64).unwrap();

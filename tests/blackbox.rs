@@ -419,3 +419,44 @@ fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("has no black-box state"), "{e:#}");
 }
+
+#[test]
+fn a_reload_whose_loss_queries_the_oracle_is_rejected_and_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "rewards.surrogate(x0) * 10",
+        "queries = {5}, round_epochs = 1, epochs = 3",
+    );
+    let good = std::fs::read_to_string(&s).unwrap();
+    let (mut o, log) = common::quiet_options(&s, &dir.path().join("run"), &[]);
+    o.watch = true;
+    let mut t = sqdf::train::Trainer::new(o).unwrap();
+    t.run_epoch().unwrap();
+    let bad = good.replace(
+        "loss = sqdf.loss,",
+        "loss = function(batch, ctx)\n    rewards.oracle(tensor.zeros(1, 1, 28, 28))\n    return sqdf.loss(batch, ctx)\n  end,",
+    );
+    std::fs::write(&s, bad).unwrap();
+    let start = std::time::Instant::now();
+    let outcome = loop {
+        match t.maybe_reload() {
+            sqdf::train::trainer::ReloadOutcome::NoChange
+                if start.elapsed() < std::time::Duration::from_secs(20) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(outcome, sqdf::train::trainer::ReloadOutcome::Rejected);
+    let lines = log.lines().join("\n");
+    assert!(
+        lines.contains("rewards.oracle was called during an update"),
+        "{lines}"
+    );
+    // The last good version trains on, and the smoke test counted no query.
+    let m = t.run_epoch().unwrap();
+    assert_eq!(m["script_generation"], 1);
+    assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 5);
+}

@@ -7,7 +7,10 @@
 -- advantages clipped to +-5, per-prompt statistics over the last 16 rewards (fewer than 16
 -- seen: the batch's), 1 inner epoch, every timestep trained; DDPO+KL alpha = 0.2 (0.2, 0.3,
 -- 0.4 in Fig. 4). config.updates_per_epoch is the number of PPO epochs over the batch. The
--- KL of DDPO+KL is the current policy's at each pass (the behaviour policy's on the first).
+-- KL of DDPO+KL is the current policy's at each pass (the behaviour policy's on the first),
+-- in the form of the SQDF first author's DDPO fork (Shin-woocheol/DDPO,
+-- ddim_with_logprob_kl.py): mean over dimensions of (mu - mu')^2 / (2 sigma^2), half of
+-- ctx:kl's "released" form (SQDF's), subtracted from the clipped advantage.
 local M = {}
 
 -- (r - mean) / std per prompt over its last `buffer_size` rewards (DDPO's stat tracker; the
@@ -72,7 +75,7 @@ function M.loss(traj, ctx)
     local step = ctx:policy_step(b)
     local a = adv
     if cfg.alpha > 0 then
-      local kl = ctx:kl(step, ctx:reference_step(b)):detach()
+      local kl = ctx:kl(step, ctx:reference_step(b)):detach() * 0.5
       a = adv - cfg.alpha * kl
       kl_sum = kl_sum + kl:mean():item()
     end
