@@ -3,6 +3,7 @@
 //! Markdown table (mean ± std over seeds) and the plots of Fig. 3 and Fig. 4.
 
 pub mod axis;
+pub mod equal_reward;
 pub mod plan;
 pub mod plots;
 pub mod report;

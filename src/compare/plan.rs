@@ -1,7 +1,7 @@
 //! A comparison file (`scripts/compare/*.lua`): a Lua table naming the runs, read into the
 //! list of (script, overrides, seed) to execute. It is data, not an experiment: it returns
 //!
-//!   { title = "...", seeds = {0, 1, 2}, evals = 6, set = {...},
+//!   { title = "...", seeds = {0, 1, 2}, evals = 6, set = {...}, equal_reward = 2.3,
 //!     quick = { seeds = {0}, evals = 3, set = { epochs = 6, eval_per_prompt = 8 } },
 //!     (a run may add its own `quick_set = { ... }`, applied after the shared one)
 //!     runs = { { label = "SQDF", script = "../digits_sqdf.lua", set = {...},
@@ -10,6 +10,7 @@
 //! `set` at the top applies to every run, a run's own `set` on top of it; `sweep` makes one
 //! run per value (the Fig. 4 trade-off curves), and `base = "<label>"` adds that label's
 //! runs to the curve at their own value of the key; script paths are relative to the file.
+//! `equal_reward` (optional) is the reward level of the report's equal-reward table.
 
 use crate::script::config::lua_to_json;
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,6 +37,9 @@ pub struct PlannedRun {
 pub struct Plan {
     pub title: String,
     pub runs: Vec<PlannedRun>,
+    /// The reward level at which the report reads every method (`equal_reward`; None: the
+    /// median of the runs' best rewards).
+    pub equal_reward: Option<f64>,
 }
 
 fn slug(s: &str) -> String {
@@ -195,7 +199,16 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
             w[0]
         );
     }
+    let equal_reward = match j.get("equal_reward") {
+        None | Some(Json::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| anyhow!("{at}: `equal_reward` must be a number, got {v}"))?,
+        ),
+    };
     Ok(Plan {
+        equal_reward,
         title: j
             .get("title")
             .and_then(Json::as_str)
@@ -237,5 +250,14 @@ mod tests {
         write("seeds = { 4, 5 },");
         assert_eq!(seeds(false), [4, 5]);
         assert_eq!(seeds(true), [0], "--quick keeps to one seed");
+        assert_eq!(load(&file, false).unwrap().equal_reward, None);
+        write("equal_reward = 2.5,");
+        assert_eq!(load(&file, false).unwrap().equal_reward, Some(2.5));
+        write("equal_reward = \"high\",");
+        let e = format!("{:#}", load(&file, false).err().unwrap());
+        assert!(
+            e.contains("`equal_reward` must be a number, got \"high\""),
+            "{e}"
+        );
     }
 }

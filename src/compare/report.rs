@@ -281,7 +281,14 @@ pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
 
 /// Writes `report.md`, its figures and `results.json` into `dir`. A figure with nothing to
 /// show (no sweep runs for Fig. 4, only sweep runs for Fig. 3) is left out with its link.
-pub fn write_report(results: &[RunResult], dir: &Path, title: &str, notes: &str) -> Result<()> {
+/// `equal_reward`: the level of the equal-reward table (None: the runs' median best).
+pub fn write_report(
+    results: &[RunResult],
+    dir: &Path,
+    title: &str,
+    notes: &str,
+    equal_reward: Option<f64>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut md = format!("# {title}\n\n");
     if !notes.trim().is_empty() {
@@ -290,6 +297,18 @@ pub fn write_report(results: &[RunResult], dir: &Path, title: &str, notes: &str)
     md.push_str("Each cell is the mean ± population std over the method's seeds; `(n=k)` marks a ");
     md.push_str("metric that only k seeds reported, `–` one that none did.\n\n");
     md.push_str(&table(results));
+    // Each black-box method's target reward is its own (a surrogate's or the oracle's), so
+    // an equal level means nothing across its rows.
+    if !is_black_box(results) {
+        let level = equal_reward.or_else(|| super::equal_reward::default_level(results));
+        if let Some(level) = level {
+            md.push_str(&super::equal_reward::section(
+                results,
+                level,
+                equal_reward.is_some(),
+            ));
+        }
+    }
     if results.iter().any(|r| r.sweep.is_none()) {
         plots::plot_along_training(results, &dir.join(FIG3))?;
         md.push_str(&format!(
@@ -446,7 +465,7 @@ pub(super) mod tests {
     fn report_and_results_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let rs = vec![run("SQDF", 0, None, 1.0), run("SQDF", 0, Some(2.0), 2.0)];
-        write_report(&rs, dir.path(), "digits", "Two methods.").unwrap();
+        write_report(&rs, dir.path(), "digits", "Two methods.", None).unwrap();
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(md.starts_with("# digits\n\nTwo methods.\n"));
         assert!(md.contains(FIG3) && md.contains(FIG4));
@@ -455,7 +474,7 @@ pub(super) mod tests {
         assert_eq!(table(&back), table(&rs));
         assert_eq!(back[1].sweep, Some(("alpha".to_string(), 2.0)));
         assert_eq!(back[0].curve, rs[0].curve);
-        write_report(&rs[..1], dir.path(), "t", "").unwrap();
+        write_report(&rs[..1], dir.path(), "t", "", Some(1.0)).unwrap();
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(!md.contains(FIG4));
     }

@@ -255,7 +255,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         },
         partial
     );
-    report::write_report(&results, &out, &plan.title, &notes)?;
+    report::write_report(&results, &out, &plan.title, &notes, plan.equal_reward)?;
     opts.log
         .info(format!("wrote {}", out.join("report.md").display()));
     if !failed.is_empty() {
