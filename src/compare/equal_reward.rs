@@ -118,7 +118,8 @@ pub fn section(results: &[RunResult], level: f64, given: bool) -> String {
     let origin = if given {
         "the comparison file's `equal_reward`"
     } else {
-        "the median of the runs' best rewards along training (set it with `equal_reward`)"
+        "the median of the runs' best rewards along training; `equal_reward` in the \
+         comparison file sets another"
     };
     let mut out = format!(
         "\n## At an equal target reward (Fig. 3's stopping rule)\n\nEvery method read where its \
