@@ -7,14 +7,19 @@ mod common;
 use common::*;
 use std::process::Command;
 
+/// The toy script `toy.lua` on tiny weights in `dir`, and the comparison file `cmp.lua`
+/// (`comparison`, which names toy.lua); returns the comparison file's path.
+fn toy_comparison(dir: &std::path::Path, comparison: &str) -> std::path::PathBuf {
+    let w = tiny_weights(dir);
+    write_script(dir, "toy.lua", &standard_script(&w, ""));
+    write_script(dir, "cmp.lua", comparison)
+}
+
 #[test]
 fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let w = tiny_weights(dir.path());
-    write_script(dir.path(), "toy.lua", &standard_script(&w, ""));
-    let file = write_script(
+    let file = toy_comparison(
         dir.path(),
-        "cmp.lua",
         r#"return {
   title = "tiny comparison",
   seeds = { 0, 1 },
@@ -144,11 +149,8 @@ fn a_bad_comparison_file_names_the_file_and_the_run() {
 #[test]
 fn a_killed_comparison_takes_its_run_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let w = tiny_weights(dir.path());
-    write_script(dir.path(), "toy.lua", &standard_script(&w, ""));
-    let file = write_script(
+    let file = toy_comparison(
         dir.path(),
-        "cmp.lua",
         r#"return {
   title = "a long comparison",
   seeds = { 0 },
