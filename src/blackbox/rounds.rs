@@ -123,6 +123,17 @@ pub enum OracleAccess {
     Refuse = 2,
 }
 
+impl OracleAccess {
+    /// The access stored in `cell` (written only by `Rounds::set_access`).
+    fn load(cell: &AtomicU8) -> Self {
+        match cell.load(Ordering::SeqCst) {
+            1 => Self::Count,
+            2 => Self::Refuse,
+            _ => Self::Peek,
+        }
+    }
+}
+
 impl Rounds {
     /// The black-box state of a run, or None for a run whose reward is known.
     pub fn new(cfg: &RunConfig, models: &TaskModels) -> Result<Option<Self>> {
@@ -198,10 +209,10 @@ impl Rounds {
                 "oracle".into(),
                 Arc::new(move |x: &Tensor, cond: Option<&Tensor>| {
                     let r =
-                        match access.load(Ordering::SeqCst) {
-                            a if a == OracleAccess::Count as u8 => o.query(x, cond),
-                            a if a == OracleAccess::Peek as u8 => o.peek(x, cond),
-                            _ => return Err(candle_core::Error::Msg(
+                        match OracleAccess::load(&access) {
+                            OracleAccess::Count => o.query(x, cond),
+                            OracleAccess::Peek => o.peek(x, cond),
+                            OracleAccess::Refuse => return Err(candle_core::Error::Msg(
                                 "rewards.oracle was called during an update (the loss hook): the \
                                  oracle answers only while the trainer samples, where every \
                                  query counts against the budget; a loss optimises \
