@@ -85,3 +85,27 @@ fn resume_refuses_a_changed_unsafe_key() {
         "{e}"
     );
 }
+
+/// A run started again (not resumed) in a folder whose first start was killed before its
+/// checkpoint: the earlier start's epochs leave metrics.jsonl, so the comparison's training
+/// time (the sum of the epochs' seconds) counts this start alone.
+#[test]
+fn a_fresh_start_in_an_old_folder_drops_the_old_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_weights(dir.path());
+    let script = common::write_script(dir.path(), "exp.lua", &common::standard_script(&w, ""));
+    let out = dir.path().join("run");
+    let (mut a, _) = common::trainer(&script, &out, &["epochs=3"]);
+    a.run().unwrap();
+    drop(a);
+    assert_eq!(metrics(&out).len(), 3);
+    std::fs::remove_file(out.join(checkpoint::FILE)).unwrap();
+    std::fs::remove_file(out.join("eval.json")).unwrap();
+    let (mut b, _) = common::trainer(&script, &out, &["epochs=2"]);
+    b.run().unwrap();
+    let epochs: Vec<u64> = metrics(&out)
+        .iter()
+        .map(|m| m["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2]);
+}

@@ -124,13 +124,24 @@ pub enum OracleAccess {
 }
 
 impl OracleAccess {
-    /// The access stored in `cell` (written only by `Rounds::set_access`).
+    /// The access stored in `cell` (written only through `Rounds::access`).
     fn load(cell: &AtomicU8) -> Self {
         match cell.load(Ordering::SeqCst) {
             1 => Self::Count,
             2 => Self::Refuse,
             _ => Self::Peek,
         }
+    }
+}
+
+/// Holds an `OracleAccess` set by `Rounds::access`; dropping it restores `Peek`. It owns its
+/// handle, so the trainer can hold it while it borrows itself mutably.
+#[must_use = "the access lasts only while the guard lives"]
+pub struct OracleAccessGuard(Arc<AtomicU8>);
+
+impl Drop for OracleAccessGuard {
+    fn drop(&mut self) {
+        self.0.store(OracleAccess::Peek as u8, Ordering::SeqCst);
     }
 }
 
@@ -245,10 +256,11 @@ impl Rounds {
         rewards.extend(self.rewards());
     }
 
-    /// What oracle calls do from now on (the trainer counts while it samples and refuses
-    /// while it updates).
-    pub fn set_access(&self, access: OracleAccess) {
+    /// What oracle calls do until the guard drops (the trainer counts while it samples and
+    /// refuses while it updates); then `Peek` again, on an error or a panic too.
+    pub fn access(&self, access: OracleAccess) -> OracleAccessGuard {
         self.access.store(access as u8, Ordering::SeqCst);
+        OracleAccessGuard(self.access.clone())
     }
 
     /// Whether round `self.round` starts at `epoch`.

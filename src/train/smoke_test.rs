@@ -89,12 +89,7 @@ fn smoke_loss(
         micro_batch: 1,
         buffer_rewards: Arc::new((vec![cond; n], (0..n).map(|i| i as f32).collect())),
     };
-    let access = |a| {
-        if let Some(r) = oracle {
-            r.set_access(a)
-        }
-    };
-    access(OracleAccess::Refuse);
+    let refusing = oracle.map(|r| r.access(OracleAccess::Refuse));
     let out = match script.config.update_on {
         UpdateOn::States => script.loss(batch, ctx),
         UpdateOn::Trajectories => {
@@ -111,7 +106,7 @@ fn smoke_loss(
             script.loss(t, ctx)
         }
     };
-    access(OracleAccess::Peek);
+    drop(refusing);
     let out = out?;
     if let Err(e) = out.loss.backward() {
         bail!(

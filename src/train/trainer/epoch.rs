@@ -2,7 +2,7 @@
 //! the script's `loss`, then a line of metrics.
 
 use super::*;
-use crate::blackbox::rounds::OracleAccess;
+use crate::blackbox::rounds::{OracleAccess, OracleAccessGuard};
 
 impl Trainer {
     /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
@@ -178,11 +178,11 @@ impl Trainer {
             Some(r) if r.due(self.epoch, &cfg) => Some(self.start_round()?),
             _ => None,
         };
-        self.oracle_access(OracleAccess::Count);
+        let counting = self.oracle_access(OracleAccess::Count);
         let collected = self.collect();
-        self.oracle_access(OracleAccess::Peek);
+        drop(counting);
         let rewards = collected?;
-        self.oracle_access(OracleAccess::Refuse);
+        let refusing = self.oracle_access(OracleAccess::Refuse);
         let (mut losses, mut norms, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut stats: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let updated = (|| -> Result<()> {
@@ -199,7 +199,7 @@ impl Trainer {
             }
             Ok(())
         })();
-        self.oracle_access(OracleAccess::Peek);
+        drop(refusing);
         updated?;
         self.epoch += 1;
 
@@ -257,10 +257,8 @@ impl Trainer {
     }
 
     /// Sets what `rewards.oracle` does (black-box runs only).
-    fn oracle_access(&self, access: OracleAccess) {
-        if let Some(r) = &self.rounds {
-            r.set_access(access);
-        }
+    fn oracle_access(&self, access: OracleAccess) -> Option<OracleAccessGuard> {
+        self.rounds.as_ref().map(|r| r.access(access))
     }
 
     /// Algorithm 2, lines 3-6: `queries[n]` samples of the current policy labelled by the

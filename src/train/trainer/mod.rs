@@ -190,6 +190,8 @@ impl Trainer {
         };
         if let Some(dir) = t.opts.resume.clone() {
             t.restore(&dir)?;
+        } else {
+            t.start_fresh_in_folder()?;
         }
         t.recompute_priorities()?;
         if let Some(w) = unstarted_rounds(&t.script.config) {
