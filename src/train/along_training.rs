@@ -61,7 +61,7 @@ impl EvalLog {
     }
 
     /// Drops the lines after `epoch` (a resume continues from there).
-    pub fn truncate_after(&self, epoch: usize) -> Result<()> {
+    pub fn truncate_after(&self, epoch: usize) -> Result<usize> {
         self.file.truncate_after(epoch)
     }
 }

@@ -25,10 +25,11 @@ impl MetricsWriter {
         Ok(())
     }
 
-    /// Drops lines of epochs after `epoch` (a resume from an earlier checkpoint).
-    pub fn truncate_after(&self, epoch: usize) -> Result<()> {
+    /// Drops lines of epochs after `epoch` (a resume from an earlier checkpoint); returns
+    /// how many lines went.
+    pub fn truncate_after(&self, epoch: usize) -> Result<usize> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return Ok(());
+            return Ok(0);
         };
         let kept: Vec<&str> = text
             .lines()
@@ -44,6 +45,6 @@ impl MetricsWriter {
             out.push('\n');
         }
         std::fs::write(&self.path, out)?;
-        Ok(())
+        Ok(text.lines().filter(|l| !l.trim().is_empty()).count() - kept.len())
     }
 }

@@ -256,7 +256,7 @@ impl Trainer {
         Ok(line)
     }
 
-    /// Sets what `rewards.oracle` does (black-box runs only).
+    /// What `rewards.oracle` does while the returned guard lives (black-box runs only).
     fn oracle_access(&self, access: OracleAccess) -> Option<OracleAccessGuard> {
         self.rounds.as_ref().map(|r| r.access(access))
     }

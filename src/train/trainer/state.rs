@@ -103,16 +103,14 @@ impl Trainer {
     /// the training time summed from metrics.jsonl is this run's alone. The pretrained
     /// model's evaluations (epoch 0, eval_before.json) stay: they do not depend on training.
     pub(super) fn start_fresh_in_folder(&self) -> Result<()> {
-        let stale = std::fs::read_to_string(self.run_dir.join("metrics.jsonl"))
-            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
-            .unwrap_or(0);
+        let stale = self.metrics.truncate_after(0)?;
         if stale > 0 {
             self.log.warn(format!(
                 "{} holds {stale} epoch(s) of an earlier start and no checkpoint was resumed: starting again from epoch 0 (pass --resume to continue a run)",
                 self.run_dir.display()
             ));
         }
-        self.metrics.truncate_after(0)?;
-        self.evals.truncate_after(0)
+        self.evals.truncate_after(0)?;
+        Ok(())
     }
 }
