@@ -40,15 +40,29 @@ const GOLD_PANELS: Panels = [
     ORACLE_PANELS[2],
 ];
 
-/// What the x axis shows: the metric key, its axis title and the captions' "vs ...".
+/// What the x axis shows: the metric key, its axis title and the captions' "vs ...", and
+/// whether it counts something (queries), so that its ticks and notes are whole numbers.
 struct XAxis {
     key: &'static str,
     title: &'static str,
+    counts: bool,
+}
+
+impl XAxis {
+    /// An x value as the notes beside clamped points write it.
+    fn text(&self, v: f64) -> String {
+        if self.counts {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.3}")
+        }
+    }
 }
 
 const TARGET: XAxis = XAxis {
     key: "reward",
     title: "target reward",
+    counts: false,
 };
 
 /// Twenty colours that stay apart on white (tab10, then darker and brighter ones: the
@@ -105,6 +119,7 @@ pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
     let x = XAxis {
         key: "queries_used",
         title: "oracle queries used",
+        counts: true,
     };
     let panels = if super::report::gold_is_the_oracle(results) {
         &ORACLE_PANELS
@@ -217,7 +232,7 @@ fn draw(
                         let ((cx, ox), (cy, oy)) = (clamp(p.0, &xr), clamp(p.1[k], &yr));
                         let mut note = p.2.clone();
                         if ox || oy {
-                            let true_xy = format!("({:.3}, {:.3})", p.0, p.1[k]);
+                            let true_xy = format!("({}, {:.3})", x.text(p.0), p.1[k]);
                             note = [note, true_xy].join(" ").trim().to_string();
                         }
                         (cx, cy, ox || oy, note)
@@ -234,15 +249,17 @@ fn draw(
                 .y_label_area_size(56)
                 .build_cartesian_2d(xr.clone(), yr.clone())
                 .map_err(e)?;
-            chart
-                .configure_mesh()
-                .x_desc(x.title)
+            let whole = |v: &f64| format!("{v:.0}");
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(x.title)
                 .y_desc(ytitle)
                 .x_labels(6)
                 .y_labels(6)
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(e)?;
+                .light_line_style(WHITE);
+            if x.counts {
+                mesh.x_label_formatter(&whole);
+            }
+            mesh.draw().map_err(e)?;
             for (i, s) in series.iter().enumerate() {
                 let c = PALETTE[i % PALETTE.len()];
                 let pts = finite(s);
@@ -321,6 +338,17 @@ mod tests {
     fn check(png: &Path, n_series: usize) {
         let img = image::open(png).unwrap();
         assert_eq!((img.width(), img.height()), size(n_series));
+    }
+
+    #[test]
+    fn a_count_axis_writes_whole_numbers() {
+        let queries = XAxis {
+            key: "queries_used",
+            title: "oracle queries used",
+            counts: true,
+        };
+        assert_eq!(queries.text(1440.0), "1440");
+        assert_eq!(TARGET.text(2.5), "2.500");
     }
 
     #[test]
