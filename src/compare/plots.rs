@@ -65,6 +65,12 @@ const TARGET: XAxis = XAxis {
     counts: false,
 };
 
+const QUERIES: XAxis = XAxis {
+    key: "queries_used",
+    title: "oracle queries used",
+    counts: true,
+};
+
 /// Twenty colours that stay apart on white (tab10, then darker and brighter ones: the
 /// shipped comparison draws 13 methods in Fig. 3); more methods reuse them, in order.
 #[rustfmt::skip]
@@ -116,17 +122,12 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
 /// when it is every run's oracle), alignment and diversity against the oracle queries
 /// used, checkpoint by checkpoint (one checkpoint per round).
 pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
-    let x = XAxis {
-        key: "queries_used",
-        title: "oracle queries used",
-        counts: true,
-    };
     let panels = if super::report::gold_is_the_oracle(results) {
         &ORACLE_PANELS
     } else {
         &GOLD_PANELS
     };
-    along(results, png, &x, panels)
+    along(results, png, &QUERIES, panels)
 }
 
 fn along(results: &[RunResult], png: &Path, x: &XAxis, panels: &Panels) -> Result<()> {
@@ -249,7 +250,7 @@ fn draw(
                 .y_label_area_size(56)
                 .build_cartesian_2d(xr.clone(), yr.clone())
                 .map_err(e)?;
-            let whole = |v: &f64| format!("{v:.0}");
+            let whole = |v: &f64| x.text(*v);
             let mut mesh = chart.configure_mesh();
             mesh.x_desc(x.title)
                 .y_desc(ytitle)
@@ -342,12 +343,7 @@ mod tests {
 
     #[test]
     fn a_count_axis_writes_whole_numbers() {
-        let queries = XAxis {
-            key: "queries_used",
-            title: "oracle queries used",
-            counts: true,
-        };
-        assert_eq!(queries.text(1440.0), "1440");
+        assert_eq!(QUERIES.text(1440.0), "1440");
         assert_eq!(TARGET.text(2.5), "2.500");
     }
 
