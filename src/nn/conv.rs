@@ -11,11 +11,9 @@
 //! does not track (a frozen base under LoRA, the data at conv_in). The columns (9x the
 //! input for 3x3) live only inside the op: the graph keeps x and w, as candle's does.
 //!
-//! The custom op has a CPU forward only. On a GPU, `conv2d_unfold` builds the same
-//! im2col from tensor ops (shifted slices of the padded input, one matmul), whose backward
-//! is slices and a gemm: candle's CUDA conv backward computes the input gradient with a
-//! naive `conv_transpose2d` kernel (CANDLE-NOTES). Its columns stay in the graph (9x the
-//! input for 3x3), the price of that speed. `SQDF_GPU_CONV=candle` takes candle's path
+//! The custom op has a CPU forward only. On a GPU, `conv_unfold` builds the same im2col
+//! from tensor ops, whose backward is slices and a gemm. Its columns stay in the graph (9x
+//! the input for 3x3), the price of that speed. `SQDF_GPU_CONV=candle` takes candle's path
 //! instead (for comparing the two). f64 on the CPU also takes candle's conv2d.
 
 use super::channel::scale_shift;
@@ -45,7 +43,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
         && w.dim(2)? == w.dim(3)?
         && std::env::var("SQDF_GPU_CONV").map_or(true, |v| v != "candle")
     {
-        return conv2d_unfold(x, w, padding, stride);
+        return super::conv_unfold::conv2d_unfold(x, w, padding, stride);
     }
     if !fast || w.dim(2)? != w.dim(3)? {
         return x.conv2d(w, padding, stride, 1, 1);
@@ -78,47 +76,8 @@ pub fn conv2d_patches(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         .contiguous()
 }
 
-/// conv2d from differentiable tensor ops: the k*k shifted slices of the padded input,
-/// stacked as im2col columns [B, C*k*k, H'*W'], times the kernel [O, C*k*k]. A stride
-/// keeps every stride-th row and column of the stride-1 result.
-pub fn conv2d_unfold(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let (b, c, h, wd) = x.dims4()?;
-    let (o, _, k, _) = w.dims4()?;
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let (oh, ow) = (out_len(h, k, padding, 1)?, out_len(wd, k, padding, 1)?);
-    let y = if k == 1 {
-        w.reshape((o, c))?
-            .broadcast_matmul(&xp.reshape((b, c, oh * ow))?)?
-    } else {
-        let mut shifts = Vec::with_capacity(k * k);
-        for ky in 0..k {
-            for kx in 0..k {
-                shifts.push(xp.narrow(2, ky, oh)?.narrow(3, kx, ow)?);
-            }
-        }
-        // [B, C, k*k, H', W']: channel-major, then kernel position, as w flattens.
-        let cols = Tensor::stack(&shifts, 2)?.reshape((b, c * k * k, oh * ow))?;
-        w.reshape((o, c * k * k))?.broadcast_matmul(&cols)?
-    };
-    let y = y.reshape((b, o, oh, ow))?;
-    if stride == 1 {
-        return Ok(y);
-    }
-    let keep = |n: usize| {
-        let ids: Vec<u32> = (0..n).step_by(stride).map(|i| i as u32).collect();
-        let len = ids.len();
-        Tensor::from_vec(ids, len, x.device())
-    };
-    y.index_select(&keep(oh)?, 2)?.index_select(&keep(ow)?, 3)
-}
-
 /// Output size of a convolution along one dimension.
-fn out_len(n: usize, k: usize, p: usize, s: usize) -> Result<usize> {
+pub(super) fn out_len(n: usize, k: usize, p: usize, s: usize) -> Result<usize> {
     if n + 2 * p < k {
         candle_core::bail!("conv2d: input {n} (padding {p}) is smaller than the kernel {k}")
     }
@@ -369,7 +328,7 @@ pub fn conv2d_layer(
 
 /// The largest |p - q|, both read as f32 (the convolution tests' measure).
 #[cfg(test)]
-fn diff(p: &Tensor, q: &Tensor) -> f32 {
+pub(super) fn diff(p: &Tensor, q: &Tensor) -> f32 {
     let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
     (f(p) - f(q))
         .unwrap()
@@ -379,44 +338,6 @@ fn diff(p: &Tensor, q: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
-}
-
-#[cfg(test)]
-mod unfold_tests {
-    use super::*;
-    use crate::rng::{randn, seeded};
-
-    /// The GPU path, run on the CPU: values and both gradients equal candle's conv2d.
-    #[test]
-    fn unfold_matches_candle_conv_and_its_gradients() {
-        let d = Device::Cpu;
-        for (k, pad, stride) in [(3, 1, 1), (3, 1, 2), (1, 0, 1), (3, 0, 1)] {
-            let var = |seed, shape: (usize, usize, usize, usize)| {
-                candle_core::Var::from_tensor(&randn(&mut seeded(seed), shape, &d).unwrap())
-                    .unwrap()
-            };
-            // candle's own stride-2 backward fails on non-square input (DESIGN.md).
-            let wd = if stride == 1 { 6 } else { 7 };
-            let (x, w) = (var(1, (2, 3, 7, wd)), var(2, (4, 3, k, k)));
-            let a = conv2d_unfold(&x, &w, pad, stride).unwrap();
-            let b = x.conv2d(&w, pad, stride, 1, 1).unwrap();
-            assert_eq!(a.dims(), b.dims());
-            assert!(diff(&a, &b) < 1e-4, "k={k} pad={pad} stride={stride}");
-            let r = randn(&mut seeded(3), a.shape(), &d).unwrap();
-            let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &w] {
-                let (p, q) = (
-                    ga.get(v.as_tensor()).unwrap(),
-                    gb.get(v.as_tensor()).unwrap(),
-                );
-                assert!(
-                    diff(p, q) < 1e-3,
-                    "gradient, k={k} pad={pad} stride={stride}"
-                );
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod attention_recompute;
 pub mod channel;
 pub mod checkpoint;
 pub mod conv;
+pub mod conv_unfold;
 pub mod frozen_map;
 pub mod group_norm;
 pub mod half;
