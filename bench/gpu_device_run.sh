@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The whole GPU check as it ran on the lent H200 (see docs/CUDA.md): run from the repo root on
-# the device machine with the stripped, gzipped CUDA build carried as .cuda/sqdf.gz (ignored by
-# git via .git/info/exclude). SKIP_TINY=1 skips the tiny smoke run; LATENT and MICRO pass on
-# to bench/sd15_gpu.sh.
+# The whole GPU check as it runs on a lent GPU machine (see docs/CUDA.md): run from the repo root
+# there, with the stripped, gzipped CUDA build carried as .cuda/sqdf.gz (ignored by git via
+# .git/info/exclude). Device time is scarce, so every step has its own time limit and
+# writes under $OUT as it goes: a step cut short still leaves its log and memory trace.
+#
+#   TINY=60 PHASES="64:1,2,4,8:380 32:1,2:150" bench/gpu_device_run.sh
+#
+# TINY: seconds for a 2-epoch run of the tiny configuration with evaluation (unset: skipped).
+# PHASES: LATENT:MICRO_LIST:SECONDS for each bench/sd15_gpu.sh run, in order (SD-1.5's
+# networks at LATENTxLATENT latents, one update of 64 states per micro-batch size).
+# STEPS and COLLECT_MICRO pass on to bench/sd15_gpu.sh.
 set -uo pipefail
 B=/tmp/sqdfbin; mkdir -p $B
 gunzip -c .cuda/sqdf.gz > $B/sqdf && chmod +x $B/sqdf
@@ -15,12 +22,17 @@ export LD_LIBRARY_PATH=${L#:}
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 ldd $B/sqdf | grep -E "not found|cublas|nvrtc|curand|cudart"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-# 1. tiny smoke test on the GPU (bf16 by default there), 2 epochs
-[ -z "${SKIP_TINY:-}" ] && $B/sqdf random-weights /tmp/tiny --size tiny --dtype f32 >/dev/null
-[ -z "${SKIP_TINY:-}" ] && ( time $B/sqdf --quiet run scripts/sd15_aesthetic.lua --set weights=/tmp/tiny --set epochs=2 \
-    --set batch=4 --set micro_batch=2 --set eval_per_prompt=2 --out /tmp/tinyrun --no-watch \
-    > /dev/null ) 2>&1 | tail -5
-[ -z "${SKIP_TINY:-}" ] && cp /tmp/tinyrun/metrics.jsonl $OUT/tiny_metrics.jsonl; cp /tmp/tinyrun/eval.json $OUT/tiny_eval.json
-[ -z "${SKIP_TINY:-}" ] && cat /tmp/tinyrun/metrics.jsonl && grep -A8 '"after"' /tmp/tinyrun/eval.json
-# 2. SD-1.5 size, random weights: micro-batch 1, 2, 4, 8
-bench/sd15_gpu.sh $B/sqdf $OUT/sd15 "${MICRO:-1,2,4,8}" 2>&1 | tail -40
+if [ -n "${TINY:-}" ]; then
+  $B/sqdf random-weights /tmp/tiny --size tiny --dtype f32 >/dev/null
+  ( time timeout "$TINY" $B/sqdf --quiet run scripts/sd15_aesthetic.lua --set weights=/tmp/tiny \
+      --set epochs=2 --set batch=4 --set micro_batch=2 --set eval_per_prompt=2 --out /tmp/tinyrun \
+      --no-watch >/dev/null ) 2>&1 | tail -5
+  cp /tmp/tinyrun/metrics.jsonl /tmp/tinyrun/eval.json "$OUT/" 2>/dev/null
+  cat /tmp/tinyrun/metrics.jsonl
+fi
+# The weights are written once; sd15_gpu.sh's LATENT rewrites the UNet's sample_size in place.
+for phase in ${PHASES:-64:1,2,4,8:400}; do
+  IFS=: read -r latent micro secs <<<"$phase"
+  echo "== latents ${latent}x${latent}, micro-batches $micro, at most $secs s"
+  LATENT=$latent timeout "$secs" bench/sd15_gpu.sh $B/sqdf "$OUT/sd15-$latent" "$micro" 2>&1 | tail -25
+done
