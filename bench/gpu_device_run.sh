@@ -4,12 +4,13 @@
 # .git/info/exclude). Device time is scarce, so every step has its own time limit and
 # writes under $OUT as it goes: a step cut short still leaves its log and memory trace.
 #
-#   TINY=60 PHASES="64:1,2,4,8:380 32:1,2:150" bench/gpu_device_run.sh
+#   STEPS=2 COLLECT_MICRO=8 TINY=60 PHASES="64:1,2,4,8:400 32:1,2:150" bench/gpu_device_run.sh
 #
 # TINY: seconds for a 2-epoch run of the tiny configuration with evaluation (unset: skipped).
 # PHASES: LATENT:MICRO_LIST:SECONDS for each bench/sd15_gpu.sh run, in order (SD-1.5's
-# networks at LATENTxLATENT latents, one update of 64 states per micro-batch size).
-# STEPS and COLLECT_MICRO pass on to bench/sd15_gpu.sh.
+# networks at LATENTxLATENT latents, one update per micro-batch size).
+# STEPS, COLLECT_MICRO and BATCH pass on to bench/sd15_gpu.sh (without STEPS=2 the
+# sampling before the updates is 50 steps, which outlasts a phase at 64x64).
 set -uo pipefail
 B=/tmp/sqdfbin; mkdir -p $B
 gunzip -c .cuda/sqdf.gz > $B/sqdf && chmod +x $B/sqdf

@@ -28,7 +28,7 @@ pub fn conv2d_unfold(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> R
 }
 
 /// `conv2d_unfold` with at most `elements` column elements per piece (tests use small ones).
-pub fn conv2d_unfold_in_pieces(
+fn conv2d_unfold_in_pieces(
     x: &Tensor,
     w: &Tensor,
     padding: usize,
