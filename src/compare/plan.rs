@@ -34,6 +34,17 @@ pub struct PlannedRun {
     pub base: Option<String>,
 }
 
+impl PlannedRun {
+    /// How logs name the run: the label with the swept value, so two points of one sweep
+    /// read apart ("DRaFT+KL alpha=0.03 seed 1").
+    pub fn name(&self) -> String {
+        match &self.sweep {
+            Some((k, x)) => format!("{} {k}={x} seed {}", self.label, self.seed),
+            None => format!("{} seed {}", self.label, self.seed),
+        }
+    }
+}
+
 pub struct Plan {
     pub title: String,
     pub runs: Vec<PlannedRun>,
@@ -258,6 +269,29 @@ mod tests {
         assert!(
             e.contains("`equal_reward` must be a number, got \"high\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sweep_points_are_named_with_their_value() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        let file = dir.path().join("cmp.lua");
+        std::fs::write(
+            &file,
+            "return { seeds = { 1 }, runs = { { label = \"A\", script = \"a.lua\" },\
+             { label = \"A gamma\", script = \"a.lua\", sweep = { gamma = { 0.85, 0.95 } } } } }",
+        )
+        .unwrap();
+        let plan = load(&file, false).unwrap();
+        let names: Vec<String> = plan.runs.iter().map(PlannedRun::name).collect();
+        assert_eq!(
+            names,
+            [
+                "A seed 1",
+                "A gamma gamma=0.85 seed 1",
+                "A gamma gamma=0.95 seed 1"
+            ]
         );
     }
 }

@@ -173,7 +173,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for (n, run) in plan.runs.iter().enumerate() {
         let dir = out.join("runs").join(&run.dir_name);
-        bar.set_message(format!("{} (seed {})", run.label, run.seed));
+        bar.set_message(run.name());
         let started = Instant::now();
         let done = dir.join("eval.json").is_file();
         let outcome = if done {
@@ -187,12 +187,11 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         match outcome.and_then(|_| read_result(run, &dir)) {
             Ok((r, config)) => {
                 opts.log.info(format!(
-                    "run {}/{} {}: {} seed {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
+                    "run {}/{} {}: {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
                     n + 1,
                     plan.runs.len(),
                     if done { "already done" } else { "finished" },
-                    run.label,
-                    run.seed,
+                    run.name(),
                     r.after["reward"].as_f64().unwrap_or(f64::NAN),
                     r.after["alignment_prob"].as_f64().unwrap_or(f64::NAN),
                     r.after["diversity_feature"].as_f64().unwrap_or(f64::NAN),
@@ -203,14 +202,13 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
             }
             Err(e) => {
                 opts.log.error(format!(
-                    "run {}/{} failed: {} seed {} ({}):\n{e:#}",
+                    "run {}/{} failed: {} ({}):\n{e:#}",
                     n + 1,
                     plan.runs.len(),
-                    run.label,
-                    run.seed,
+                    run.name(),
                     dir.display()
                 ));
-                failed.push(format!("{} seed {}", run.label, run.seed));
+                failed.push(run.name());
             }
         }
         bar.inc(1);
