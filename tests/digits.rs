@@ -6,7 +6,6 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use sqdf::rng::{randn, seeded};
-use std::path::Path;
 
 #[test]
 fn lora_gradients_reach_only_the_adapters() {
@@ -233,7 +232,7 @@ fn the_evaluation_is_repeatable_for_a_fixed_seed() {
 #[test]
 fn shipped_evaluation_networks_give_their_documented_figures() {
     let dev = Device::Cpu;
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    let models = common::repo_root().join("models/digits");
     let (_, held) = sqdf::tasks::digits::data(&dev).unwrap();
     // classifier.md: 98.70% held-out accuracy.
     let clf = sqdf::tasks::digits::classifier::load(&models, &dev).unwrap();
@@ -263,7 +262,7 @@ fn shipped_evaluation_networks_give_their_documented_figures() {
 fn shipped_consistency_model_gives_its_documented_error() {
     use sqdf::tasks::digits::{distill, task};
     let dev = Device::Cpu;
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    let models = common::repo_root().join("models/digits");
     let (_, held) = sqdf::tasks::digits::data(&dev).unwrap();
     let (unet, _, _) = task::load_unet(&models.join("unet.safetensors"), &dev, "-").unwrap();
     let teacher = sqdf::models::guidance::Guided {

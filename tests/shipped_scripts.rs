@@ -20,7 +20,7 @@ fn lua_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::repo_root()
 }
 
 #[test]

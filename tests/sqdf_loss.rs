@@ -123,7 +123,7 @@ fn gradient_matches_finite_differences() {
 
 fn fd_check(x0: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gmm2d");
+    let shipped = common::repo_root().join("models/gmm2d");
     let (t, batch) = setup_with(
         dir.path(),
         &format!("weights = {:?}, x0 = {x0:?}", shipped.display().to_string()),

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-
 #[test]
 fn a_short_toy_run_raises_the_mean_reward() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &common::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (mut t, _) = common::trainer(

@@ -12,6 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The repository, read when the test runs (cargo sets CARGO_MANIFEST_DIR for it), not
+/// when it compiles: a test binary built in another clone that shares the target folder
+/// would otherwise look for the shipped models there (docs/DESIGN.md).
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn tiny_config() -> ToyMlpConfig {
     ToyMlpConfig {
         data_dim: 2,
@@ -165,7 +174,7 @@ pub fn tiny_digits_weights(dir: &Path) -> PathBuf {
         let meta = HashMap::from([("config".to_string(), serde_json::to_string(&cfg).unwrap())]);
         sqdf::tensor_io::save_varmap(&w.join(name), &varmap, meta).unwrap();
     }
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    let shipped = repo_root().join("models/digits");
     for f in ["classifier.safetensors", "reward.safetensors"] {
         std::fs::copy(shipped.join(f), w.join(f)).unwrap();
     }
