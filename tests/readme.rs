@@ -1,13 +1,13 @@
 //! The README's contract matches the code: every config key with its live flag, every hook,
 //! and the test command CI runs.
 
+mod common;
+
 use sqdf::script::config::KEYS;
 use sqdf::script::experiment::{OPTIONAL_HOOKS, REQUIRED_HOOKS};
 
-/// Read at run time, as `common::repo_root` (this file needs nothing else from common).
 fn repo_file(name: &str) -> String {
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
-    std::fs::read_to_string(std::path::Path::new(&root).join(name)).unwrap()
+    std::fs::read_to_string(common::repo_root().join(name)).unwrap()
 }
 
 fn readme() -> String {
