@@ -21,8 +21,8 @@ use candle_core::{Result, Tensor};
 const COLUMN_ELEMENTS: usize = 1 << 30;
 
 /// conv2d(x [B, C, H, W], w [O, C, k, k]) with symmetric `padding` and `stride`, no
-/// dilation or groups. A stride keeps every stride-th row and column of the stride-1
-/// result.
+/// dilation or groups. A stride takes every stride-th window, so the columns and the gemm
+/// are only the output's size.
 pub fn conv2d_unfold(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     conv2d_unfold_in_pieces(x, w, padding, stride, COLUMN_ELEMENTS)
 }
@@ -32,62 +32,79 @@ fn conv2d_unfold_in_pieces(
     x: &Tensor,
     w: &Tensor,
     padding: usize,
-    stride: usize,
+    s: usize,
     elements: usize,
 ) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, _, k, _) = w.dims4()?;
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
+    if s == 0 {
+        candle_core::bail!("conv2d: stride 0");
+    }
+    let (oh, ow) = (out_len(h, k, padding, s)?, out_len(wd, k, padding, s)?);
+    // `strided` reads s rows per output row; the last window's group runs up to s - 1 rows
+    // past the padded input, so those are zeros that no output reads.
+    let (pad_lo, pad_hi) = (padding, padding + s - 1);
+    let xp = if pad_lo + pad_hi > 0 {
+        x.pad_with_zeros(2, pad_lo, pad_hi)?
+            .pad_with_zeros(3, pad_lo, pad_hi)?
     } else {
         x.clone()
     };
-    let (oh, ow) = (out_len(h, k, padding, 1)?, out_len(wd, k, padding, 1)?);
-    let y = if k == 1 {
-        // No columns beyond the input itself.
-        w.reshape((o, c))?
-            .broadcast_matmul(&xp.reshape((b, c, oh * ow))?)?
-            .reshape((b, o, oh, ow))?
-    } else {
-        let row = (c * k * k * ow).max(1); // column elements of one output row of one image
-        let (images, rows) = if oh * row <= elements {
-            ((elements / (oh * row)).clamp(1, b.max(1)), oh)
-        } else {
-            (1, (elements / row).max(1))
-        };
-        let mut batches = Vec::with_capacity(b.div_ceil(images));
-        for b0 in (0..b).step_by(images) {
-            let xb = xp.narrow(0, b0, images.min(b - b0))?;
-            let mut bands = Vec::with_capacity(oh.div_ceil(rows));
-            for r0 in (0..oh).step_by(rows) {
-                let r = rows.min(oh - r0);
-                // Output rows r0..r0+r read padded rows r0..r0+r+k-1.
-                bands.push(unfold_gemm(&xb.narrow(2, r0, r + k - 1)?, w, r, ow)?);
-            }
-            batches.push(Tensor::cat(&bands, 2)?);
-        }
-        Tensor::cat(&batches, 0)?
-    };
-    if stride == 1 {
-        return Ok(y);
+    if k == 1 {
+        // No columns beyond the (strided) input itself.
+        let xs = strided(&strided(&xp, 2, 0, oh, s)?, 3, 0, ow, s)?;
+        return w
+            .reshape((o, c))?
+            .broadcast_matmul(&xs.reshape((b, c, oh * ow))?)?
+            .reshape((b, o, oh, ow));
     }
-    let keep = |n: usize| {
-        let ids: Vec<u32> = (0..n).step_by(stride).map(|i| i as u32).collect();
-        let len = ids.len();
-        Tensor::from_vec(ids, len, x.device())
+    let row = (c * k * k * ow).max(1); // column elements of one output row of one image
+    let (images, rows) = if oh * row <= elements {
+        ((elements / (oh * row)).clamp(1, b.max(1)), oh)
+    } else {
+        (1, (elements / row).max(1))
     };
-    y.index_select(&keep(oh)?, 2)?.index_select(&keep(ow)?, 3)
+    let mut batches = Vec::with_capacity(b.div_ceil(images));
+    for b0 in (0..b).step_by(images) {
+        let xb = xp.narrow(0, b0, images.min(b - b0))?;
+        let mut bands = Vec::with_capacity(oh.div_ceil(rows));
+        for r0 in (0..oh).step_by(rows) {
+            let r = rows.min(oh - r0);
+            // Output rows r0..r0+r read padded rows s*r0 .. s*(r0+r) + k - 1.
+            let band = xb.narrow(2, s * r0, s * r + k - 1)?;
+            bands.push(unfold_gemm(&band, w, r, ow, s)?);
+        }
+        batches.push(Tensor::cat(&bands, 2)?);
+    }
+    Tensor::cat(&batches, 0)
 }
 
-/// The stride-1 convolution of a padded piece xp [n, C, oh+k-1, ow+k-1]: [n, O, oh, ow].
-fn unfold_gemm(xp: &Tensor, w: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+/// Along `dim`, the n rows start, start + s, ..., start + (n-1)s: a narrow to n groups of
+/// s rows, a reshape that puts each group on its own axis, and the first of each group.
+/// All three are differentiable views or copies, where an `index_select` would scatter in
+/// its backward.
+fn strided(x: &Tensor, dim: usize, start: usize, n: usize, s: usize) -> Result<Tensor> {
+    if s == 1 {
+        return x.narrow(dim, start, n);
+    }
+    let mut shape = x.dims().to_vec();
+    shape[dim] = n;
+    shape.insert(dim + 1, s);
+    x.narrow(dim, start, n * s)?
+        .reshape(shape)?
+        .narrow(dim + 1, 0, 1)?
+        .squeeze(dim + 1)
+}
+
+/// The convolution of a padded piece xp [n, C, s*oh + k - 1, s*ow + k - 1] at stride s:
+/// [n, O, oh, ow].
+fn unfold_gemm(xp: &Tensor, w: &Tensor, oh: usize, ow: usize, s: usize) -> Result<Tensor> {
     let (n, c, _, _) = xp.dims4()?;
     let (o, _, k, _) = w.dims4()?;
     let mut shifts = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {
-            shifts.push(xp.narrow(2, ky, oh)?.narrow(3, kx, ow)?);
+            shifts.push(strided(&strided(xp, 2, ky, oh, s)?, 3, kx, ow, s)?);
         }
     }
     // [n, C, k*k, H', W']: channel-major, then kernel position, as w flattens.
@@ -105,11 +122,21 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// On the CPU: values and both gradients equal candle's conv2d, whole and in pieces
-    /// (several images per piece, one image, bands of 2 rows, bands of 1 row).
+    /// (several images per piece, one image, bands of 2 rows, bands of 1 row), at strides
+    /// 1, 2 and 3 (7 rows: stride 2 and 3 leave a remainder past the last window).
     #[test]
     fn unfold_matches_candle_conv_and_its_gradients_in_any_pieces() {
         let d = Device::Cpu;
-        for (k, pad, stride) in [(3, 1, 1), (3, 1, 2), (1, 0, 1), (3, 0, 1)] {
+        let cases = [
+            (3, 1, 1),
+            (3, 1, 2),
+            (3, 0, 2),
+            (3, 1, 3),
+            (1, 0, 1),
+            (1, 0, 2),
+            (3, 0, 1),
+        ];
+        for (k, pad, stride) in cases {
             let var = |seed, shape: (usize, usize, usize, usize)| {
                 Var::from_tensor(&randn(&mut seeded(seed), shape, &d).unwrap()).unwrap()
             };
@@ -119,7 +146,7 @@ mod tests {
             let b = x.conv2d(&w, pad, stride, 1, 1).unwrap();
             let r = randn(&mut seeded(3), b.shape(), &d).unwrap();
             let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let row = 3 * k * k * (wd + 2 * pad + 1 - k);
+            let row = 3 * k * k * ((wd + 2 * pad - k) / stride + 1);
             for elements in [usize::MAX, 2 * 7 * row, 7 * row, 2 * row, 1] {
                 let a = conv2d_unfold_in_pieces(&x, &w, pad, stride, elements).unwrap();
                 assert_eq!(a.dims(), b.dims());
