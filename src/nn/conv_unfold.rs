@@ -41,18 +41,21 @@ fn conv2d_unfold_in_pieces(
         candle_core::bail!("conv2d: stride 0");
     }
     let (oh, ow) = (out_len(h, k, padding, s)?, out_len(wd, k, padding, s)?);
-    // `strided` reads s rows per output row; the last window's group runs up to s - 1 rows
-    // past the padded input, so those are zeros that no output reads.
-    let (pad_lo, pad_hi) = (padding, padding + s - 1);
-    let xp = if pad_lo + pad_hi > 0 {
-        x.pad_with_zeros(2, pad_lo, pad_hi)?
-            .pad_with_zeros(3, pad_lo, pad_hi)?
-    } else {
-        x.clone()
-    };
+    // Polyphase: the padded input viewed as [B, C, H/s, s, W/s, s] has input row s*i + ky
+    // as row i + ky/s of phase ky % s, so every window a stride takes is a view (`window`)
+    // and only the columns are copied, as at stride 1. The view needs s*(oh + e) rows and
+    // columns; the padding below and right grows to that with zeros no window reads. With e
+    // rounded up (the last tap needs only (k-1)/s), s*(oh + e) >= h + 2*padding always, so
+    // that padding is never negative.
+    let e = (k - 1).div_ceil(s);
+    let (ph, pw) = (oh + e, ow + e);
+    let xp = x
+        .pad_with_zeros(2, padding, s * ph - h - padding)?
+        .pad_with_zeros(3, padding, s * pw - wd - padding)?;
+    let phases = xp.reshape((b, c, ph, s, pw, s))?;
     if k == 1 {
         // No columns beyond the (strided) input itself.
-        let xs = strided(&strided(&xp, 2, 0, oh, s)?, 3, 0, ow, s)?;
+        let xs = window(&phases, 0, 0, oh, ow)?;
         return w
             .reshape((o, c))?
             .broadcast_matmul(&xs.reshape((b, c, oh * ow))?)?
@@ -66,49 +69,43 @@ fn conv2d_unfold_in_pieces(
     };
     let mut batches = Vec::with_capacity(b.div_ceil(images));
     for b0 in (0..b).step_by(images) {
-        let xb = xp.narrow(0, b0, images.min(b - b0))?;
+        let pb = phases.narrow(0, b0, images.min(b - b0))?;
         let mut bands = Vec::with_capacity(oh.div_ceil(rows));
         for r0 in (0..oh).step_by(rows) {
             let r = rows.min(oh - r0);
-            // Output rows r0..r0+r read padded rows s*r0 .. s*(r0+r) + k - 1.
-            let band = xb.narrow(2, s * r0, s * r + k - 1)?;
-            bands.push(unfold_gemm(&band, w, r, ow, s)?);
+            // Output rows r0..r0+r read phase rows r0..r0+r+e.
+            bands.push(unfold_gemm(&pb.narrow(2, r0, r + e)?, w, r, ow)?);
         }
         batches.push(Tensor::cat(&bands, 2)?);
     }
     Tensor::cat(&batches, 0)
 }
 
-/// Along `dim`, the n rows start, start + s, ..., start + (n-1)s: a narrow to n groups of
-/// s rows, a reshape that puts each group on its own axis, and the first of each group.
-/// All three are differentiable views or copies, where an `index_select` would scatter in
-/// its backward.
-fn strided(x: &Tensor, dim: usize, start: usize, n: usize, s: usize) -> Result<Tensor> {
-    if s == 1 {
-        return x.narrow(dim, start, n);
-    }
-    let mut shape = x.dims().to_vec();
-    shape[dim] = n;
-    shape.insert(dim + 1, s);
-    x.narrow(dim, start, n * s)?
-        .reshape(shape)?
-        .narrow(dim + 1, 0, 1)?
-        .squeeze(dim + 1)
+/// The inputs under kernel tap (ky, kx) of an oh x ow output at stride s, from the phases
+/// [n, C, H/s, s, W/s, s]: [n, C, oh, ow], a view.
+fn window(phases: &Tensor, ky: usize, kx: usize, oh: usize, ow: usize) -> Result<Tensor> {
+    let s = phases.dim(3)?;
+    phases
+        .narrow(5, kx % s, 1)?
+        .squeeze(5)?
+        .narrow(3, ky % s, 1)?
+        .squeeze(3)?
+        .narrow(2, ky / s, oh)?
+        .narrow(3, kx / s, ow)
 }
 
-/// The convolution of a padded piece xp [n, C, s*oh + k - 1, s*ow + k - 1] at stride s:
-/// [n, O, oh, ow].
-fn unfold_gemm(xp: &Tensor, w: &Tensor, oh: usize, ow: usize, s: usize) -> Result<Tensor> {
-    let (n, c, _, _) = xp.dims4()?;
+/// The convolution of a band of phases [n, C, oh + e, s, ow + e, s]: [n, O, oh, ow].
+fn unfold_gemm(phases: &Tensor, w: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (n, c) = (phases.dim(0)?, phases.dim(1)?);
     let (o, _, k, _) = w.dims4()?;
-    let mut shifts = Vec::with_capacity(k * k);
+    let mut taps = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {
-            shifts.push(strided(&strided(xp, 2, ky, oh, s)?, 3, kx, ow, s)?);
+            taps.push(window(phases, ky, kx, oh, ow)?);
         }
     }
     // [n, C, k*k, H', W']: channel-major, then kernel position, as w flattens.
-    let cols = Tensor::stack(&shifts, 2)?.reshape((n, c * k * k, oh * ow))?;
+    let cols = Tensor::stack(&taps, 2)?.reshape((n, c * k * k, oh * ow))?;
     w.reshape((o, c * k * k))?
         .broadcast_matmul(&cols)?
         .reshape((n, o, oh, ow))
@@ -132,6 +129,7 @@ mod tests {
             (3, 1, 2),
             (3, 0, 2),
             (3, 1, 3),
+            (3, 0, 3),
             (1, 0, 1),
             (1, 0, 2),
             (3, 0, 1),
