@@ -12,7 +12,7 @@
 //! runs to the curve at their own value of the key; script paths are relative to the file.
 //! `equal_reward` (optional) is the reward level of the report's equal-reward table.
 
-use super::report::compact;
+use super::report::row_name;
 use crate::script::config::lua_to_json;
 use anyhow::{anyhow, bail, Context, Result};
 use mlua::{Lua, LuaOptions, StdLib, Value};
@@ -39,10 +39,11 @@ impl PlannedRun {
     /// How logs name the run: the report's row name (the label with the swept value, so
     /// two points of one sweep read apart) and the seed: "DRaFT+KL (alpha = 0.03) seed 1".
     pub fn name(&self) -> String {
-        match &self.sweep {
-            Some((k, x)) => format!("{} ({k} = {}) seed {}", self.label, compact(*x), self.seed),
-            None => format!("{} seed {}", self.label, self.seed),
-        }
+        format!(
+            "{} seed {}",
+            row_name(&self.label, self.sweep.as_ref()),
+            self.seed
+        )
     }
 }
 

@@ -135,12 +135,17 @@ fn row_key(r: &RunResult) -> String {
     }
 }
 
-fn method(r: &RunResult) -> String {
-    let name = r.label.replace('|', "\\|");
-    match &r.sweep {
-        Some((k, v)) => format!("{name} ({k} = {})", compact(*v)),
-        None => name,
+/// A method's row name: its label, with the swept value where it has one ("SQDF alpha
+/// (alpha = 3)"). The comparison's log names a run the same way, with its seed.
+pub(super) fn row_name(label: &str, sweep: Option<&(String, f64)>) -> String {
+    match sweep {
+        Some((k, v)) => format!("{label} ({k} = {})", compact(*v)),
+        None => label.to_string(),
     }
+}
+
+fn method(r: &RunResult) -> String {
+    row_name(&r.label, r.sweep.as_ref()).replace('|', "\\|")
 }
 
 /// A number with grouped thousands (`12,345.6`), or in scientific notation from 1e5 on:
