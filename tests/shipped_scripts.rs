@@ -19,15 +19,11 @@ fn lua_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn root() -> PathBuf {
-    common::repo_root()
-}
-
 #[test]
 fn every_shipped_script_runs_one_short_epoch() {
     let mut files = Vec::new();
-    lua_files(&root().join("scripts"), &mut files);
-    files.retain(|p| !p.starts_with(root().join("scripts/compare")));
+    lua_files(&repo_root().join("scripts"), &mut files);
+    files.retain(|p| !p.starts_with(repo_root().join("scripts/compare")));
     files.sort();
     assert!(
         files.len() >= 9,
@@ -77,7 +73,7 @@ fn every_shipped_script_runs_one_short_epoch() {
 #[test]
 fn every_comparison_file_names_existing_scripts() {
     let mut files = Vec::new();
-    lua_files(&root().join("scripts/compare"), &mut files);
+    lua_files(&repo_root().join("scripts/compare"), &mut files);
     assert!(!files.is_empty());
     for f in files {
         for quick in [false, true] {
@@ -93,7 +89,7 @@ fn every_run_of_the_comparison_files_trains_one_short_epoch() {
     // The ablations are `--set`s of shipped scripts (x0 = "ddim", gamma = 1, sampling =
     // "priority", the sweeps, the black-box variants): each combination loads and trains.
     let mut files = Vec::new();
-    lua_files(&root().join("scripts/compare"), &mut files);
+    lua_files(&repo_root().join("scripts/compare"), &mut files);
     let mut trained = 0;
     for f in files {
         let plan = sqdf::compare::plan::load(&f, false).unwrap();
