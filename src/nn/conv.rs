@@ -17,6 +17,8 @@
 //! instead (for comparing the two). f64 on the CPU also takes candle's conv2d.
 
 use super::channel::scale_shift;
+use super::conv_direct;
+use super::cpu::{contiguous, with_slice};
 use candle_core::{
     CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Storage, Tensor,
 };
@@ -175,10 +177,7 @@ struct Im2ColConv {
 
 /// A fresh tensor holding the contiguous data `(s, l)` describes (a copy).
 fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: non-contiguous operand".into()))?;
-    Tensor::from_slice(&s.as_slice::<f32>()?[start..end], l.shape(), &Device::Cpu)
+    Tensor::from_slice(contiguous(s, l)?, l.shape(), &Device::Cpu)
 }
 
 impl CustomOp2 for Im2ColConv {
@@ -193,6 +192,12 @@ impl CustomOp2 for Im2ColConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let Some(g) = self.direct(l1.dims(), l2.dims()) {
+            let (b, c, o) = (l1.dims()[0], l1.dims()[1], l2.dims()[0]);
+            let xp = conv_direct::pad_planes(contiguous(s1, l1)?, b * c, g);
+            let y = conv_direct::forward(&xp, contiguous(s2, l2)?, None, b, c, o, g);
+            return Ok((CpuStorage::F32(y), Shape::from((b, o, g.ho(), g.wo()))));
+        }
         let (x, w) = (cpu_tensor(s1, l1)?, cpu_tensor(s2, l2)?);
         let y = conv_gemm(&x, &w, self.padding, self.stride)?.contiguous()?;
         let (storage, _) = y.storage_and_layout();
@@ -210,6 +215,17 @@ impl CustomOp2 for Im2ColConv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.detach().contiguous()?;
+        if let Some(g) = self.direct(x.dims(), w.dims()) {
+            let gx = match x.track_op() {
+                true => Some(self.input_grad_direct(&grad, &w.detach(), g)?),
+                false => None,
+            };
+            let gw = match w.track_op() {
+                true => Some(self.kernel_grad_direct(&x.detach(), &grad, g)?),
+                false => None,
+            };
+            return Ok((gx, gw));
+        }
         let gx = match x.track_op() {
             true => Some(self.input_grad(&grad, &w.detach(), x.dims())?),
             false => None,
@@ -223,6 +239,63 @@ impl CustomOp2 for Im2ColConv {
 }
 
 impl Im2ColConv {
+    /// The direct kernels' geometry when they apply: stride 1, square kernel, padding at
+    /// most k - 1 (so that the input gradient is a convolution too), an AVX2 + FMA CPU.
+    fn direct(&self, x: &[usize], w: &[usize]) -> Option<conv_direct::Geometry> {
+        let (k, p) = (w[2], self.padding);
+        let ok = self.stride == 1
+            && w[3] == k
+            && p < k
+            && x[2] + 2 * p >= k
+            && x[3] + 2 * p >= k
+            && conv_direct::available()
+            && std::env::var_os("SQDF_CONV_IM2COL").is_none();
+        ok.then_some(conv_direct::Geometry {
+            h: x[2],
+            w: x[3],
+            k,
+            p,
+        })
+    }
+
+    /// dL/dx by the direct kernels: dy convolved with the flipped, transposed kernel.
+    fn input_grad_direct(
+        &self,
+        grad: &Tensor,
+        w: &Tensor,
+        g: conv_direct::Geometry,
+    ) -> Result<Tensor> {
+        let (b, o, ho, wo) = grad.dims4()?;
+        let (c, k) = (w.dim(1)?, g.k);
+        let gt = conv_direct::Geometry {
+            h: ho,
+            w: wo,
+            k,
+            p: k - 1 - g.p,
+        };
+        let wt = with_slice(w, |w| Ok(conv_direct::flip_transpose(w, o, c, k)))?;
+        let dx = with_slice(grad, |dy| {
+            let dyp = conv_direct::pad_planes(dy, b * o, gt);
+            Ok(conv_direct::forward(&dyp, &wt, None, b, o, c, gt))
+        })?;
+        Tensor::from_vec(dx, (b, c, g.h, g.w), &Device::Cpu)
+    }
+
+    /// dL/dw by the direct kernels: dy against the padded input, summed over the batch.
+    fn kernel_grad_direct(
+        &self,
+        x: &Tensor,
+        grad: &Tensor,
+        g: conv_direct::Geometry,
+    ) -> Result<Tensor> {
+        let (b, c, _, _) = x.dims4()?;
+        let o = grad.dim(1)?;
+        let xp = with_slice(x, |x| Ok(conv_direct::pad_planes(x, b * c, g)))?;
+        let dyq = with_slice(grad, |dy| Ok(conv_direct::dy_planes(dy, b * o, g)))?;
+        let dw = conv_direct::kernel_grad(&xp, &dyq, b, c, o, g);
+        Tensor::from_vec(dw, (o, c, g.k, g.k), &Device::Cpu)
+    }
+
     /// dL/dx: grad with stride-1 zeros inserted between its pixels (and up to stride-1 at
     /// the end, torch's output_padding), convolved with the flipped kernel, padding k-1-p.
     fn input_grad(&self, grad: &Tensor, w: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
