@@ -2,7 +2,8 @@
 //! math, which has a backward, and an affine whose backward is fast (`channel.rs`).
 
 use super::channel::scale_shift;
-use candle_core::{Module, Result, Tensor, D};
+use super::group_norm_cpu::GroupNormOp;
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
@@ -25,9 +26,34 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     })
 }
 
+impl GroupNorm {
+    /// SiLU(group_norm(x)), the pair every resnet and the UNet's output run: one fused op
+    /// on the CPU in f32 (`group_norm_cpu`), candle's math elsewhere.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused(x, true) {
+            Some(op) => x.contiguous()?.apply_op3(&self.weight, &self.bias, op),
+            None => self.forward(x)?.silu(),
+        }
+    }
+
+    fn fused(&self, x: &Tensor, silu: bool) -> Option<GroupNormOp> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        (f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(&self.bias) && x.rank() >= 2).then_some(
+            GroupNormOp {
+                groups: self.groups,
+                eps: self.eps,
+                silu,
+            },
+        )
+    }
+}
+
 impl Module for GroupNorm {
     /// x [B, C, ...]: statistics over each group's channels and positions (biased variance).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(op) = self.fused(x, false) {
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
         // Half precision: statistics in f32 (a bf16 sum over a 64x64 group stops growing,
         // an f16 one overflows; torch accumulates in f32 too), the result in x's dtype.
         if let Some(up) = super::half::upcast(x.dtype()) {

@@ -164,7 +164,7 @@ impl UNet2DConditionModel {
         for b in &self.up_blocks {
             h = b.forward(&h, &temb, context, &mut skips, ck)?;
         }
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = self.conv_norm_out.forward_silu(&h)?;
         self.conv_out.forward(&h)
     }
 }
