@@ -14,6 +14,7 @@
 //! does not depend on the thread count.
 
 use super::cpu::{contiguous, with_slice};
+use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -24,16 +25,60 @@ pub struct GroupNormOp {
     pub silu: bool,
 }
 
-/// (mean, 1 / sqrt(var + eps)) of one group's values.
+/// (mean, 1 / sqrt(var + eps)) of one group's values: two passes (mean, then squared
+/// deviations), each summed in eight f32 lanes (so that it vectorises) and added up in f64.
 fn stats(v: &[f32], eps: f64) -> (f32, f32) {
     let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+    let mean = (lane_sum(v, |x| x) / n) as f32;
+    let var = lane_sum(v, |x| (x - mean) * (x - mean)) / n;
+    (mean, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+/// Σ f(v[i]) in eight interleaved f32 partial sums, added in f64 at the end.
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x) as f64).sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+}
+
+/// Σ a[i] and Σ a[i] b[i] in eight f32 lanes each, added in f64.
+fn lane_sums2(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0f32; 8], [0f32; 8]);
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut tail = (0f64, 0f64);
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail.0 += x as f64;
+        tail.1 += (x * y) as f64;
+    }
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            s1[i] += x[i];
+            s2[i] += x[i] * y[i];
+        }
+    }
+    let f = |s: [f32; 8]| s.iter().map(|&a| a as f64).sum::<f64>();
+    (f(s1) + tail.0, f(s2) + tail.1)
+}
+
+/// Work buffer length for the chunked sigmoid (on the stack).
+const CHUNK: usize = 256;
+
+/// y = z σ(z) in place.
+fn silu_in_place(y: &mut [f32]) {
+    let mut s = [0f32; CHUNK];
+    for c in y.chunks_mut(CHUNK) {
+        let s = &mut s[..c.len()];
+        simd::sigmoid(c, s);
+        for (z, &g) in c.iter_mut().zip(s.iter()) {
+            *z *= g;
+        }
+    }
 }
 
 impl GroupNormOp {
@@ -68,27 +113,38 @@ impl GroupNormOp {
                 let xs = &x[i * per..][..per];
                 let dys = &dy[i * per..][..per];
                 let (mean, r) = stats(xs, self.eps);
-                // dz into dxg first; then the group means of γ dz and γ dz x̂.
+                // dz into dxg first (z, then dz in place); then the group means of γ dz
+                // and γ dz x̂.
                 let (mut m1, mut m2) = (0f64, 0f64);
+                let mut xh = [0f32; CHUNK];
+                let mut sg = [0f32; CHUNK];
                 for j in 0..cpg {
                     let ch = g * cpg + j;
                     let (ga, be) = (gamma[ch], beta[ch]);
-                    let (mut sb, mut sg) = (0f64, 0f64);
-                    for q in j * hw..(j + 1) * hw {
-                        let xh = (xs[q] - mean) * r;
-                        let mut dz = dys[q];
-                        if self.silu {
-                            let z = xh * ga + be;
-                            let s = sigmoid(z);
-                            dz *= s * (1.0 + z * (1.0 - s));
+                    let (mut sum_b, mut sum_g) = (0f64, 0f64);
+                    for start in (j * hw..(j + 1) * hw).step_by(CHUNK) {
+                        let len = CHUNK.min((j + 1) * hw - start);
+                        let (xh, sg) = (&mut xh[..len], &mut sg[..len]);
+                        let dz = &mut dxg[start..start + len];
+                        for ((h, &x), d) in xh.iter_mut().zip(&xs[start..]).zip(dz.iter_mut()) {
+                            *h = (x - mean) * r;
+                            *d = *h * ga + be;
                         }
-                        dxg[q] = dz;
-                        sb += dz as f64;
-                        sg += (dz * xh) as f64;
+                        if self.silu {
+                            simd::sigmoid(dz, sg);
+                            for ((d, &s), &g) in dz.iter_mut().zip(sg.iter()).zip(&dys[start..]) {
+                                *d = g * s * (1.0 + *d * (1.0 - s));
+                            }
+                        } else {
+                            dz.copy_from_slice(&dys[start..start + len]);
+                        }
+                        let (b1, b2) = lane_sums2(dz, xh);
+                        sum_b += b1;
+                        sum_g += b2;
                     }
-                    pg[j] = (sb, sg);
-                    m1 += ga as f64 * sb;
-                    m2 += ga as f64 * sg;
+                    pg[j] = (sum_b, sum_g);
+                    m1 += ga as f64 * sum_b;
+                    m2 += ga as f64 * sum_g;
                 }
                 let (m1, m2) = ((m1 / per as f64) as f32, (m2 / per as f64) as f32);
                 for j in 0..cpg {
@@ -144,15 +200,11 @@ impl CustomOp3 for GroupNormOp {
                 let a = gamma[ch] * r;
                 let s = beta[ch] - mean * a;
                 let (xc, yc) = (&xs[j * hw..][..hw], &mut yg[j * hw..][..hw]);
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = v * a + s;
+                }
                 if self.silu {
-                    for (o, &v) in yc.iter_mut().zip(xc) {
-                        let z = v * a + s;
-                        *o = z * sigmoid(z);
-                    }
-                } else {
-                    for (o, &v) in yc.iter_mut().zip(xc) {
-                        *o = v * a + s;
-                    }
+                    silu_in_place(yc);
                 }
             }
         });

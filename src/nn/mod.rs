@@ -10,6 +10,7 @@ pub mod conv_direct;
 pub mod conv_unfold;
 pub mod cpu;
 pub mod frozen_map;
+pub mod geglu;
 pub mod group_norm;
 pub mod group_norm_cpu;
 pub mod half;
@@ -19,6 +20,7 @@ pub mod linear;
 pub mod lora;
 pub mod lora_conv;
 pub mod precomputed;
+pub mod simd;
 pub mod timestep_embedding;
 pub mod upsample;
 
