@@ -2,7 +2,7 @@
 //! cross-attention to the context, and a GEGLU feed-forward, each with a residual.
 
 use crate::nn::{layer_norm, linear, Attention, Builders, LayerNorm, Linear};
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `FeedForward(dim, activation_fn="geglu")`: net.0.proj Linear(dim, 8 dim) split into
@@ -26,12 +26,9 @@ impl GegluFeedForward {
 
 impl Module for GegluFeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let inner = h.dim(D::Minus1)? / 2;
         // diffusers' GEGLU: `hidden_states, gate = proj(x).chunk(2, dim=-1)`.
-        let value = h.narrow(D::Minus1, 0, inner)?;
-        let gate = h.narrow(D::Minus1, inner, inner)?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+        self.out
+            .forward(&crate::nn::geglu::geglu(&self.proj.forward(x)?)?)
     }
 }
 
