@@ -164,7 +164,15 @@ fn main() {
 /// candle asks for its thread count on every matmul and, unless RAYON_NUM_THREADS is set,
 /// reads /proc/cpuinfo each time (a third of the toy run's time went there). Setting the
 /// variable once, before any thread starts, short-circuits that.
+///
+/// CANDLE_NUM_THREADS=1 keeps candle's elementwise ops on the calling thread. Otherwise
+/// candle runs them on a second pool of spinning threads beside rayon's (which the gemm and
+/// this project's kernels use): on 2 cores the two pools' spin-waits took half of a
+/// UNet forward when anything else ran, and a little even on an idle machine.
 fn pin_thread_count() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -20,7 +20,7 @@ use super::channel::scale_shift;
 use super::conv_direct;
 use super::cpu::{contiguous, with_slice};
 use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Storage, Tensor,
 };
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use rayon::prelude::*;
@@ -335,6 +335,61 @@ impl Im2ColConv {
     }
 }
 
+/// conv2d(x, w) + bias by the direct kernels (their geometry checked by the caller).
+#[derive(Debug, Clone, Copy)]
+struct ConvBias(Im2ColConv, conv_direct::Geometry);
+
+impl CustomOp3 for ConvBias {
+    fn name(&self) -> &'static str {
+        "conv2d-direct-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, o, g) = (l1.dims()[0], l1.dims()[1], l2.dims()[0], self.1);
+        let bias = contiguous(s3, l3)?;
+        let xp = conv_direct::pad_planes(contiguous(s1, l1)?, b * c, g);
+        let y = conv_direct::forward(&xp, contiguous(s2, l2)?, Some(bias), b, c, o, g);
+        Ok((CpuStorage::F32(y), Shape::from((b, o, g.ho(), g.wo()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (op, g) = (self.0, self.1);
+        let grad = grad.detach().contiguous()?;
+        let gx = match x.track_op() {
+            true => Some(op.input_grad_direct(&grad, &w.detach(), g)?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(op.kernel_grad_direct(&x.detach(), &grad, g)?),
+            false => None,
+        };
+        let gb = match bias.track_op() {
+            true => {
+                let (n, o) = (grad.dim(0)?, grad.dim(1)?);
+                let sums = with_slice(&grad, |dy| Ok(conv_direct::channel_sums(dy, n, o)))?;
+                Some(Tensor::from_vec(sums, o, &Device::Cpu)?)
+            }
+            false => None,
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
 /// candle_nn::Conv2d's parameters (`weight` [O, C, k, k], optional `bias` [O]) computed
 /// by `conv2d` above. Only `padding` and `stride` of the config are supported.
 #[derive(Debug, Clone)]
@@ -366,6 +421,20 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The direct kernels add the bias as they store the output, and sum its gradient.
+        if let Some(b) = &self.bias {
+            let op = Im2ColConv {
+                padding: self.padding,
+                stride: self.stride,
+            };
+            let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+            if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && b.rank() == 1 {
+                if let Some(g) = op.direct(x.dims(), self.weight.dims()) {
+                    let w = self.weight.contiguous()?;
+                    return x.contiguous()?.apply_op3(&w, b, ConvBias(op, g));
+                }
+            }
+        }
         let y = conv2d(x, &self.weight, self.padding, self.stride)?;
         match &self.bias {
             None => Ok(y),

@@ -111,29 +111,41 @@ pub fn forward(
         }
     }
     let span = g.span();
-    let mut y = vec![0f32; b * o * ho * wo];
-    y.par_chunks_mut(ob * ho * wo)
+    // Every output is written exactly once (from the task's accumulators), so the output
+    // is not zeroed first.
+    let mut y: Vec<f32> = Vec::with_capacity(b * o * ho * wo);
+    y.spare_capacity_mut()
+        .par_chunks_mut(ob * ho * wo)
         .enumerate()
         .for_each(|(task, out)| {
             let (bi, blk) = (task / (o / ob), task % (o / ob));
             let img = &xp[bi * c * plane..];
             let wts = &wb[blk * c * k * k * ob..][..c * k * k * ob];
-            let mut acc = vec![0f32; ob * span];
-            // SAFETY: `available()` was checked by the caller; reads stay inside `xp`
-            // (planes plus SLACK) and writes inside `acc`.
-            unsafe { conv_planes(img, wts, &mut acc, ob, c, k, wp, plane, span) };
-            for j in 0..ob {
-                let add = bias.map_or(0.0, |bs| bs[blk * ob + j]);
-                for oy in 0..ho {
-                    let src = &acc[j * span + oy * wp..][..wo];
-                    let dst = &mut out[(j * ho + oy) * wo..][..wo];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + add;
+            ACC.with_borrow_mut(|acc| {
+                acc.resize(ob * span, 0.0);
+                // SAFETY: `available()` was checked by the caller; reads stay inside `xp`
+                // (planes plus SLACK) and writes inside `acc`.
+                unsafe { conv_planes(img, wts, acc, ob, c, k, wp, plane, span) };
+                for j in 0..ob {
+                    let add = bias.map_or(0.0, |bs| bs[blk * ob + j]);
+                    for oy in 0..ho {
+                        let src = &acc[j * span + oy * wp..][..wo];
+                        let dst = &mut out[(j * ho + oy) * wo..][..wo];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            d.write(s + add);
+                        }
                     }
                 }
-            }
+            });
         });
+    // SAFETY: the chunks cover the whole capacity and every element was written above.
+    unsafe { y.set_len(b * o * ho * wo) };
     y
+}
+
+thread_local! {
+    /// Each thread's accumulator planes, kept between calls (no allocation per task).
+    static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Output channels per register block: 4 where they divide, else 2 or 1.
@@ -237,6 +249,29 @@ pub fn dy_planes(dy: &[f32], planes: usize, g: Geometry) -> Vec<f32> {
             }
         });
     out
+}
+
+/// Σ over b and positions of dy [B, O, ...] per channel o (a bias gradient), summed in
+/// eight f32 lanes per plane and over planes in f64, in a fixed order.
+pub fn channel_sums(dy: &[f32], b: usize, o: usize) -> Vec<f32> {
+    let per = dy.len() / (b * o).max(1);
+    let plane: Vec<f64> = dy
+        .par_chunks(per.max(1))
+        .map(|p| {
+            let mut acc = [0f32; 8];
+            let chunks = p.chunks_exact(8);
+            let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+            for ch in chunks {
+                for (a, &v) in acc.iter_mut().zip(ch) {
+                    *a += v;
+                }
+            }
+            acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+        })
+        .collect();
+    (0..o)
+        .map(|oi| (0..b).map(|bi| plane[bi * o + oi]).sum::<f64>() as f32)
+        .collect()
 }
 
 /// w [O, C, k, k] -> [C, O, k, k] flipped in both spatial axes: the kernel whose
@@ -423,6 +458,48 @@ mod tests {
                     scale(q)
                 );
             }
+        }
+    }
+
+    /// `Conv2d` with a trainable bias (the fused op): values and the gradients of the
+    /// input, the kernel and the bias against candle's conv2d plus a broadcast bias.
+    #[test]
+    fn fused_bias_matches_conv_plus_bias_and_its_gradients() {
+        if !super::available() {
+            return;
+        }
+        let d = Device::Cpu;
+        let mut rng = seeded(9);
+        let x = Var::from_tensor(&randn(&mut rng, (3, 6, 10, 10), &d).unwrap()).unwrap();
+        let w = Var::from_tensor(&randn(&mut rng, (4, 6, 3, 3), &d).unwrap()).unwrap();
+        let b = Var::from_tensor(&randn(&mut rng, 4, &d).unwrap()).unwrap();
+        let probe = randn(&mut rng, (3, 4, 10, 10), &d).unwrap();
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let layer = crate::nn::Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), cfg);
+        let y = candle_core::Module::forward(&layer, &x).unwrap();
+        let yr = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(diff(&y, &yr) < 1e-5, "values differ by {}", diff(&y, &yr));
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("input", &x), ("kernel", &w), ("bias", &b)] {
+            let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(
+                diff(p, q) < 1e-4,
+                "{name} gradient differs by {}",
+                diff(p, q)
+            );
         }
     }
 }
