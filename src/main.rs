@@ -88,6 +88,31 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         micro: Vec<usize>,
     },
+    /// The PyTorch peer benchmark's sqdf side (bench/peer/run.sh runs it): the parity
+    /// dump, the timed work items, the CPU's peak FMA throughput.
+    #[command(hide = true)]
+    BenchPeer {
+        /// The script whose models and config the work items use.
+        #[arg(long, default_value = "scripts/digits_sqdf.lua")]
+        script: PathBuf,
+        /// Samples per work item (trajectories, states per update).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Write fixed inputs and sqdf's outputs to DIR/parity.safetensors.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<PathBuf>,
+        /// Time the six work items, each `repeats` times after one warm-up.
+        #[arg(long)]
+        time: bool,
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Measure the peak f32 FMA throughput on RAYON_NUM_THREADS threads.
+        #[arg(long)]
+        peak: bool,
+        /// Write the timings or the peak as JSON here (default: standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Time and memory of one update of every method on the digits model, for T = 10, 25,
     /// 50 and DRaFT's K = 1..8 (a benchmark; prints a Markdown table, JSON to --json).
     BenchMethods {
@@ -255,6 +280,47 @@ fn dispatch(cli: Cli) -> Result<()> {
             let v =
                 sqdf::train::bench::bench(&script, overrides(&set)?, batch, repeats, &micro, log)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::BenchPeer {
+            script,
+            batch,
+            dump,
+            time,
+            repeats,
+            peak,
+            json,
+        } => {
+            use sqdf::train::peer_bench;
+            if let Some(dir) = dump {
+                let path = peer_bench::dump(&script, batch, &dir, log.clone())?;
+                println!("{}", path.display());
+            }
+            let mut v = serde_json::Map::new();
+            if peak {
+                let threads = std::env::var("RAYON_NUM_THREADS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(rayon::current_num_threads);
+                let (gflops, isa) = peer_bench::peak_gflops(threads);
+                v.insert("peak_gflops".into(), gflops.into());
+                v.insert("peak_isa".into(), isa.into());
+                v.insert("peak_threads".into(), threads.into());
+            }
+            if time {
+                v.insert(
+                    "time".into(),
+                    peer_bench::time(&script, batch, repeats, log)?,
+                );
+            }
+            if !v.is_empty() {
+                let text = serde_json::to_string_pretty(&v)?;
+                match json {
+                    Some(p) => std::fs::write(&p, text)
+                        .with_context(|| format!("writing {}", p.display()))?,
+                    None => println!("{text}"),
+                }
+            }
             Ok(())
         }
         Command::BenchMethods { batch, json } => {

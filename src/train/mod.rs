@@ -13,6 +13,7 @@ pub mod lora_export;
 pub mod memory;
 pub mod method_bench;
 pub mod metrics;
+pub mod peer_bench;
 pub mod pretrain;
 pub mod reference_loss;
 pub mod rollout;
