@@ -33,6 +33,11 @@ impl Module for LayerNorm {
             let n = LayerNorm::new(self.weight.to_dtype(up)?, self.bias.to_dtype(up)?, self.eps);
             return n.forward(&x.to_dtype(up)?)?.to_dtype(x.dtype());
         }
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(&self.bias) {
+            let op = super::layer_norm_cpu::LayerNormOp { eps: self.eps };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
         // Biased variance, as torch.
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

@@ -16,6 +16,7 @@ pub mod group_norm_cpu;
 pub mod half;
 pub mod init;
 pub mod layer_norm;
+pub mod layer_norm_cpu;
 pub mod linear;
 pub mod lora;
 pub mod lora_conv;
