@@ -352,34 +352,53 @@ mod x86 {
         wp: usize,
         span: usize,
     ) {
-        let (xp, dp) = (x.as_ptr(), dy.as_ptr());
         for ky in 0..k {
-            // Taps of one kernel row at a time: OB x k accumulators (k <= 3 here; larger
-            // kernels take several passes of 3 taps).
+            // Taps of one kernel row at a time, three at once where they fit: OB x 3
+            // accumulators held in registers (the tap count is a constant so that the
+            // accumulator array is not spilled).
             let mut kx0 = 0;
+            while kx0 + 3 <= k {
+                kgrad_taps::<OB, 3>(x, dy, out, k, wp, span, ky, kx0);
+                kx0 += 3;
+            }
             while kx0 < k {
-                let taps = (k - kx0).min(3);
-                let mut a = [[_mm256_setzero_ps(); 3]; OB];
-                let mut q = 0;
-                while q < span {
-                    let mut d = [_mm256_setzero_ps(); OB];
-                    for (j, dj) in d.iter_mut().enumerate() {
-                        *dj = _mm256_loadu_ps(dp.add(j * span + q));
-                    }
-                    for t in 0..taps {
-                        let v = _mm256_loadu_ps(xp.add(q + ky * wp + kx0 + t));
-                        for j in 0..OB {
-                            a[j][t] = _mm256_fmadd_ps(d[j], v, a[j][t]);
-                        }
-                    }
-                    q += 8;
+                kgrad_taps::<OB, 1>(x, dy, out, k, wp, span, ky, kx0);
+                kx0 += 1;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kgrad_taps<const OB: usize, const T: usize>(
+        x: &[f32],
+        dy: &[f32],
+        out: &mut [f32],
+        k: usize,
+        wp: usize,
+        span: usize,
+        ky: usize,
+        kx0: usize,
+    ) {
+        let (xp, dp) = (x.as_ptr().add(ky * wp + kx0), dy.as_ptr());
+        let mut a = [[_mm256_setzero_ps(); T]; OB];
+        let mut q = 0;
+        while q < span {
+            let mut d = [_mm256_setzero_ps(); OB];
+            for (j, dj) in d.iter_mut().enumerate() {
+                *dj = _mm256_loadu_ps(dp.add(j * span + q));
+            }
+            for t in 0..T {
+                let v = _mm256_loadu_ps(xp.add(q + t));
+                for j in 0..OB {
+                    a[j][t] = _mm256_fmadd_ps(d[j], v, a[j][t]);
                 }
-                for (j, aj) in a.iter().enumerate() {
-                    for (t, at) in aj.iter().enumerate().take(taps) {
-                        out[(j * k + ky) * k + kx0 + t] += hsum(*at);
-                    }
-                }
-                kx0 += taps;
+            }
+            q += 8;
+        }
+        for (j, aj) in a.iter().enumerate() {
+            for (t, at) in aj.iter().enumerate() {
+                out[(j * k + ky) * k + kx0 + t] += hsum(*at);
             }
         }
     }
