@@ -78,6 +78,18 @@ fn a_short_digits_run_trains_the_adapters() {
         .filter(|(b, (_, a))| common::max_abs_diff(b, a.as_tensor()) > 0.0)
         .count();
     assert_eq!(moved, after.len(), "every adapter moves in an update");
+    // The graph-free sampling policy shares the variables' storage: it has the updated
+    // weights, and records no graph.
+    let dev = Device::Cpu;
+    let x = randn(&mut seeded(1), (2, 1, 28, 28), &dev).unwrap();
+    let (tt, c) = (
+        Tensor::new(&[300f32, 700.], &dev).unwrap(),
+        Tensor::new(&[2u32, 10], &dev).unwrap(),
+    );
+    let p = t.models.policy.eps(&x, &tt, &c).unwrap();
+    let q = t.models.sampling_policy().eps(&x, &tt, &c).unwrap();
+    assert!(p.track_op() && !q.track_op());
+    assert_eq!(common::max_abs_diff(&p, &q), 0.0);
 }
 
 #[test]

@@ -26,6 +26,10 @@ pub struct TaskModels {
     /// p_θ, the policy being fine-tuned; its variables are `policy_vars`.
     pub policy: Arc<dyn Denoiser>,
     pub policy_vars: VarMap,
+    /// The same policy built on detached views of `policy_vars` (same storage, so it always
+    /// has the current weights): sampling with it records no autograd graph. None: sample
+    /// with `policy`.
+    pub policy_no_grad: Option<Arc<dyn Denoiser>>,
     /// p', the frozen pretrained model: the KL reference.
     pub reference: Arc<dyn Denoiser>,
     /// f_ψ, the frozen consistency model, when the task has one.
@@ -41,6 +45,11 @@ pub struct TaskModels {
 }
 
 impl TaskModels {
+    /// The policy for sampling trajectories and evaluations, where no gradient is taken.
+    pub fn sampling_policy(&self) -> &Arc<dyn Denoiser> {
+        self.policy_no_grad.as_ref().unwrap_or(&self.policy)
+    }
+
     /// The model the KL is taken against: the previous round's policy when there is one,
     /// else the pretrained reference.
     pub fn kl_reference(&self) -> &Arc<dyn Denoiser> {

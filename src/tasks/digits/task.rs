@@ -174,6 +174,31 @@ impl Task for DigitsTask {
             crate::tensor_io::set_vars(&policy_vars, &base, &path)?;
             net
         };
+        // The policy again on detached views of its variables, for sampling without a graph.
+        let detached = policy_vars
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the policy's variables are poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect::<std::collections::HashMap<_, _>>();
+        let policy_no_grad = if run.lora_rank > 0 {
+            let builder = LoraBuilder::new(
+                lora.clone(),
+                VarBuilder::from_tensors(detached, crate::DTYPE, device),
+            );
+            ClassConditionalUNet::new(
+                VarBuilder::from_tensors(base.clone(), crate::DTYPE, device),
+                &cfg,
+                Some(&builder),
+            )?
+        } else {
+            ClassConditionalUNet::new(
+                VarBuilder::from_tensors(detached, crate::DTYPE, device),
+                &cfg,
+                None,
+            )?
+        };
         let guided = |net: ClassConditionalUNet| -> Arc<dyn Denoiser> {
             Arc::new(Guided {
                 inner: Arc::new(net),
@@ -211,6 +236,7 @@ impl Task for DigitsTask {
             ],
             policy: guided(policy),
             policy_vars,
+            policy_no_grad: Some(guided(policy_no_grad)),
             reference: guided(reference),
             consistency,
             rewards,

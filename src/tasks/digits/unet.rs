@@ -53,6 +53,7 @@ pub fn guided_accuracy(
         state_shape: vec![1, 28, 28],
         policy: guided.clone(),
         policy_vars: VarMap::new(),
+        policy_no_grad: None,
         reference: guided.clone(),
         consistency: None,
         rewards: Vec::new(),

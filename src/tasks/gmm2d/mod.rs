@@ -123,6 +123,7 @@ impl Task for Gmm2d {
             state_shape: vec![cfg.data_dim],
             policy: Arc::new(policy),
             policy_vars,
+            policy_no_grad: None,
             reference: Arc::new(reference),
             consistency,
             rewards: Vec::new(),

@@ -202,6 +202,7 @@ impl Task for Sd15Task {
             state_shape: vec![cfg.in_channels, latent, latent],
             policy: guided(policy),
             policy_vars,
+            policy_no_grad: None,
             reference: guided(reference),
             consistency,
             rewards,

@@ -23,7 +23,7 @@ impl Trainer {
         for chunk in cond.chunks(micro) {
             let ct = cond_tensor(chunk, &m.device)?;
             let r = rollout::sample_trajectories(
-                m.policy.as_ref(),
+                m.sampling_policy().as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,
@@ -276,7 +276,7 @@ impl Trainer {
         for chunk in cond.chunks(micro) {
             let ct = cond_tensor(chunk, &m.device)?;
             let (x0, _) = rollout::sample(
-                m.policy.as_ref(),
+                m.sampling_policy().as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,

@@ -48,7 +48,7 @@ impl Trainer {
         self.log.info("evaluating the fine-tuned model");
         let after = self.with_queries(self.task.evaluate(
             &self.models,
-            self.models.policy.as_ref(),
+            self.models.sampling_policy().as_ref(),
             &self.script,
             &self.run_dir,
             "after",
@@ -125,7 +125,7 @@ impl Trainer {
             // The evaluation after training draws these very samples; `run` records it here.
             return Ok(());
         }
-        let m = self.evaluate_along_with(self.models.policy.as_ref(), self.epoch)?;
+        let m = self.evaluate_along_with(self.models.sampling_policy().as_ref(), self.epoch)?;
         self.evals.append(self.epoch, &m)
     }
 
