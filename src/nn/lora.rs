@@ -131,7 +131,18 @@ impl Module for Proj {
         match self {
             Self::Plain(l) => l.forward(x),
             Self::Lora { base, a, b, scale } => {
-                let delta = adapter(x, |x| b.forward(&a.forward(x)?), a.weight().dtype())?;
+                let (wa, wb) = (a.weight(), b.weight());
+                let dtype = base.weight().dtype();
+                if !(x.track_op() || wa.track_op() || wb.track_op())
+                    && wa.dtype() == dtype
+                    && wb.dtype() == dtype
+                {
+                    // No gradient wanted (sampling, evaluation): one matmul with the merged
+                    // weight W + scale B A instead of two skinny ones and an add.
+                    let merged = (base.weight() + (wb.matmul(wa)? * *scale)?)?;
+                    return Linear::new(merged, base.bias().cloned()).forward(x);
+                }
+                let delta = adapter(x, |x| b.forward(&a.forward(x)?), wa.dtype())?;
                 base.forward(x)? + (delta * *scale)?
             }
         }
