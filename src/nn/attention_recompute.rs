@@ -26,6 +26,8 @@ fn chunk_rows(n: usize, lq: usize, lk: usize, elements: usize) -> usize {
 /// Probabilities of one query chunk in f32 (or f64): the softmax reduces in f32 for half
 /// precision, as diffusers' `upcast_softmax`.
 fn probabilities(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    // q k^T: [n, lq, d] x [n, d, lk].
+    super::flops::add(2 * q.elem_count() * k.dim(1)?);
     let scores = (q * scale)?.matmul(&k.t()?)?;
     let scores = match super::half::upcast(scores.dtype()) {
         Some(up) => scores.to_dtype(up)?,
@@ -46,6 +48,8 @@ fn forward_no_graph(q: &Tensor, k: &Tensor, v: &Tensor, elements: usize) -> Resu
     for start in (0..lq).step_by(rows) {
         let qc = q.narrow(1, start, rows.min(lq - start))?;
         let p = probabilities(&qc, &k, scale)?;
+        // p v: [n, len, lk] x [n, lk, dv].
+        super::flops::add(2 * p.elem_count() * v.dim(2)?);
         outs.push(p.to_dtype(v.dtype())?.matmul(&v)?);
     }
     Tensor::cat(&outs, 1)?.contiguous()
@@ -112,6 +116,8 @@ impl CustomOp3 for Recompute {
             let qc = q.narrow(1, start, len)?;
             let p = probabilities(&qc, &k, scale)?; // [n, len, lk], acc dtype
             let doc = d_out.narrow(1, start, len)?.to_dtype(acc)?;
+            // dv, dp (p-sized x dv each), dq, dk (p-sized x d each).
+            super::flops::add(2 * p.elem_count() * (2 * v.dim(2)? + 2 * d));
             dv = (dv + p.t()?.matmul(&doc)?)?;
             let dp = doc.matmul(&v_acc.t()?)?;
             let row = (&dp * &p)?.sum_keepdim(D::Minus1)?;

@@ -64,6 +64,7 @@ pub fn conv2d_patches(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, _, k, _) = w.dims4()?;
     let (ph, pw) = (h / k, wd / k);
+    super::flops::add(2 * b * ph * pw * o * c * k * k);
     // Rows and columns past the last whole patch are dropped, as conv2d does.
     let x = x.narrow(2, 0, ph * k)?.narrow(3, 0, pw * k)?;
     let patches = x
@@ -152,6 +153,7 @@ fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, _, k, _) = w.dims4()?;
     let (ho, wo) = (out_len(h, k, p, s)?, out_len(wd, k, p, s)?);
+    super::flops::add(2 * b * o * k * k * c * ho * wo);
     let per_image = k * k * c * ho * wo * 4;
     let chunk = (CHUNK_BYTES / per_image.max(1)).clamp(1, b);
     let km = kernel_matrix(w)?;
@@ -327,6 +329,7 @@ impl Im2ColConv {
     fn kernel_grad(&self, x: &Tensor, grad: &Tensor, w_dims: &[usize]) -> Result<Tensor> {
         let (o, c, k) = (w_dims[0], w_dims[1], w_dims[2]);
         let cols = im2col(x, k, self.padding, self.stride)?;
+        super::flops::add(2 * o * cols.elem_count());
         let g = grad.transpose(0, 1)?.contiguous()?.reshape((o, ()))?;
         g.matmul(&cols.t()?)?
             .reshape((o, k, k, c))?

@@ -102,6 +102,7 @@ pub fn forward(
     g: Geometry,
 ) -> Vec<f32> {
     let (ho, wo, wp, plane, k) = (g.ho(), g.wo(), g.wp(), g.plane(), g.k);
+    super::flops::add(2 * b * o * c * k * k * ho * wo);
     let ob = block_of(o);
     // Weights as [O / ob][C][k][k][ob]: a tap's ob weights are adjacent for the broadcasts.
     let mut wb = vec![0f32; o * c * k * k];
@@ -184,6 +185,7 @@ unsafe fn conv_planes(
 #[allow(clippy::too_many_arguments)]
 pub fn kernel_grad(xp: &[f32], dyq: &[f32], b: usize, c: usize, o: usize, g: Geometry) -> Vec<f32> {
     let (k, wp, plane) = (g.k, g.wp(), g.plane());
+    super::flops::add(2 * b * o * c * k * k * g.ho() * g.wo());
     let span = g.span();
     let ob = block_of(o);
     // One task per (o block, c): dw[o block, c, :, :], over every image.

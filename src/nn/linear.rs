@@ -51,6 +51,7 @@ impl Module for Linear {
             let (w, dims) = (self.weight.clone(), x.dims().to_vec());
             let vjp = move |dy: &Tensor| {
                 let out = w.dim(0)?;
+                super::flops::add(2 * dy.elem_count() * w.dim(1)?);
                 dy.reshape(((), out))?.matmul(&w)?.reshape(dims.as_slice())
             };
             return frozen_map(x, |x| self.affine(x), Arc::new(vjp));
@@ -64,6 +65,7 @@ impl Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let lead: usize = dims[..dims.len() - 1].iter().product();
+        super::flops::add(2 * lead * in_dim * self.weight.dim(0)?);
         let y = x.reshape((lead, in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => scale_shift(&y, None, Some(b), 1)?,

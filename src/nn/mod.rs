@@ -9,6 +9,7 @@ pub mod conv;
 pub mod conv_direct;
 pub mod conv_unfold;
 pub mod cpu;
+pub mod flops;
 pub mod frozen_map;
 pub mod geglu;
 pub mod group_norm;

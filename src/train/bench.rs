@@ -33,6 +33,24 @@ fn stats(xs: &[f64]) -> Json {
     json!({ "mean_s": mean, "std_s": sd, "runs": xs })
 }
 
+/// `stats` with the work's GFLOP (`nn::flops`, per run), its GFLOP/s at the mean time and
+/// that rate's share of the measured peak.
+fn stats_with_rate(xs: &[f64], gflop: f64, peak: f64) -> Json {
+    let mut s = stats(xs);
+    let rate = gflop / s["mean_s"].as_f64().unwrap_or(f64::NAN);
+    s["gflop"] = json!(gflop);
+    s["gflops"] = json!(rate);
+    s["peak_share"] = json!(rate / peak);
+    s
+}
+
+/// `f`'s result and the operations `nn::flops` counted while it ran, in GFLOP.
+fn count_gflop<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = crate::nn::flops::total();
+    let out = f()?;
+    Ok((out, (crate::nn::flops::total() - before) as f64 / 1e9))
+}
+
 /// Seconds since the Unix epoch: update windows in the output can be matched against a
 /// GPU memory log (`nvidia-smi --query-gpu=timestamp,memory.used -lms 50`).
 fn unix_now() -> f64 {
@@ -69,13 +87,23 @@ pub fn bench(
     } else {
         micro.to_vec()
     };
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let (peak, isa) = super::peer_bench::peak_gflops(threads);
+    log.info(format!(
+        "measured peak: {peak:.1} GFLOP/s ({isa} FMA loop on {threads} threads)"
+    ));
+    let (mut sample_gflop, mut update_gflop) = (0.0, 0.0);
     let mut sample = Vec::new();
     let mut update: Vec<Vec<f64>> = vec![Vec::new(); micro.len()];
     let mut windows = Vec::new();
     for r in 0..=repeats {
         let s = Instant::now();
-        t.collect()?;
+        let (_, gflop) = count_gflop(|| t.collect())?;
         let a = s.elapsed().as_secs_f64();
+        sample_gflop = gflop;
         // The first round warms caches and the allocator; it is not counted (unless it is
         // the only one: `--repeats 0` for sizes where one round is all there is time for).
         let counted = r > 0 || repeats == 0;
@@ -83,8 +111,10 @@ pub fn bench(
             sample.push(a);
         }
         log.info(format!(
-            "round {r}: sampling {batch} x {} steps {a:.2} s",
-            t.models.sampler.steps()
+            "round {r}: sampling {batch} x {} steps {a:.2} s, {gflop:.1} GFLOP, {:.1} GFLOP/s ({:.1}% of peak)",
+            t.models.sampler.steps(),
+            gflop / a,
+            100.0 * gflop / a / peak
         ));
         for (i, &m) in micro.iter().enumerate() {
             t.script.config.micro_batch = m;
@@ -93,9 +123,12 @@ pub fn bench(
             let resident = memory::status_kib("VmRSS:") / 1024.0;
             let reset = memory::reset_peak();
             let (t0, s) = (unix_now(), Instant::now());
-            t.update()?;
+            let (_, gflop) = count_gflop(|| t.update())?;
             let b = s.elapsed().as_secs_f64();
-            let peak = if reset {
+            if i == 0 {
+                update_gflop = gflop;
+            }
+            let mem_peak = if reset {
                 memory::peak_rss_mib() - resident
             } else {
                 f64::NAN
@@ -107,11 +140,12 @@ pub fn bench(
                     "start_unix": t0,
                     "end_unix": unix_now(),
                     "resident_before_mib": resident,
-                    "host_peak_above_mib": peak,
+                    "host_peak_above_mib": mem_peak,
                 }));
             }
             log.info(format!(
-                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s, host memory peak {peak:.0} MiB above {resident:.0} MiB (unix {t0:.2} to {:.2})",
+                "round {r}: one update of {batch} in micro-batches of {m} {b:.2} s, {gflop:.1} GFLOP, {:.1} GFLOP/s, host memory peak {mem_peak:.0} MiB above {resident:.0} MiB (unix {t0:.2} to {:.2})",
+                gflop / b,
                 unix_now()
             ));
         }
@@ -128,8 +162,10 @@ pub fn bench(
         "batch": batch,
         "steps": t.models.sampler.steps(),
         "build_s": build,
-        "sampling": stats(&sample),
-        "update": stats(&update[0]),
+        "sampling": stats_with_rate(&sample, sample_gflop, peak),
+        "update": stats_with_rate(&update[0], update_gflop, peak),
+        "peak_gflops": peak,
+        "peak_isa": isa,
         "updates": updates,
         "update_windows": windows,
         "machine": machine(),
