@@ -91,7 +91,10 @@ fn a_short_digits_run_trains_the_adapters() {
     assert!(p.track_op() && !q.track_op());
     assert!(common::max_abs_diff(&p, &q) < 1e-5);
     let r = t.models.reference.eps(&x, &tt, &c).unwrap();
-    assert!(common::max_abs_diff(&q, &r) > 1e-3, "the sampling policy is not the reference");
+    assert!(
+        common::max_abs_diff(&q, &r) > 1e-3,
+        "the sampling policy is not the reference"
+    );
 }
 
 #[test]
@@ -124,7 +127,7 @@ fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
                 .task
                 .evaluate(
                     &t.models,
-                    t.models.policy.as_ref(),
+                    t.models.sampling_policy().as_ref(),
                     &t.script,
                     dir.path(),
                     "check",

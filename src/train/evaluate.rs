@@ -75,13 +75,13 @@ pub fn evaluate(
     let (label, policy) = match &loaded {
         Some((path, loaded)) => {
             set_vars(&models.policy_vars, &loaded.policy_tensors(), path)?;
-            ("checkpoint", models.policy.clone())
+            ("checkpoint", models.sampling_policy().clone())
         }
         // A LoRA file (`--set lora_init=FILE`, either format): sample from it.
         None => match &cfg.lora_init {
             Some(file) => {
                 super::lora_export::load(Path::new(file), &models, cfg)?;
-                ("lora", models.policy.clone())
+                ("lora", models.sampling_policy().clone())
             }
             None => ("pretrained", models.reference.clone()),
         },
