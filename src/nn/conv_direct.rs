@@ -151,7 +151,10 @@ thread_local! {
 
 /// Output channels per register block: 4 where they divide, else 2 or 1.
 fn block_of(o: usize) -> usize {
-    [4, 2, 1].into_iter().find(|b| o % b == 0).unwrap_or(1)
+    [4, 2, 1]
+        .into_iter()
+        .find(|&b| o.is_multiple_of(b))
+        .unwrap_or(1)
 }
 
 /// acc [ob][span] = sum over c, ky, kx of wts[c][ky][kx][ob] * img[c][q + ky wp + kx].
@@ -371,7 +374,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
+    // Indexing the accumulators by tap and channel keeps them in registers.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     unsafe fn kgrad_taps<const OB: usize, const T: usize>(
         x: &[f32],
         dy: &[f32],

@@ -118,7 +118,7 @@ impl GroupNormOp {
                 let (mut m1, mut m2) = (0f64, 0f64);
                 let mut xh = [0f32; CHUNK];
                 let mut sg = [0f32; CHUNK];
-                for j in 0..cpg {
+                for (j, pj) in pg.iter_mut().enumerate() {
                     let ch = g * cpg + j;
                     let (ga, be) = (gamma[ch], beta[ch]);
                     let (mut sum_b, mut sum_g) = (0f64, 0f64);
@@ -142,7 +142,7 @@ impl GroupNormOp {
                         sum_b += b1;
                         sum_g += b2;
                     }
-                    pg[j] = (sum_b, sum_g);
+                    *pj = (sum_b, sum_g);
                     m1 += ga as f64 * sum_b;
                     m2 += ga as f64 * sum_g;
                 }

@@ -44,19 +44,23 @@ fn map(x: &[f32], y: &mut [f32], kind: Kind) {
 
 /// erf(x) / x for |x| < 1 as a polynomial in x^2 (the Maclaurin series, 2/sqrt(pi) folded
 /// in): relative accuracy where 7.1.26's absolute error would be large beside erf(x).
-const ERF_SERIES: [f32; 11] = [
-    1.128379167e+00,
-    -3.761263890e-01,
-    1.128379167e-01,
-    -2.686617065e-02,
-    5.223977625e-03,
-    -8.548327023e-04,
-    1.205533298e-04,
-    -1.492565036e-05,
-    1.646211437e-06,
-    -1.636584469e-07,
-    1.480719282e-08,
-];
+const ERF_SERIES: [f32; 11] = {
+    // 2/√π (-1)^n / (n! (2n + 1)), n = 0..10.
+    let c = std::f32::consts::FRAC_2_SQRT_PI;
+    [
+        c,
+        -c / 3.0,
+        c / 10.0,
+        -c / 42.0,
+        c / 216.0,
+        -c / 1320.0,
+        c / 9360.0,
+        -c / 75600.0,
+        c / 685_440.0,
+        -c / 6_894_720.0,
+        c / 76_204_800.0,
+    ]
+};
 
 const ERF_P: f32 = 0.327_591_1;
 const ERF_A: [f32; 5] = [
@@ -129,7 +133,7 @@ mod x86 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
