@@ -527,4 +527,50 @@ mod tests {
             );
         }
     }
+
+    /// The forward, both gradients and the fused group norm give the same bits on 1 and
+    /// 3 threads: every sum is over a fixed partition in a fixed order.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let d = Device::Cpu;
+        let mut rng = seeded(3);
+        let x = randn(&mut rng, (5, 8, 14, 14), &d).unwrap();
+        let w = randn(&mut rng, (16, 8, 3, 3), &d).unwrap();
+        let probe = randn(&mut rng, (5, 16, 14, 14), &d).unwrap();
+        let (g, b) = (
+            randn(&mut rng, 8, &d).unwrap(),
+            randn(&mut rng, 8, &d).unwrap(),
+        );
+        let run = || {
+            let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let op = crate::nn::group_norm_cpu::GroupNormOp {
+                groups: 4,
+                eps: 1e-5,
+                silu: true,
+            };
+            let h = xv.apply_op3(&g, &b, op).unwrap();
+            let y = conv2d(&h, &wv, 1, 1).unwrap();
+            let grads = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [
+                y,
+                grads.get(&xv).unwrap().clone(),
+                grads.get(&wv).unwrap().clone(),
+            ]
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(run);
+        let three = pool(3).install(run);
+        assert!(one == three, "results differ between 1 and 3 threads");
+    }
 }
