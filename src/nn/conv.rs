@@ -384,8 +384,11 @@ impl CustomOp3 for ConvBias {
         let gb = match bias.track_op() {
             true => {
                 let (n, o) = (grad.dim(0)?, grad.dim(1)?);
-                let sums = with_slice(&grad, |dy| Ok(conv_direct::channel_sums(dy, n, o)))?;
-                Some(Tensor::from_vec(sums, o, &Device::Cpu)?)
+                let per_sample = bias.rank() == 2;
+                let sums = with_slice(&grad, |dy| {
+                    Ok(conv_direct::channel_sums(dy, n, o, per_sample))
+                })?;
+                Some(Tensor::from_vec(sums, bias.shape(), &Device::Cpu)?)
             }
             false => None,
         };
@@ -419,6 +422,28 @@ impl Conv2d {
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+}
+
+impl Conv2d {
+    /// conv(x) + bias + extra[b, o] for extra [B, O] (a resnet's time embedding): on the
+    /// CPU the direct kernels add both as they store the output, and sum the gradient of
+    /// extra per sample; elsewhere a broadcast add.
+    pub fn forward_with_sample_bias(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
+        let op = Im2ColConv {
+            padding: self.padding,
+            stride: self.stride,
+        };
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if let (Some(b), Some(g)) = (&self.bias, op.direct(x.dims(), self.weight.dims())) {
+            if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && f32_cpu(extra) {
+                let both = extra.broadcast_add(&b.unsqueeze(0)?)?.contiguous()?;
+                let w = self.weight.contiguous()?;
+                return x.contiguous()?.apply_op3(&w, &both, ConvBias(op, g));
+            }
+        }
+        self.forward(x)?
+            .broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?)
     }
 }
 

@@ -91,7 +91,7 @@ pub fn pad_planes(x: &[f32], planes: usize, g: Geometry) -> Vec<f32> {
 }
 
 /// y [B, O, ho, wo] = conv(x, w) + bias, x given padded ([B, C] planes from `pad_planes`),
-/// w [O, C, k, k].
+/// w [O, C, k, k], bias [O] or [B, O].
 pub fn forward(
     xp: &[f32],
     w: &[f32],
@@ -128,7 +128,11 @@ pub fn forward(
                 // (planes plus SLACK) and writes inside `acc`.
                 unsafe { conv_planes(img, wts, acc, ob, c, k, wp, plane, span) };
                 for j in 0..ob {
-                    let add = bias.map_or(0.0, |bs| bs[blk * ob + j]);
+                    // A bias per channel [O], or per sample and channel [B, O].
+                    let add = bias.map_or(0.0, |bs| match bs.len() == o {
+                        true => bs[blk * ob + j],
+                        false => bs[bi * o + blk * ob + j],
+                    });
                     for oy in 0..ho {
                         let src = &acc[j * span + oy * wp..][..wo];
                         let dst = &mut out[(j * ho + oy) * wo..][..wo];
@@ -256,9 +260,10 @@ pub fn dy_planes(dy: &[f32], planes: usize, g: Geometry) -> Vec<f32> {
     out
 }
 
-/// Σ over b and positions of dy [B, O, ...] per channel o (a bias gradient), summed in
-/// eight f32 lanes per plane and over planes in f64, in a fixed order.
-pub fn channel_sums(dy: &[f32], b: usize, o: usize) -> Vec<f32> {
+/// Σ over positions of dy [B, O, ...] per sample and channel ([B, O], `per_sample`) or
+/// also over the batch ([O]): a bias gradient, summed in eight f32 lanes per plane and
+/// over planes in f64, in a fixed order.
+pub fn channel_sums(dy: &[f32], b: usize, o: usize, per_sample: bool) -> Vec<f32> {
     let per = dy.len() / (b * o).max(1);
     let plane: Vec<f64> = dy
         .par_chunks(per.max(1))
@@ -274,6 +279,9 @@ pub fn channel_sums(dy: &[f32], b: usize, o: usize) -> Vec<f32> {
             acc.iter().map(|&a| a as f64).sum::<f64>() + tail
         })
         .collect();
+    if per_sample {
+        return plane.into_iter().map(|v| v as f32).collect();
+    }
     (0..o)
         .map(|oi| (0..b).map(|bi| plane[bi * o + oi]).sum::<f64>() as f32)
         .collect()
@@ -572,5 +580,52 @@ mod tests {
         let one = pool(1).install(run);
         let three = pool(3).install(run);
         assert!(one == three, "results differ between 1 and 3 threads");
+    }
+
+    /// A per-sample bias (a resnet's time embedding) added in the same op: values and the
+    /// gradients of the input, the kernel, the bias and the per-sample bias.
+    #[test]
+    fn per_sample_bias_matches_a_broadcast_add_and_its_gradients() {
+        let d = Device::Cpu;
+        let mut rng = seeded(11);
+        let x = Var::from_tensor(&randn(&mut rng, (3, 5, 9, 9), &d).unwrap()).unwrap();
+        let w = Var::from_tensor(&randn(&mut rng, (4, 5, 3, 3), &d).unwrap()).unwrap();
+        let b = Var::from_tensor(&randn(&mut rng, 4, &d).unwrap()).unwrap();
+        let t = Var::from_tensor(&randn(&mut rng, (3, 4), &d).unwrap()).unwrap();
+        let probe = randn(&mut rng, (3, 4, 9, 9), &d).unwrap();
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let layer = crate::nn::Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), cfg);
+        let y = layer.forward_with_sample_bias(&x, &t).unwrap();
+        let yr = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&t.reshape((3, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(diff(&y, &yr) < 1e-5, "values differ by {}", diff(&y, &yr));
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [
+            ("input", &x),
+            ("kernel", &w),
+            ("bias", &b),
+            ("sample bias", &t),
+        ] {
+            let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(
+                diff(p, q) < 1e-4,
+                "{name} gradient differs by {}",
+                diff(p, q)
+            );
+        }
     }
 }

@@ -45,6 +45,18 @@ impl ConvProj {
     }
 }
 
+impl ConvProj {
+    /// forward(x) + extra[b, o] for extra [B, O] (`Conv2d::forward_with_sample_bias`).
+    pub fn forward_with_sample_bias(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(c) => c.forward_with_sample_bias(x, extra),
+            Self::Lora { .. } => self
+                .forward(x)?
+                .broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?),
+        }
+    }
+}
+
 impl Module for ConvProj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

@@ -49,9 +49,10 @@ impl ResnetBlock2D {
 
     /// x [B, in, H, W], temb [B, temb_c] -> [B, out, H, W].
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self.time_emb_proj.forward(&temb.silu()?)?;
-        let h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+        let h = self
+            .conv1
+            .forward_with_sample_bias(&self.norm1.forward_silu(x)?, &t)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
