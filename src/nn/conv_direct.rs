@@ -428,9 +428,10 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use crate::nn::conv::{conv2d, diff};
+    use crate::nn::conv::conv2d;
+    use crate::nn::cpu::assert_same_values_and_gradients;
     use crate::rng::{randn, seeded};
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{Device, Var};
 
     /// The direct kernels against candle's own conv2d (the plain formula): values, the
     /// input gradient and the kernel gradient, over kernel sizes, paddings, channel counts
@@ -462,35 +463,14 @@ mod tests {
             let probe = randn(&mut rng, (b, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k), &d).unwrap();
             let y = conv2d(&x, &wt, p, 1).unwrap();
             let yr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
-            let scale = |t: &Tensor| {
-                t.abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
-            assert!(
-                diff(&y, &yr) < 1e-5 * scale(&yr),
-                "case {i}: values differ by {}",
-                diff(&y, &yr)
+            assert_same_values_and_gradients(
+                &y,
+                &yr,
+                &probe,
+                &[("input", &x), ("kernel", &wt)],
+                1e-5,
+                &format!("case {i}"),
             );
-            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let gr = (yr * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("input", &x), ("kernel", &wt)] {
-                let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
-                assert!(
-                    diff(p, q) < 1e-5 * scale(q),
-                    "case {i}: {name} gradient differs by {} (scale {})",
-                    diff(p, q),
-                    scale(q)
-                );
-            }
         }
     }
 
@@ -518,22 +498,14 @@ mod tests {
             .unwrap()
             .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
             .unwrap();
-        assert!(diff(&y, &yr) < 1e-5, "values differ by {}", diff(&y, &yr));
-        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (yr * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("input", &x), ("kernel", &w), ("bias", &b)] {
-            let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(
-                diff(p, q) < 1e-4,
-                "{name} gradient differs by {}",
-                diff(p, q)
-            );
-        }
+        assert_same_values_and_gradients(
+            &y,
+            &yr,
+            &probe,
+            &[("input", &x), ("kernel", &w), ("bias", &b)],
+            2e-5,
+            "fused bias",
+        );
     }
 
     /// The forward, both gradients and the fused group norm give the same bits on 1 and
@@ -606,26 +578,18 @@ mod tests {
             .unwrap()
             .broadcast_add(&t.reshape((3, 4, 1, 1)).unwrap())
             .unwrap();
-        assert!(diff(&y, &yr) < 1e-5, "values differ by {}", diff(&y, &yr));
-        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (yr * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [
-            ("input", &x),
-            ("kernel", &w),
-            ("bias", &b),
-            ("sample bias", &t),
-        ] {
-            let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(
-                diff(p, q) < 1e-4,
-                "{name} gradient differs by {}",
-                diff(p, q)
-            );
-        }
+        assert_same_values_and_gradients(
+            &y,
+            &yr,
+            &probe,
+            &[
+                ("input", &x),
+                ("kernel", &w),
+                ("bias", &b),
+                ("sample bias", &t),
+            ],
+            2e-5,
+            "per-sample bias",
+        );
     }
 }

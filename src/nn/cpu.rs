@@ -20,3 +20,56 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
         _ => candle_core::bail!("expected a CPU tensor"),
     }
 }
+
+/// The gradient `grad` (data in `t`'s shape) for `t` if it is part of a graph, else None:
+/// what a custom op's `bwd` returns for each operand.
+pub fn grad_for(t: &Tensor, grad: Vec<f32>) -> Result<Option<Tensor>> {
+    t.track_op()
+        .then(|| Tensor::from_vec(grad, t.shape(), t.device()))
+        .transpose()
+}
+
+/// Test support: `y` (the op) and `reference` (the plain formula) agree within `tol`
+/// times the reference's largest magnitude, and so do the gradients of Σ y · probe with
+/// respect to each named variable.
+#[cfg(test)]
+pub fn assert_same_values_and_gradients(
+    y: &Tensor,
+    reference: &Tensor,
+    probe: &Tensor,
+    vars: &[(&str, &candle_core::Var)],
+    tol: f32,
+    case: &str,
+) {
+    let scale = |t: &Tensor| -> f32 {
+        let m = t
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        m.max(1.0)
+    };
+    let diff = super::conv::diff;
+    let err = diff(y, reference);
+    assert!(
+        err < tol * scale(reference),
+        "{case}: values differ by {err}"
+    );
+    let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (reference * probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, v) in vars {
+        let (p, q) = (g.get(v).unwrap(), gr.get(v).unwrap());
+        let err = diff(p, q);
+        assert!(
+            err < tol * scale(q),
+            "{case}: the {name} gradient differs by {err}"
+        );
+    }
+}

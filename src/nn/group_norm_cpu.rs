@@ -13,7 +13,7 @@
 //! Per-sample partial sums of dγ and dβ are added over the batch in order, so the result
 //! does not depend on the thread count.
 
-use super::cpu::{contiguous, with_slice};
+use super::cpu::{contiguous, grad_for, with_slice};
 use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -234,22 +234,14 @@ impl CustomOp3 for GroupNormOp {
         let (dx, dg, db) = with_slice(&x.detach(), |x| {
             with_slice(&grad.detach(), |dy| Ok(self.backward(x, &g, &b, dy, dims)))
         })?;
-        let dev = x.device();
-        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
-        let dg = Tensor::from_vec(dg, gamma.shape(), dev)?;
-        let db = Tensor::from_vec(db, beta.shape(), dev)?;
-        Ok((
-            x.track_op().then_some(dx),
-            gamma.track_op().then_some(dg),
-            beta.track_op().then_some(db),
-        ))
+        Ok((grad_for(x, dx)?, grad_for(gamma, dg)?, grad_for(beta, db)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::GroupNormOp;
-    use crate::nn::conv::diff;
+    use crate::nn::cpu::assert_same_values_and_gradients;
     use crate::rng::{randn, seeded};
     use candle_core::{Device, Tensor, Var, D};
 
@@ -313,26 +305,14 @@ mod tests {
                 };
                 let y = x.apply_op3(&g, &b, op).unwrap();
                 let yr = plain(&x, &g, &b, groups, silu);
-                assert!(
-                    diff(&y, &yr) < 1e-5,
-                    "case {i} silu {silu}: values differ by {}",
-                    diff(&y, &yr)
+                assert_same_values_and_gradients(
+                    &y,
+                    &yr,
+                    &probe,
+                    &[("x", &x), ("gamma", &g), ("beta", &b)],
+                    2e-5,
+                    &format!("case {i} silu {silu}"),
                 );
-                let gr = (yr * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let gf = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-                    let (p, q) = (gf.get(v).unwrap(), gr.get(v).unwrap());
-                    assert!(
-                        diff(p, q) < 2e-5,
-                        "case {i} silu {silu}: d{name} differs by {}",
-                        diff(p, q)
-                    );
-                }
             }
         }
     }

@@ -9,7 +9,7 @@
 //! The parameter gradients are summed per block of rows, then over blocks in order, so the
 //! result does not depend on the thread count.
 
-use super::cpu::{contiguous, with_slice};
+use super::cpu::{contiguous, grad_for, with_slice};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -129,26 +129,14 @@ impl CustomOp3 for LayerNormOp {
         let (dx, dg, db) = with_slice(&x.detach(), |x| {
             with_slice(&grad.detach(), |dy| Ok(self.backward(x, &g, dy, g.len())))
         })?;
-        let dev = x.device();
-        Ok((
-            x.track_op()
-                .then(|| Tensor::from_vec(dx, x.shape(), dev))
-                .transpose()?,
-            gamma
-                .track_op()
-                .then(|| Tensor::from_vec(dg, gamma.shape(), dev))
-                .transpose()?,
-            beta.track_op()
-                .then(|| Tensor::from_vec(db, beta.shape(), dev))
-                .transpose()?,
-        ))
+        Ok((grad_for(x, dx)?, grad_for(gamma, dg)?, grad_for(beta, db)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::LayerNormOp;
-    use crate::nn::conv::diff;
+    use crate::nn::cpu::assert_same_values_and_gradients;
     use crate::rng::{randn, seeded};
     use candle_core::{Device, Var, D};
 
@@ -177,26 +165,14 @@ mod tests {
                 .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
                 .unwrap();
             let yr = normed.broadcast_mul(&g).unwrap().broadcast_add(&b).unwrap();
-            assert!(
-                diff(&y, &yr) < 1e-5,
-                "case {i}: values differ by {}",
-                diff(&y, &yr)
+            assert_same_values_and_gradients(
+                &y,
+                &yr,
+                &probe,
+                &[("x", &x), ("gamma", &g), ("beta", &b)],
+                2e-5,
+                &format!("case {i}"),
             );
-            let gf = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let gr = (yr * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-                let (p, q) = (gf.get(v).unwrap(), gr.get(v).unwrap());
-                assert!(
-                    diff(p, q) < 1e-4,
-                    "case {i}: d{name} differs by {}",
-                    diff(p, q)
-                );
-            }
         }
     }
 }
