@@ -218,15 +218,7 @@ impl CustomOp2 for Im2ColConv {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.detach().contiguous()?;
         if let Some(g) = self.direct(x.dims(), w.dims()) {
-            let gx = match x.track_op() {
-                true => Some(self.input_grad_direct(&grad, &w.detach(), g)?),
-                false => None,
-            };
-            let gw = match w.track_op() {
-                true => Some(self.kernel_grad_direct(&x.detach(), &grad, g)?),
-                false => None,
-            };
-            return Ok((gx, gw));
+            return self.grads_direct(x, w, &grad, g);
         }
         let gx = match x.track_op() {
             true => Some(self.input_grad(&grad, &w.detach(), x.dims())?),
@@ -258,6 +250,25 @@ impl Im2ColConv {
             k,
             p,
         })
+    }
+
+    /// (dL/dx, dL/dw) by the direct kernels, each only where its operand is in a graph.
+    fn grads_direct(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        g: conv_direct::Geometry,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = match x.track_op() {
+            true => Some(self.input_grad_direct(grad, &w.detach(), g)?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(self.kernel_grad_direct(&x.detach(), grad, g)?),
+            false => None,
+        };
+        Ok((gx, gw))
     }
 
     /// dL/dx by the direct kernels: dy convolved with the flipped, transposed kernel.
@@ -373,14 +384,7 @@ impl CustomOp3 for ConvBias {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (op, g) = (self.0, self.1);
         let grad = grad.detach().contiguous()?;
-        let gx = match x.track_op() {
-            true => Some(op.input_grad_direct(&grad, &w.detach(), g)?),
-            false => None,
-        };
-        let gw = match w.track_op() {
-            true => Some(op.kernel_grad_direct(&x.detach(), &grad, g)?),
-            false => None,
-        };
+        let (gx, gw) = op.grads_direct(x, w, &grad, g)?;
         let gb = match bias.track_op() {
             true => {
                 let (n, o) = (grad.dim(0)?, grad.dim(1)?);
