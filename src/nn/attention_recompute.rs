@@ -23,6 +23,29 @@ fn chunk_rows(n: usize, lq: usize, lk: usize, elements: usize) -> usize {
     (elements / (n * lk).max(1)).clamp(1, lq.max(1))
 }
 
+/// Softmax over the last dimension of an f32 CPU tensor, with the vectorised exp
+/// (`nn::simd`; candle's fused softmax calls libm's scalar `expf`). No backward.
+fn softmax_rows_cpu(scores: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let n = scores.dim(candle_core::D::Minus1)?;
+    let mut p = super::cpu::with_slice(scores, |s| Ok(s.to_vec()))?;
+    p.par_chunks_mut(n * 64).for_each(|rows| {
+        let mut e = vec![0f32; n];
+        for row in rows.chunks_mut(n) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for v in row.iter_mut() {
+                *v -= m;
+            }
+            super::simd::exp(row, &mut e);
+            let sum: f32 = e.iter().sum();
+            for (v, &x) in row.iter_mut().zip(&e) {
+                *v = x / sum;
+            }
+        }
+    });
+    Tensor::from_vec(p, scores.shape(), scores.device())
+}
+
 /// Probabilities of one query chunk in f32 (or f64): the softmax reduces in f32 for half
 /// precision, as diffusers' `upcast_softmax`.
 fn probabilities(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
@@ -34,6 +57,9 @@ fn probabilities(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
         None => scores,
     };
     // The fused softmax has no backward; none is needed: this op writes its own.
+    if scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32 {
+        return softmax_rows_cpu(&scores);
+    }
     candle_nn::ops::softmax_last_dim(&scores)
 }
 
