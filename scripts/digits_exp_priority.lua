@@ -1,4 +1,4 @@
--- A variant made by copying scripts/digits_sqdf.lua (README, "Writing a new variant"): the
+-- A variant made by copying scripts/digits_sqdf.lua (docs/results.md, "Writing a new variant"): the
 -- replay buffer draws the states of high-reward trajectories, every step alike, instead of
 -- max(r, 0) * gamma^k (Appendix E.1). Everything else is the SQDF script's.
 --

@@ -15,7 +15,7 @@ return {
   config = {
     task = "digits",
     seed = 0,
-    epochs = 14, -- fits the 10-minute budget on 2 cores (README, "Speed")
+    epochs = 14, -- about 1.5 minutes on 2 cores (docs/speed.md)
     batch = 32, -- trajectories per epoch and states per update (paper: 64)
     updates_per_epoch = 4,
     lr = 1e-3, -- paper: 1e-3

@@ -4,7 +4,7 @@
 --
 --   cargo run --release --features cuda -- run scripts/sd15_aesthetic.lua --set weights=DIR
 --
--- DIR holds the public files (README, "Stable Diffusion 1.5"); without them the run stops
+-- DIR holds the public files (docs/sd15.md); without them the run stops
 -- at once and lists what is missing. The paper took 62 s per update on two RTX 4090s.
 local sqdf = require("sqdf")
 
@@ -14,7 +14,7 @@ return {
     seed = 0,
     epochs = 2000, -- paper: 2000 training steps (one update per sampled batch)
     batch = 64, -- paper: 64 trajectories per epoch and states per update
-    micro_batch = 1, -- sampled and back-propagated one at a time (README: SD-1.5 memory)
+    micro_batch = 1, -- sampled and back-propagated one at a time (docs/sd15.md: SD-1.5 memory)
     updates_per_epoch = 1, -- released code: replay_ratio 1
     lr = 1e-3, -- paper: 1e-3, AdamW(0.9, 0.999, wd 1e-4)
     alpha = 2.0, -- paper: 2 (aesthetic), with the released KL scale

@@ -24,7 +24,7 @@ return {
     -- Paper: 0.9 for 50 steps on SD. Here a sample picks its mode in the first half of the
     -- chain, where 0.9^k < 0.05 leaves the reward no say: 0.9 barely moves the mode weights
     -- (tv_to_optimum 0.35 -> 0.29), 0.97 nearly reaches the optimum (0.056), and 1.0
-    -- over-optimises (5 of 9 modes left). See README, "The toy, measured".
+    -- over-optimises (5 of 9 modes left). See docs/toy.md, "The toy, measured".
     gamma = 0.97,
     capacity = 1024, -- FIFO buffer of trajectories (released code: 1024)
     sampling = "uniform",

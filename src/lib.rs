@@ -3,7 +3,8 @@
 //!
 //! Rust owns state and speed (tensors, models, sampler, replay buffer, optimiser,
 //! checkpoints); Lua owns the experiment's math (reward, loss, discount, priority).
-//! See `README.md` for the script contract and the layout, `docs/DESIGN.md` for the design.
+//! See `docs/scripting.md` for the script contract, `docs/layout.md` for the layout and
+//! `docs/DESIGN.md` for the design.
 
 pub mod blackbox;
 pub mod child_process;

@@ -134,7 +134,7 @@ enum Command {
     /// Write an sd15 weight folder with random weights and the real file and key names
     /// (for timing SD-1.5-sized updates without the public weights, e.g. on a GPU).
     RandomWeights {
-        /// The folder to write (its layout is README's "Stable Diffusion 1.5").
+        /// The folder to write (its layout is in docs/sd15.md).
         out: PathBuf,
         /// "sd15" (real sizes, about 3 GB in f16), "sd15-narrow" (SD-1.5's spatial sizes
         /// with a fifth of the UNet's channels, for CPU memory measurements) or "tiny".

@@ -27,7 +27,7 @@ return {
     oracle_noise = 0.01,
     uncertainty = "bootstrap",
     -- UCB's C1 is in the oracle's units: the paper's 0.01 on the aesthetic scale is 0.01 / SCALE
-    -- on the gold score (lambda stays the paper's 1e-3; other keys: README, "Black-box").
+    -- on the gold score (lambda stays the paper's 1e-3; other keys: docs/blackbox.md).
     -- UCB's Sigma: the sample covariance of phi (the surrogate's last hidden layer), as the
     -- released code (torch.cov).
     surrogate = { c1 = 0.01 / SCALE, sigma = "covariance" },

@@ -14,7 +14,7 @@ return {
   quick = { seeds = { 0 }, evals = 2, set = { epochs = 6, eval_per_prompt = 8 } },
   runs = {
     -- Fig. 3: the methods, each with its paper's alpha; the scripts name the paper's other
-    -- settings and where the digits runs differ (README, "Baselines, ablations ...").
+    -- settings and where the digits runs differ (docs/results.md).
     { label = "SQDF", script = SQDF },
     { label = "DRaFT-1", script = "../baselines/digits_draft.lua" },
     { label = "DRaFT-LV", script = "../baselines/digits_draft_lv.lua" },

@@ -239,7 +239,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (README, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
+        "`sqdf compare {}{}`: {} runs, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (docs/digits.md, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),

@@ -3,7 +3,7 @@
 //! Candle's autograd keeps every intermediate of the plain formula: at SD-1.5's 64x64
 //! latents one self-attention layer holds [B*8, 4096, 4096] scores several times over
 //! (scaled, upcast, exponentiated, normalised), which is why one SQDF update did not fit in
-//! 141 GB (README, "Stable Diffusion 1.5"). Here the forward runs without a graph, in
+//! 141 GB (docs/sd15.md). Here the forward runs without a graph, in
 //! chunks of queries, and the output is attached to q, k and v through a custom op whose
 //! backward recomputes each chunk's probabilities and applies the softmax's
 //! vector-Jacobian product by hand (the FlashAttention backward, without the fused kernel):

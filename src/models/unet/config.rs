@@ -80,7 +80,7 @@ impl UNetConfig {
             sample_size: 28,
             in_channels: 1,
             out_channels: 1,
-            // Sized for 2 CPU cores (README, "Speed"): [32, 64, 64] with attention at 14x14
+            // Sized for 2 CPU cores (docs/speed.md): [32, 64, 64] with attention at 14x14
             // took 2.7 s per guided batch of 64 forward; this takes 0.45 s.
             block_out_channels: vec![8, 16, 32],
             down_block_types: vec![Down, Down, CrossAttnDown],

@@ -83,7 +83,7 @@ impl Layout {
             .collect();
         if !missing.is_empty() {
             bail!(
-                "the sd15 task needs the public weight files under {} (set with --set weights=DIR); missing:\n{}\nREADME, \"Stable Diffusion 1.5\", lists them; nothing is downloaded.",
+                "the sd15 task needs the public weight files under {} (set with --set weights=DIR); missing:\n{}\ndocs/sd15.md lists them; nothing is downloaded.",
                 display(&self.dir),
                 missing.join("\n")
             );

@@ -121,7 +121,7 @@ impl Task for Sd15Task {
             |tensors: HashMap<String, Tensor>, lora: Option<&LoraBuilder>| -> Result<PromptUNet> {
                 Ok(PromptUNet {
                     // Blocks without adapters recompute their activations in the
-                    // backward (README, "Memory"): all of the LCM copy, the policy's resnets.
+                    // backward (docs/sd15.md, "Memory"): all of the LCM copy, the policy's resnets.
                     unet: UNet2DConditionModel::new(
                         VarBuilder::from_tensors(tensors, dtype, device),
                         &cfg,
@@ -212,7 +212,7 @@ impl Task for Sd15Task {
     }
 
     fn pretrain(&self, _: &TrainCommand) -> Result<()> {
-        bail!("sd15 is not pretrained here: it loads the public SD-1.5 weights (README, \"Stable Diffusion 1.5\")")
+        bail!("sd15 is not pretrained here: it loads the public SD-1.5 weights (docs/sd15.md)")
     }
 
     fn distill(&self, _: &TrainCommand) -> Result<()> {
