@@ -171,6 +171,12 @@ fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize) -> Result<Tensor> {
     Tensor::cat(&parts, 0)
 }
 
+/// `SQDF_CONV_IM2COL` set: every convolution takes im2col + gemm (for comparisons), read once.
+fn im2col_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("SQDF_CONV_IM2COL").is_some())
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Im2ColConv {
     padding: usize,
@@ -243,7 +249,7 @@ impl Im2ColConv {
             && x[2] + 2 * p >= k
             && x[3] + 2 * p >= k
             && conv_direct::available()
-            && std::env::var_os("SQDF_CONV_IM2COL").is_none();
+            && !im2col_forced();
         ok.then_some(conv_direct::Geometry {
             h: x[2],
             w: x[3],
@@ -434,38 +440,45 @@ impl Conv2d {
     /// CPU the direct kernels add both as they store the output, and sum the gradient of
     /// extra per sample; elsewhere a broadcast add.
     pub fn forward_with_sample_bias(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
+        let fused = |b: &Tensor| extra.broadcast_add(&b.unsqueeze(0)?)?.contiguous();
+        if let Some(y) = self.direct_with_bias(x, fused)? {
+            return Ok(y);
+        }
+        self.forward(x)?
+            .broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?)
+    }
+
+    /// conv(x) + bias(b) by the direct kernels, which add the bias as they store the output
+    /// and sum its gradient ([O] or [B, O]); None where they do not apply (no bias, not an
+    /// f32 CPU tensor, a stride, no AVX2).
+    fn direct_with_bias(
+        &self,
+        x: &Tensor,
+        bias: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Option<Tensor>> {
         let op = Im2ColConv {
             padding: self.padding,
             stride: self.stride,
         };
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        if let (Some(b), Some(g)) = (&self.bias, op.direct(x.dims(), self.weight.dims())) {
-            if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && f32_cpu(extra) {
-                let both = extra.broadcast_add(&b.unsqueeze(0)?)?.contiguous()?;
-                let w = self.weight.contiguous()?;
-                return x.contiguous()?.apply_op3(&w, &both, ConvBias(op, g));
-            }
+        let (Some(b), Some(g)) = (&self.bias, op.direct(x.dims(), self.weight.dims())) else {
+            return Ok(None);
+        };
+        if !(f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && b.rank() == 1) {
+            return Ok(None);
         }
-        self.forward(x)?
-            .broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?)
+        let (w, b) = (self.weight.contiguous()?, bias(b)?);
+        if !f32_cpu(&b) {
+            return Ok(None);
+        }
+        Ok(Some(x.contiguous()?.apply_op3(&w, &b, ConvBias(op, g))?))
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The direct kernels add the bias as they store the output, and sum its gradient.
-        if let Some(b) = &self.bias {
-            let op = Im2ColConv {
-                padding: self.padding,
-                stride: self.stride,
-            };
-            let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-            if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && b.rank() == 1 {
-                if let Some(g) = op.direct(x.dims(), self.weight.dims()) {
-                    let w = self.weight.contiguous()?;
-                    return x.contiguous()?.apply_op3(&w, b, ConvBias(op, g));
-                }
-            }
+        if let Some(y) = self.direct_with_bias(x, |b| Ok(b.clone()))? {
+            return Ok(y);
         }
         let y = conv2d(x, &self.weight, self.padding, self.stride)?;
         match &self.bias {

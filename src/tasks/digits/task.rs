@@ -142,11 +142,9 @@ impl Task for DigitsTask {
             alpha: run.lora_rank as f64,
             convs: run.lora_convs,
         };
-        let with_adapters = |vars: &VarMap| {
-            let builder = LoraBuilder::new(
-                lora.clone(),
-                VarBuilder::from_varmap(vars, crate::DTYPE, device),
-            );
+        // The UNet with adapters read from `adapters` (a VarMap's variables, or detached views).
+        let with_adapters = |adapters: VarBuilder| {
+            let builder = LoraBuilder::new(lora.clone(), adapters);
             ClassConditionalUNet::new(
                 VarBuilder::from_tensors(base.clone(), crate::DTYPE, device),
                 &cfg,
@@ -156,12 +154,16 @@ impl Task for DigitsTask {
         // SEIKO's KL reference: the policy as it was at the start of the black-box round.
         let previous_vars = VarMap::new();
         let previous = if run.kl_reference == "previous" && run.lora_rank > 0 {
-            Some(with_adapters(&previous_vars)?)
+            Some(with_adapters(VarBuilder::from_varmap(
+                &previous_vars,
+                crate::DTYPE,
+                device,
+            ))?)
         } else {
             None
         };
         let policy = if run.lora_rank > 0 {
-            let net = with_adapters(&policy_vars)?;
+            let net = with_adapters(VarBuilder::from_varmap(&policy_vars, crate::DTYPE, device))?;
             // Adapters start from the run's seed (candle's own init is unseeded); B stays 0.
             crate::nn::init::seeded_init(&policy_vars, &mut seeded(run.seed ^ 0x10_4a))?;
             net
@@ -182,22 +184,11 @@ impl Task for DigitsTask {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect::<std::collections::HashMap<_, _>>();
+        let detached = VarBuilder::from_tensors(detached, crate::DTYPE, device);
         let policy_no_grad = if run.lora_rank > 0 {
-            let builder = LoraBuilder::new(
-                lora.clone(),
-                VarBuilder::from_tensors(detached, crate::DTYPE, device),
-            );
-            ClassConditionalUNet::new(
-                VarBuilder::from_tensors(base.clone(), crate::DTYPE, device),
-                &cfg,
-                Some(&builder),
-            )?
+            with_adapters(detached)?
         } else {
-            ClassConditionalUNet::new(
-                VarBuilder::from_tensors(detached, crate::DTYPE, device),
-                &cfg,
-                None,
-            )?
+            ClassConditionalUNet::new(detached, &cfg, None)?
         };
         let guided = |net: ClassConditionalUNet| -> Arc<dyn Denoiser> {
             Arc::new(Guided {
