@@ -107,6 +107,8 @@ pub struct Trainer {
     metrics: MetricsWriter,
     evals: EvalLog,
     last_rejected: Option<Vec<Option<String>>>,
+    /// The files changed while the last reload attempt read them: check again next epoch.
+    recheck: bool,
 }
 
 impl Trainer {
@@ -186,6 +188,7 @@ impl Trainer {
             discounts,
             watcher: None,
             last_rejected: None,
+            recheck: false,
             opts,
         };
         if let Some(dir) = t.opts.resume.clone() {

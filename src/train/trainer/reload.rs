@@ -27,12 +27,13 @@ impl Trainer {
 
     /// Between epochs: if the watcher saw an edit, try the new version (see `hot_reload`).
     pub fn maybe_reload(&mut self) -> ReloadOutcome {
-        let triggered = self
+        let event = self
             .watcher
             .as_ref()
             .map(|w| w.take_changed())
             .unwrap_or(true);
-        if !triggered {
+        // A save during the last attempt leaves its outcome unsure: look again.
+        if !event && !std::mem::take(&mut self.recheck) {
             return ReloadOutcome::NoChange;
         }
         let disk = hot_reload::disk_sources(&self.script);
@@ -40,15 +41,30 @@ impl Trainer {
             return ReloadOutcome::NoChange;
         }
         let cond0 = self.task.conditions(1, &mut rng::seeded(0))[0];
-        match hot_reload::try_reload(
+        let outcome = hot_reload::try_reload(
             &self.script,
             &self.opts.overrides,
             &self.sandbox,
             &self.models,
             cond0,
             self.rounds.as_ref(),
-        ) {
+        );
+        // The attempt read the files again; if they changed meanwhile, what it read is not
+        // `disk`, so neither a rejection nor an acceptance speaks for the files now on disk.
+        let settled = hot_reload::disk_sources(&self.script) == disk;
+        if !settled {
+            self.recheck = true;
+        }
+        match outcome {
             Reload::Unchanged => ReloadOutcome::NoChange,
+            Reload::Rejected(msg) if !settled => {
+                self.log.error(format!(
+                    "reload of {} failed; training goes on with generation {} and the version saved meanwhile is tried at the next epoch:\n{msg}",
+                    self.script.path.display(),
+                    self.generation
+                ));
+                ReloadOutcome::Rejected
+            }
             Reload::Rejected(msg) => self.reject(disk, msg),
             Reload::Accepted(new, diffs) => {
                 new.set_tensor_env(TensorEnv {
