@@ -119,3 +119,65 @@ fn modules_the_script_requires_are_watched_too() {
     assert_eq!(wait_reload(&mut t), ReloadOutcome::Reloaded);
     assert_eq!(t.generation, 2);
 }
+
+#[test]
+fn a_live_size_beyond_its_bound_is_refused_at_reload_and_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_weights(dir.path());
+    let good = common::standard_script(&w, "");
+    let path = common::write_script(dir.path(), "exp.lua", &good);
+    let (mut o, log) = common::quiet_options(&path, &dir.path().join("run"), &[]);
+    o.watch = true;
+    let mut t = Trainer::new(o).unwrap();
+    t.run_epoch().unwrap();
+    // `batch` is live; 2^21 trajectories per epoch is above its cap.
+    std::fs::write(&path, good.replace("batch = 6", "batch = 2^21")).unwrap();
+    assert_eq!(wait_reload(&mut t), ReloadOutcome::Rejected);
+    assert!(
+        log.lines()
+            .join("\n")
+            .contains("exp.lua: config.batch = 2097152 is above its limit of 1048576"),
+        "{}",
+        log.lines().join("\n")
+    );
+    assert_eq!(t.script.config.batch, 6);
+    assert_eq!(t.run_epoch().unwrap()["script_generation"], 1);
+}
+
+#[test]
+fn after_a_burst_of_saves_the_last_version_on_disk_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_weights(dir.path());
+    let good = common::standard_script(&w, "");
+    let path = common::write_script(dir.path(), "exp.lua", &good);
+    let (mut o, log) = common::quiet_options(&path, &dir.path().join("run"), &[]);
+    o.watch = true;
+    let mut t = Trainer::new(o).unwrap();
+    t.run_epoch().unwrap();
+    // A broken version whose top level takes a while, so that the next save lands while
+    // it is being loaded; then a good one. Whatever the interleaving, the good one must end
+    // up running, and no version is reported rejected that was not read.
+    let slow_broken = good.replacen(
+        "return {",
+        "local n = 0\nfor i = 1, 2e7 do n = n + 1 end\nerror(\"broken on purpose\")\nreturn {",
+        1,
+    );
+    let fixed = good.replace("alpha = 1.0", "alpha = 0.5");
+    std::fs::write(&path, &slow_broken).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(&path, &fixed).unwrap();
+        });
+        let start = Instant::now();
+        while t.script.config.alpha != 0.5 && start.elapsed() < Duration::from_secs(30) {
+            t.maybe_reload();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(t.script.config.alpha, 0.5, "{}", log.lines().join("\n"));
+    assert_eq!(t.generation, 2);
+    // Nothing is pending: no further reload, no rejection of the running version.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(t.maybe_reload(), ReloadOutcome::NoChange);
+}
