@@ -146,6 +146,70 @@ fn script_mistakes_are_reported_with_file_and_line() {
 }
 
 #[test]
+fn config_values_are_bounded_and_named_before_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let w = common::tiny_weights(dir);
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "enum",
+            "x0 = \"foo\"",
+            "config.x0: unknown variant `foo`, expected one of `consistency`, `tweedie`, `ddim`",
+        ),
+        ("nan", "lr = 0/0", "config.lr must be a finite number, got"),
+        (
+            "inf",
+            "alpha = math.huge",
+            "config.alpha must be a finite number, got inf",
+        ),
+        (
+            "decay",
+            "weight_decay = -1",
+            "config.weight_decay must be >= 0 and finite",
+        ),
+        (
+            "no_epochs",
+            "epochs = 0",
+            "config.epochs must be at least 1",
+        ),
+        (
+            "huge_batch",
+            "batch = 2^40",
+            "config.batch = 1099511627776 is above its limit of 1048576",
+        ),
+        (
+            "huge_capacity",
+            "capacity = 2^30",
+            "config.capacity = 1073741824 is above its limit of 16777216",
+        ),
+        (
+            "huge_eval",
+            "eval_samples = 2^40",
+            "config.eval_samples = 1099511627776 is above its limit of 16777216",
+        ),
+        (
+            "x0_steps",
+            "x0 = \"ddim\", x0_steps = 9",
+            "config.x0_steps = 9 is more than config.steps = 8",
+        ),
+        (
+            "deterministic_step",
+            "steps = 700",
+            "config.steps = 700: step 699 of the DDIM grid (training timestep 0) has σ = 0",
+        ),
+    ];
+    for (name, cfg, needle) in cases {
+        // The last key given wins in a Lua table constructor: the case overrides the base.
+        expect_error(
+            name,
+            &common::standard_script(&w, cfg),
+            dir,
+            &[&format!("{name}.lua"), needle],
+        );
+    }
+}
+
+#[test]
 fn weight_file_mistakes_name_the_file_and_key() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();

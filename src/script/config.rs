@@ -341,6 +341,12 @@ pub fn parse_override(s: &str) -> Result<(String, Json)> {
     let val = if let Ok(i) = v.parse::<i64>() {
         Json::from(i)
     } else if let Ok(f) = v.parse::<f64>() {
+        if !f.is_finite() {
+            bail!(
+                "--set {}: config values must be finite numbers, got `{v}`",
+                k.trim()
+            )
+        }
         Json::from(f)
     } else if v == "true" || v == "false" {
         Json::from(v == "true")
@@ -356,6 +362,8 @@ pub fn lua_to_json(v: &Value, at: &str) -> Result<Json> {
         Value::Nil => Json::Null,
         Value::Boolean(b) => Json::from(*b),
         Value::Integer(i) => Json::from(*i),
+        // JSON has no NaN or infinity (serde_json would store null): refused here, by name.
+        Value::Number(n) if !n.is_finite() => bail!("{at} must be a finite number, got {n}"),
         Value::Number(n) => Json::from(*n),
         Value::String(s) => Json::from(s.to_str()?.to_string()),
         Value::Table(t) => {
@@ -366,7 +374,7 @@ pub fn lua_to_json(v: &Value, at: &str) -> Result<Json> {
                 let (k, v) = pair?;
                 match k {
                     Value::Integer(i) if i >= 1 && (i as usize) <= len => {
-                        seq.push((i, lua_to_json(&v, at)?))
+                        seq.push((i, lua_to_json(&v, &format!("{at}[{i}]"))?))
                     }
                     Value::String(s) => {
                         let key = s.to_str()?.to_string();
@@ -425,7 +433,9 @@ impl RunConfig {
         origin: &str,
     ) -> Result<Self> {
         let mut given = match table {
-            Some(t) => match lua_to_json(&Value::Table(t.clone()), "config")? {
+            Some(t) => match lua_to_json(&Value::Table(t.clone()), "config")
+                .map_err(|e| anyhow!("{origin}: {e}"))?
+            {
                 Json::Object(m) => m,
                 Json::Array(a) if a.is_empty() => Map::new(),
                 _ => bail!("{origin}: `config` must be a table of key = value"),
@@ -465,6 +475,12 @@ impl RunConfig {
             };
             let v = coerce_to(&element_rule(&k, def), v, &format!("config.{k}"))
                 .map_err(|e| anyhow!("{origin}: {e}"))?;
+            // Each key on its own over the defaults, so that a bad value (an enum's unknown
+            // variant) is named by its key.
+            let mut alone = defaults.clone();
+            alone.insert(k.clone(), v.clone());
+            serde_json::from_value::<RunConfig>(Json::Object(alone))
+                .map_err(|e| anyhow!("{origin}: config.{k}: {e}"))?;
             merged.insert(k, v);
         }
         let cfg: RunConfig = serde_json::from_value(Json::Object(merged))
@@ -474,7 +490,7 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 18] = [
+        let checks: [(bool, &str); 22] = [
             (
                 ["bootstrap", "ucb", "none"].contains(&self.uncertainty.as_str()),
                 "config.uncertainty must be \"bootstrap\", \"ucb\" or \"none\"",
@@ -522,7 +538,26 @@ impl RunConfig {
                 self.lr > 0.0 && self.lr.is_finite(),
                 "config.lr must be > 0",
             ),
-            (self.grad_clip >= 0.0, "config.grad_clip must be >= 0"),
+            (
+                self.grad_clip >= 0.0 && self.grad_clip.is_finite(),
+                "config.grad_clip must be >= 0 and finite",
+            ),
+            (
+                self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+                "config.weight_decay must be >= 0 and finite",
+            ),
+            (
+                self.epochs >= 1,
+                "config.epochs must be at least 1 (`sqdf eval` evaluates a model without training)",
+            ),
+            (
+                self.oracle_noise >= 0.0 && self.oracle_noise.is_finite(),
+                "config.oracle_noise must be >= 0 and finite",
+            ),
+            (
+                self.updates_per_epoch >= 1,
+                "config.updates_per_epoch must be at least 1",
+            ),
             (
                 (0.0..=1.0).contains(&self.eta),
                 "config.eta must be in [0, 1]",
@@ -541,7 +576,7 @@ impl RunConfig {
                 bail!("{msg}")
             }
         }
-        Ok(())
+        super::config_bounds::check_caps(self)
     }
 
     /// States (or trajectories) per micro-batch: `micro_batch`, or the whole batch for 0.
@@ -585,8 +620,8 @@ impl RunConfig {
     /// Keys whose values differ between two configs, as (key, old, new).
     pub fn diff(&self, new: &RunConfig) -> Vec<(String, Json, Json)> {
         let (a, b) = (
-            serde_json::to_value(self).unwrap(),
-            serde_json::to_value(new).unwrap(),
+            serde_json::to_value(self).unwrap_or(Json::Null),
+            serde_json::to_value(new).unwrap_or(Json::Null),
         );
         KEYS.iter()
             .filter_map(|(k, _, _)| {

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod config_bounds;
 pub mod context;
 pub mod experiment;
 pub mod library;

@@ -6,7 +6,7 @@ use crate::blackbox::rounds::{OracleAccess, Rounds};
 use crate::rng::{randn, shared};
 use crate::script::{Batch, LossContext, Script, TensorEnv, Trajectories, UpdateOn};
 use crate::tasks::TaskModels;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use std::sync::Arc;
 
 /// `oracle`: a black-box run's rounds, whose oracle the loss may not query (as in updates).
@@ -16,6 +16,11 @@ pub fn smoke_test(
     cond: u32,
     oracle: Option<&Rounds>,
 ) -> Result<()> {
+    let origin = script.path.display();
+    crate::script::config_bounds::check_memory(&script.config, &models.state_shape, None)
+        .map_err(|e| anyhow!("{origin}: {e:#}"))?;
+    check_stochastic(&models.sampler, script.config.steps)
+        .map_err(|e| anyhow!("{origin}: {e:#}"))?;
     let rng = shared(0x5eed);
     script.set_tensor_env(TensorEnv {
         device: models.device.clone(),
@@ -35,6 +40,22 @@ pub fn smoke_test(
     };
     for idx in groups {
         smoke_loss(script, models, cond, &rng, &discount, &idx, oracle)?;
+    }
+    Ok(())
+}
+
+/// With η > 0 every step of the grid must be stochastic: the KL of the soft Q (Eq. 10) and
+/// the policy's log-probabilities divide by σ. A grid whose last step starts at training
+/// timestep 0 while the end point is ᾱ_0 has σ = 0 there.
+fn check_stochastic(sampler: &crate::diffusion::DdimSampler, steps: usize) -> Result<()> {
+    if sampler.eta() == 0.0 {
+        return Ok(());
+    }
+    if let Some(i) = (0..sampler.steps()).find(|&i| sampler.sigma(i) <= 0.0) {
+        bail!(
+            "config.steps = {steps}: step {i} of the DDIM grid (training timestep {}) has σ = 0, so its KL and log-probability are undefined; use fewer steps (on a 1000-timestep grid with trailing spacing, at most 666)",
+            sampler.timestep(i)
+        )
     }
     Ok(())
 }
