@@ -7,7 +7,7 @@
 //! refused during updates (`OracleAccess`): a loss that called it would take labels the
 //! budget never counted.
 
-use super::{LabelledSet, Oracle, Surrogate, SurrogateConfig, Uncertainty};
+use super::{LabelledSet, Oracle, Surrogate, SurrogateConfig};
 use crate::script::{RunConfig, TensorFn};
 use crate::tasks::TaskModels;
 use crate::train::checkpoint::BlackBoxState;
@@ -93,7 +93,7 @@ fn surrogate_config(cfg: &RunConfig) -> Result<SurrogateConfig> {
     }
     let mut scfg: SurrogateConfig =
         serde_json::from_value(merged).map_err(|e| anyhow!("config.surrogate: {e}"))?;
-    scfg.uncertainty = cfg.uncertainty.parse::<Uncertainty>()?;
+    scfg.uncertainty = cfg.uncertainty;
     scfg.validate().context("config.surrogate")?;
     Ok(scfg)
 }
@@ -355,6 +355,7 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blackbox::Uncertainty;
     use crate::rng::{randn, seeded};
     use candle_core::Device;
 
@@ -411,7 +412,7 @@ mod tests {
     #[test]
     fn config_surrogate_overrides_the_defaults_and_names_a_wrong_key() {
         let mut cfg = RunConfig {
-            uncertainty: "ucb".into(),
+            uncertainty: Uncertainty::Ucb,
             ..RunConfig::default()
         };
         let s = surrogate_config(&cfg).unwrap();

@@ -7,6 +7,8 @@ use mlua::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+pub use crate::blackbox::Uncertainty;
+
 /// How buffer states are drawn for an update (§4.2.3, Appendix E.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,288 +40,147 @@ pub enum UpdateOn {
     Trajectories,
 }
 
-/// A key missing from a stored config (a checkpoint written before the key existed) takes
-/// its default, as a key missing from a script does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RunConfig {
-    pub task: String,
-    pub weights: Option<String>,
-    pub steps: usize,
-    pub eta: f64,
-    pub seed: u64,
-    pub capacity: usize,
-    pub epochs: usize,
-    pub batch: usize,
-    pub updates_per_epoch: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub grad_clip: f64,
-    pub alpha: f64,
-    pub gamma: f64,
-    pub sampling: Sampling,
-    pub x0: X0Estimator,
-    pub x0_steps: usize,
-    pub update_on: UpdateOn,
-    pub evals: usize,
-    pub eval_samples: usize,
-    pub eval_per_prompt: usize,
-    pub lora_rank: usize,
-    pub lora_convs: bool,
-    pub guidance: f64,
-    pub micro_batch: usize,
-    pub dtype: String,
-    pub prompts: Option<String>,
-    pub lora_init: Option<String>,
-    pub queries: Vec<usize>,
-    pub round_epochs: usize,
-    pub oracle: String,
-    pub oracle_noise: f64,
-    pub oracle_budget: usize,
-    pub uncertainty: String,
-    pub buffer_reset: bool,
-    pub optimizer_reset: bool,
-    pub kl_reference: String,
-    pub surrogate: Map<String, Json>,
-    pub params: Map<String, Json>,
+/// Precision of the frozen networks (`config.dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenDtype {
+    /// bf16 on a GPU, f32 on the CPU.
+    Auto,
+    F32,
+    Bf16,
+    F16,
 }
 
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            task: "gmm2d".into(),
-            weights: None,
-            steps: 50,
-            eta: 1.0,
-            seed: 0,
-            capacity: 1024,
-            epochs: 40,
-            batch: 64,
-            updates_per_epoch: 1,
-            lr: 1e-3,
-            weight_decay: 1e-4,
-            grad_clip: 1.0,
-            alpha: 2.0,
-            gamma: 0.9,
-            sampling: Sampling::Uniform,
-            x0: X0Estimator::Consistency,
-            x0_steps: 2,
-            update_on: UpdateOn::States,
-            evals: 0,
-            eval_samples: 2000,
-            eval_per_prompt: 32,
-            lora_rank: 4,
-            lora_convs: false,
-            guidance: 5.0,
-            micro_batch: 0,
-            dtype: "auto".into(),
-            prompts: None,
-            lora_init: None,
-            queries: Vec::new(),
-            round_epochs: 10,
-            oracle: "gold".into(),
-            oracle_noise: 0.1,
-            oracle_budget: 0,
-            uncertainty: "bootstrap".into(),
-            buffer_reset: true,
-            optimizer_reset: true,
-            kl_reference: "pretrained".into(),
-            surrogate: Map::new(),
-            params: Map::new(),
+/// The KL's reference policy (`config.kl_reference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlReference {
+    /// The pretrained model (SQDF).
+    Pretrained,
+    /// The policy at the start of the black-box round (SEIKO).
+    Previous,
+}
+
+/// Declares every config key once: its type, default, whether it may change during a run
+/// (live), its cap (keys that size an allocation; `_` for none) and its doc line. Generates
+/// `RunConfig`, its `Default`, the `KEYS` table the docs and checks read and `caps()`.
+macro_rules! run_config {
+    ($($key:ident: $ty:ty = $default:expr, live: $live:literal, max: $max:tt, $doc:literal;)*) => {
+        /// A key missing from a stored config (a checkpoint written before the key existed)
+        /// takes its default, as a key missing from a script does.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct RunConfig {
+            $(#[doc = $doc] pub $key: $ty,)*
         }
-    }
+
+        impl Default for RunConfig {
+            fn default() -> Self {
+                Self { $($key: $default,)* }
+            }
+        }
+
+        /// (key, may change during a run, meaning and default's reason).
+        pub const KEYS: &[(&str, bool, &str)] = &[$((stringify!($key), $live, $doc),)*];
+
+        impl RunConfig {
+            /// (key, value, cap) of every key that sizes an allocation.
+            pub fn caps(&self) -> Vec<(&'static str, u64, u64)> {
+                let mut v = Vec::new();
+                $(cap_of!(v, $key, self.$key, $max);)*
+                v
+            }
+        }
+    };
 }
 
-/// (key, may change during a run, meaning and default's reason).
-pub const KEYS: &[(&str, bool, &str)] = &[
-    (
-        "task",
-        false,
-        "the model to fine-tune: \"gmm2d\", \"digits\" or \"sd15\"",
-    ),
-    (
-        "weights",
-        false,
-        "folder of the task's weight files (default models/<task>)",
-    ),
-    (
-        "steps",
-        false,
-        "T, sampling steps of the DDIM grid (paper: 50)",
-    ),
-    (
-        "eta",
-        false,
-        "DDIM η; 1 is ancestral sampling, the paper's sampler (needed for a finite KL)",
-    ),
-    (
-        "seed",
-        false,
-        "seed of the run's RNG: the same seed gives the same run",
-    ),
-    (
-        "capacity",
-        false,
-        "replay buffer capacity in trajectories, FIFO (released code: 1024)",
-    ),
-    (
-        "epochs",
-        true,
-        "total epochs; raise it and --resume to train longer",
-    ),
-    (
-        "batch",
-        true,
-        "trajectories sampled per epoch, and states per update (paper: 64)",
-    ),
-    (
-        "updates_per_epoch",
-        true,
-        "optimiser steps per epoch (released code's replay_ratio: 1)",
-    ),
-    ("lr", true, "AdamW learning rate (paper: 1e-3)"),
-    ("weight_decay", true, "AdamW weight decay (paper: 1e-4)"),
-    (
-        "grad_clip",
-        true,
-        "clip the global gradient norm to this (released code: 1.0); 0 disables",
-    ),
-    (
-        "alpha",
-        true,
-        "α, KL weight (paper: 2 with the released KL scale)",
-    ),
-    (
-        "gamma",
-        true,
-        "γ, discount over denoising steps (paper: 0.9)",
-    ),
-    (
-        "sampling",
-        true,
-        "\"uniform\" or \"priority\" (the `priority` hook) buffer sampling",
-    ),
-    (
-        "x0",
-        true,
-        "x0 estimator in the soft Q: \"consistency\", \"tweedie\" or \"ddim\" (x0_steps reference steps)",
-    ),
-    (
-        "x0_steps",
-        true,
-        "DDIM steps of the x0 = \"ddim\" estimator (the paper's ablation: 2 and 4)",
-    ),
-    (
-        "update_on",
-        false,
-        "\"states\": each update draws batch states from the buffer (SQDF); \"trajectories\": it gets this epoch's batch trajectories whole (DRaFT, ReFL, DDPO)",
-    ),
-    (
-        "evals",
-        false,
-        "evaluations along training at evenly spaced epochs, into evals.jsonl (sqdf compare sets 6; 0: only before and after)",
-    ),
-    (
-        "eval_samples",
-        true,
-        "samples for the toy's evaluation in eval.json (2000)",
-    ),
-    (
-        "eval_per_prompt",
-        true,
-        "samples per digit of the digits evaluation in eval.json (32; sqdf compare --quick: 8)",
-    ),
-    (
-        "lora_rank",
-        false,
-        "LoRA rank on the attention projections (paper: 4); 0 fine-tunes every weight (digits)",
-    ),
-    (
-        "lora_convs",
-        false,
-        "LoRA on the resnets' 3x3 convolutions too, not only attention (digits)",
-    ),
-    (
-        "guidance",
-        false,
-        "classifier-free guidance scale of policy and reference (paper: 5.0; digits)",
-    ),
-    (
-        "micro_batch",
-        true,
-        "trajectories sampled and states updated at once; gradients accumulate over the batch (0: the whole batch)",
-    ),
-    (
-        "dtype",
-        false,
-        "precision of the frozen networks: \"f32\", \"bf16\", \"f16\" or \"auto\" (bf16 on a GPU, f32 on the CPU); adapters stay f32 (sd15)",
-    ),
-    (
-        "prompts",
-        false,
-        "prompt list file, one prompt per line (sd15; default: the 45 animals of DDPO, models/sd15/simple_animals.txt)",
-    ),
-    (
-        "lora_init",
-        false,
-        "a LoRA file (diffusers or kohya format, e.g. a run's lora_diffusers.safetensors) the adapters start from",
-    ),
-    (
-        "queries",
-        false,
-        "black-box rounds (Algorithm 2): oracle queries of each round, e.g. {128, 256, 512, 1024}; empty: the reward is known",
-    ),
-    (
-        "round_epochs",
-        false,
-        "epochs of Algorithm 1 in each black-box round (on the surrogate)",
-    ),
-    (
-        "oracle",
-        false,
-        "the task reward that plays the oracle (digits: \"gold\"); scripts see it only as rewards.oracle, counted and detached",
-    ),
-    (
-        "oracle_noise",
-        false,
-        "standard deviation of the noise on oracle labels (released code: 0.1)",
-    ),
-    (
-        "oracle_budget",
-        false,
-        "total oracle queries allowed (0: the sum of queries); rewards.oracle counts against it",
-    ),
-    (
-        "uncertainty",
-        false,
-        "the surrogate's optimism: \"bootstrap\" (4 heads, max), \"ucb\" (C1 sqrt(phi' (Sigma + lambda I)^-1 phi)) or \"none\"",
-    ),
-    (
-        "buffer_reset",
-        false,
-        "empty the replay buffer at each black-box round (released code: true)",
-    ),
-    (
-        "optimizer_reset",
-        false,
-        "start each black-box round with fresh AdamW moments (released code: a new optimiser per round)",
-    ),
-    (
-        "kl_reference",
-        false,
-        "the KL's reference: \"pretrained\" (SQDF) or \"previous\" (the policy at the start of the round: SEIKO)",
-    ),
-    (
-        "surrogate",
-        false,
-        "the surrogate's settings over its defaults, e.g. { c1 = 0.001, lambda = 1e-3, sigma = \"covariance\", heads = 4, combine = \"mean\", warm_start = false, epochs = 300 } (black-box)",
-    ),
-    (
-        "params",
-        true,
-        "a free table for the script's own values (reward weights, ...)",
-    ),
-];
+macro_rules! cap_of {
+    ($v:ident, $key:ident, $value:expr, _) => {};
+    ($v:ident, $key:ident, $value:expr, $max:tt) => {
+        $v.push((stringify!($key), $value as u64, $max as u64))
+    };
+}
+
+run_config! {
+    task: String = "gmm2d".into(), live: false, max: _,
+        "the model to fine-tune: \"gmm2d\", \"digits\" or \"sd15\"";
+    weights: Option<String> = None, live: false, max: _,
+        "folder of the task's weight files (default models/<task>)";
+    steps: usize = 50, live: false, max: (999),
+        "T, sampling steps of the DDIM grid (paper: 50)";
+    eta: f64 = 1.0, live: false, max: _,
+        "DDIM η; 1 is ancestral sampling, the paper's sampler (needed for a finite KL)";
+    seed: u64 = 0, live: false, max: _,
+        "seed of the run's RNG: the same seed gives the same run";
+    capacity: usize = 1024, live: false, max: (1 << 24),
+        "replay buffer capacity in trajectories, FIFO (released code: 1024)";
+    epochs: usize = 40, live: true, max: (1_u64 << 32),
+        "total epochs; raise it and --resume to train longer";
+    batch: usize = 64, live: true, max: (1 << 20),
+        "trajectories sampled per epoch, and states per update (paper: 64)";
+    updates_per_epoch: usize = 1, live: true, max: (1 << 20),
+        "optimiser steps per epoch (released code's replay_ratio: 1)";
+    lr: f64 = 1e-3, live: true, max: _,
+        "AdamW learning rate (paper: 1e-3)";
+    weight_decay: f64 = 1e-4, live: true, max: _,
+        "AdamW weight decay (paper: 1e-4)";
+    grad_clip: f64 = 1.0, live: true, max: _,
+        "clip the global gradient norm to this (released code: 1.0); 0 disables";
+    alpha: f64 = 2.0, live: true, max: _,
+        "α, KL weight (paper: 2 with the released KL scale)";
+    gamma: f64 = 0.9, live: true, max: _,
+        "γ, discount over denoising steps (paper: 0.9)";
+    sampling: Sampling = Sampling::Uniform, live: true, max: _,
+        "\"uniform\" or \"priority\" (the `priority` hook) buffer sampling";
+    x0: X0Estimator = X0Estimator::Consistency, live: true, max: _,
+        "x0 estimator in the soft Q: \"consistency\", \"tweedie\" or \"ddim\" (x0_steps reference steps)";
+    x0_steps: usize = 2, live: true, max: (999),
+        "DDIM steps of the x0 = \"ddim\" estimator (the paper's ablation: 2 and 4)";
+    update_on: UpdateOn = UpdateOn::States, live: false, max: _,
+        "\"states\": each update draws batch states from the buffer (SQDF); \"trajectories\": it gets this epoch's batch trajectories whole (DRaFT, ReFL, DDPO)";
+    evals: usize = 0, live: false, max: (1 << 16),
+        "evaluations along training at evenly spaced epochs, into evals.jsonl (sqdf compare sets 6; 0: only before and after)";
+    eval_samples: usize = 2000, live: true, max: (1 << 24),
+        "samples for the toy's evaluation in eval.json (2000)";
+    eval_per_prompt: usize = 32, live: true, max: (1 << 16),
+        "samples per digit of the digits evaluation in eval.json (32; sqdf compare --quick: 8)";
+    lora_rank: usize = 4, live: false, max: (1 << 12),
+        "LoRA rank on the attention projections (paper: 4); 0 fine-tunes every weight (digits)";
+    lora_convs: bool = false, live: false, max: _,
+        "LoRA on the resnets' 3x3 convolutions too, not only attention (digits)";
+    guidance: f64 = 5.0, live: false, max: _,
+        "classifier-free guidance scale of policy and reference (paper: 5.0; digits)";
+    micro_batch: usize = 0, live: true, max: (1 << 20),
+        "trajectories sampled and states updated at once; gradients accumulate over the batch (0: the whole batch)";
+    dtype: FrozenDtype = FrozenDtype::Auto, live: false, max: _,
+        "precision of the frozen networks: \"f32\", \"bf16\", \"f16\" or \"auto\" (bf16 on a GPU, f32 on the CPU); adapters stay f32 (sd15)";
+    prompts: Option<String> = None, live: false, max: _,
+        "prompt list file, one prompt per line (sd15; default: the 45 animals of DDPO, models/sd15/simple_animals.txt)";
+    lora_init: Option<String> = None, live: false, max: _,
+        "a LoRA file (diffusers or kohya format, e.g. a run's lora_diffusers.safetensors) the adapters start from";
+    queries: Vec<usize> = Vec::new(), live: false, max: _,
+        "black-box rounds (Algorithm 2): oracle queries of each round, e.g. {128, 256, 512, 1024}; empty: the reward is known";
+    round_epochs: usize = 10, live: false, max: (1 << 20),
+        "epochs of Algorithm 1 in each black-box round (on the surrogate)";
+    oracle: String = "gold".into(), live: false, max: _,
+        "the task reward that plays the oracle (digits: \"gold\"); scripts see it only as rewards.oracle, counted and detached";
+    oracle_noise: f64 = 0.1, live: false, max: _,
+        "standard deviation of the noise on oracle labels (released code: 0.1)";
+    oracle_budget: usize = 0, live: false, max: (1_u64 << 32),
+        "total oracle queries allowed (0: the sum of queries); rewards.oracle counts against it";
+    uncertainty: Uncertainty = Uncertainty::Bootstrap, live: false, max: _,
+        "the surrogate's optimism: \"bootstrap\" (4 heads, max), \"ucb\" (C1 sqrt(phi' (Sigma + lambda I)^-1 phi)) or \"none\"";
+    buffer_reset: bool = true, live: false, max: _,
+        "empty the replay buffer at each black-box round (released code: true)";
+    optimizer_reset: bool = true, live: false, max: _,
+        "start each black-box round with fresh AdamW moments (released code: a new optimiser per round)";
+    kl_reference: KlReference = KlReference::Pretrained, live: false, max: _,
+        "the KL's reference: \"pretrained\" (SQDF) or \"previous\" (the policy at the start of the round: SEIKO)";
+    surrogate: Map<String, Json> = Map::new(), live: false, max: _,
+        "the surrogate's settings over its defaults, e.g. { c1 = 0.001, lambda = 1e-3, sigma = \"covariance\", heads = 4, combine = \"mean\", warm_start = false, epochs = 300 } (black-box)";
+    params: Map<String, Json> = Map::new(), live: true, max: _,
+        "a free table for the script's own values (reward weights, ...)";
+}
 
 pub fn is_live(key: &str) -> bool {
     KEYS.iter().any(|(k, live, _)| *k == key && *live)
@@ -490,15 +351,7 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(bool, &str); 22] = [
-            (
-                ["bootstrap", "ucb", "none"].contains(&self.uncertainty.as_str()),
-                "config.uncertainty must be \"bootstrap\", \"ucb\" or \"none\"",
-            ),
-            (
-                ["pretrained", "previous"].contains(&self.kl_reference.as_str()),
-                "config.kl_reference must be \"pretrained\" or \"previous\"",
-            ),
+        let checks: [(bool, &str); 19] = [
             (
                 self.surrogate.is_empty() || self.is_black_box(),
                 "config.surrogate applies to black-box runs only (config.queries or config.oracle_budget)",
@@ -506,10 +359,6 @@ impl RunConfig {
             (
                 self.queries.is_empty() || self.round_epochs >= 1,
                 "config.round_epochs must be at least 1",
-            ),
-            (
-                ["auto", "f32", "bf16", "f16"].contains(&self.dtype.as_str()),
-                "config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\"",
             ),
             (
                 self.eval_per_prompt >= 2,
@@ -606,14 +455,11 @@ impl RunConfig {
     /// The dtype of frozen networks on `device` (`config.dtype`).
     pub fn frozen_dtype(&self, device: &candle_core::Device) -> Result<candle_core::DType> {
         use candle_core::DType;
-        Ok(match self.dtype.as_str() {
-            "auto" if device.is_cpu() => DType::F32,
-            "auto" | "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            "f32" => DType::F32,
-            other => bail!(
-                "config.dtype must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{other}\""
-            ),
+        Ok(match self.dtype {
+            FrozenDtype::Auto if device.is_cpu() => DType::F32,
+            FrozenDtype::Auto | FrozenDtype::Bf16 => DType::BF16,
+            FrozenDtype::F16 => DType::F16,
+            FrozenDtype::F32 => DType::F32,
         })
     }
 

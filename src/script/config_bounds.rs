@@ -1,5 +1,6 @@
-//! Upper bounds of the config keys that size an allocation. Two layers: fixed caps that
-//! keep every product of sizes far from overflow (checked when a script is parsed), and
+//! Upper bounds of the config keys that size an allocation. Two layers: fixed caps (declared
+//! with each key in `config.rs`) that keep every product of sizes far from overflow
+//! (checked when a script is parsed), and
 //! the memory a run would take for this task's state shape against the machine's memory
 //! (checked once the task is built, before the run and before a reload is accepted), so
 //! that a huge `batch` or `capacity` is a message naming the key, not an aborted process.
@@ -7,50 +8,13 @@
 use super::RunConfig;
 use anyhow::{bail, Result};
 
-/// Fixed caps: far above any real run, low enough that sizes multiply without overflow.
-pub const CAPS: &[(&str, u64)] = &[
-    ("steps", 999),
-    ("batch", 1 << 20),
-    ("micro_batch", 1 << 20),
-    ("capacity", 1 << 24),
-    ("epochs", 1 << 32),
-    ("updates_per_epoch", 1 << 20),
-    ("evals", 1 << 16),
-    ("eval_samples", 1 << 24),
-    ("eval_per_prompt", 1 << 16),
-    ("x0_steps", 999),
-    ("lora_rank", 1 << 12),
-    ("round_epochs", 1 << 20),
-    ("oracle_budget", 1 << 32),
-];
-
 /// Share of the machine's memory a run may plan to hold in its buffers.
 const MEMORY_SHARE: f64 = 0.8;
 
-fn value(cfg: &RunConfig, key: &str) -> u64 {
-    (match key {
-        "steps" => cfg.steps,
-        "batch" => cfg.batch,
-        "micro_batch" => cfg.micro_batch,
-        "capacity" => cfg.capacity,
-        "epochs" => cfg.epochs,
-        "updates_per_epoch" => cfg.updates_per_epoch,
-        "evals" => cfg.evals,
-        "eval_samples" => cfg.eval_samples,
-        "eval_per_prompt" => cfg.eval_per_prompt,
-        "x0_steps" => cfg.x0_steps,
-        "lora_rank" => cfg.lora_rank,
-        "round_epochs" => cfg.round_epochs,
-        "oracle_budget" => cfg.oracle_budget,
-        _ => 0,
-    }) as u64
-}
-
 /// The fixed caps, and the relations between keys that sizes rely on.
 pub fn check_caps(cfg: &RunConfig) -> Result<()> {
-    for (key, cap) in CAPS {
-        let v = value(cfg, key);
-        if v > *cap {
+    for (key, v, cap) in cfg.caps() {
+        if v > cap {
             bail!("config.{key} = {v} is above its limit of {cap}")
         }
     }
@@ -130,7 +94,7 @@ pub fn check_memory(cfg: &RunConfig, state_shape: &[usize], memory: Option<u64>)
             .expect("the plan has entries");
         bail!(
             "config.{key} = {} needs too much memory: {what}, {}; the run's buffers would take {} in all, more than {:.0}% of this machine's {}",
-            value(cfg, key),
+            cfg.caps().iter().find(|c| c.0 == *key).map_or(0, |c| c.1),
             human(*b),
             human(total),
             MEMORY_SHARE * 100.0,

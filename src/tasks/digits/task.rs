@@ -153,7 +153,9 @@ impl Task for DigitsTask {
         };
         // SEIKO's KL reference: the policy as it was at the start of the black-box round.
         let previous_vars = VarMap::new();
-        let previous = if run.kl_reference == "previous" && run.lora_rank > 0 {
+        let previous = if run.kl_reference == crate::script::config::KlReference::Previous
+            && run.lora_rank > 0
+        {
             Some(with_adapters(VarBuilder::from_varmap(
                 &previous_vars,
                 crate::DTYPE,
