@@ -5,12 +5,14 @@
 
 pub mod consistency;
 pub mod ddim;
+pub mod forward_process;
 pub mod kl;
 pub mod log_prob;
 pub mod schedule;
 pub mod tweedie;
 
 pub use ddim::{DdimSampler, Spacing, Step};
+pub use forward_process::add_noise;
 pub use schedule::{BetaSchedule, NoiseSchedule};
 
 use candle_core::{Result, Tensor};

@@ -5,7 +5,7 @@
 
 use super::pretrain::{lr_at, PretrainSettings};
 use super::AdamW;
-use crate::diffusion::{per_sample, DdimSampler};
+use crate::diffusion::{add_noise, per_sample, DdimSampler};
 use crate::models::{ConsistencyModel, Denoiser};
 use crate::rng::{randn, Rng};
 use crate::tensor_io::sorted_vars;
@@ -54,15 +54,7 @@ pub fn distill(
         let idx: Vec<usize> = (0..b).map(|_| rng.random_range(0..steps)).collect();
         let a: Vec<f64> = idx.iter().map(|&i| ode.alpha_bar(i)).collect();
         let noise = randn(rng, x0.shape(), x0.device())?;
-        let x_n = x0
-            .broadcast_mul(&per_sample(
-                &a.iter().map(|a| a.sqrt()).collect::<Vec<_>>(),
-                &x0,
-            )?)?
-            .add(&noise.broadcast_mul(&per_sample(
-                &a.iter().map(|a| (1.0 - a).sqrt()).collect::<Vec<_>>(),
-                &x0,
-            )?)?)?;
+        let x_n = add_noise(&x0, &noise, &a)?;
         let t_n = ode.timesteps_tensor(&idx, x0.device())?;
         let eps = teacher.eps(&x_n, &t_n, &cond)?.detach();
         let x_next = ode.step(&x_n, &eps, &idx)?.mean.detach();

@@ -2,7 +2,7 @@
 //! E_{x0, t, ε} || ε - ε_θ(sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε, t) ||².
 
 use super::AdamW;
-use crate::diffusion::{per_sample, NoiseSchedule};
+use crate::diffusion::{add_noise, NoiseSchedule};
 use crate::models::Denoiser;
 use crate::rng::{randn, Rng};
 use crate::tensor_io::sorted_vars;
@@ -61,11 +61,7 @@ pub fn train_denoiser(
             .collect();
         let a: Vec<f64> = t.iter().map(|&t| schedule.alpha_bar(t)).collect();
         let eps = randn(rng, x0.shape(), x0.device())?;
-        let sa: Vec<f64> = a.iter().map(|a| a.sqrt()).collect();
-        let s1: Vec<f64> = a.iter().map(|a| (1.0 - a).sqrt()).collect();
-        let x_t = x0
-            .broadcast_mul(&per_sample(&sa, &x0)?)?
-            .add(&eps.broadcast_mul(&per_sample(&s1, &x0)?)?)?;
+        let x_t = add_noise(&x0, &eps, &a)?;
         let tt = Tensor::from_vec(
             t.iter().map(|&t| t as f32).collect::<Vec<_>>(),
             s.batch,

@@ -6,7 +6,7 @@ use super::task::{distillation_grid, load_unet, sampler, schedule};
 use super::{data, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
 use crate::data::mnist::Digits;
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{per_sample, tweedie};
+use crate::diffusion::{add_noise, tweedie};
 use crate::eval::image_grid::save_grid;
 use crate::models::class_conditional::{ClassConditionalUNet, NULL_PROMPT};
 use crate::models::guidance::Guided;
@@ -76,9 +76,7 @@ pub fn one_step_errors(
     let cond = cond_tensor(&labels, device)?;
     let mut rng = seeded(EVAL_SEED + t as u64);
     let noise = randn(&mut rng, x_real.shape(), device)?;
-    let x_t = x_real
-        .broadcast_mul(&per_sample(&vec![a.sqrt(); n], &x_real)?)?
-        .add(&noise.affine((1.0 - a).sqrt(), 0.0)?)?;
+    let x_t = add_noise(&x_real, &noise, &vec![a; n])?;
     let (ode_x0, _) = rollout::denoise(teacher, &ode, x_t.clone(), i, &cond, &mut rng, false)?;
     let tt = ode.timesteps_tensor(&vec![i; n], device)?;
     let tw = tweedie::x0_from_eps_with(&x_t, &teacher.eps(&x_t, &tt, &cond)?, &vec![a; n])?;

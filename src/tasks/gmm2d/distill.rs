@@ -7,7 +7,7 @@ use super::{
 };
 use crate::data::GaussianMixture;
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{per_sample, tweedie};
+use crate::diffusion::{add_noise, tweedie};
 use crate::eval::scatter::{scatter_png, Panel};
 use crate::models::{ConsistencyModel, Denoiser, ToyMlp};
 use crate::rng::{randn, seeded};
@@ -133,9 +133,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         let i = 50 - t;
         let a = ode.alpha_bar(i);
         let noise = randn(&mut erng, (n, 2), device)?;
-        let x_t = data_x0
-            .broadcast_mul(&per_sample(&vec![a.sqrt(); n], &data_x0)?)?
-            .add(&noise.affine((1.0 - a).sqrt(), 0.0)?)?;
+        let x_t = add_noise(&data_x0, &noise, &vec![a; n])?;
         let (ode_x0, _) =
             rollout::denoise(&teacher, &ode, x_t.clone(), i, &cond, &mut erng, false)?;
         let tt = ode.timesteps_tensor(&vec![i; n], device)?;
