@@ -281,7 +281,9 @@ fn shipped_consistency_model_gives_its_documented_error() {
     let dev = Device::Cpu;
     let models = common::repo_root().join("models/digits");
     let (_, held) = sqdf::tasks::digits::data(&dev).unwrap();
-    let (unet, _, _) = task::load_unet(&models.join("unet.safetensors"), &dev, "-").unwrap();
+    let (unet, _, _) =
+        sqdf::tasks::digits::process::load_unet(&models.join("unet.safetensors"), &dev, "-")
+            .unwrap();
     let teacher = sqdf::models::guidance::Guided {
         inner: std::sync::Arc::new(unet),
         scale: distill::GUIDANCE,

@@ -7,7 +7,7 @@
 //! reward level: the comparison file's `equal_reward`, or the median of the runs' best
 //! rewards (half the runs reach it; the paper's 8.0 is likewise one most methods reach).
 
-use super::report::{groups, mean_std, metric};
+use super::summary::{groups, mean_std, metric};
 use super::RunResult;
 use serde_json::Value as Json;
 

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod plots;
 pub mod report;
 pub mod runner;
+pub mod summary;
 
 use serde_json::Value as Json;
 

@@ -12,7 +12,7 @@
 //! runs to the curve at their own value of the key; script paths are relative to the file.
 //! `equal_reward` (optional) is the reward level of the report's equal-reward table.
 
-use super::report::row_name;
+use super::summary::row_name;
 use crate::script::config::lua_to_json;
 use anyhow::{anyhow, bail, Context, Result};
 use mlua::{Lua, LuaOptions, StdLib, Value};

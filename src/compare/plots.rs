@@ -3,7 +3,7 @@
 //! rest of the project draws: plotters into an RGB buffer, `image` encodes the PNG.
 
 use super::axis::{clamp, robust_range};
-use super::report::{compact, groups, mean_std, metric, symbol};
+use super::summary::{compact, gold_is_the_oracle, groups, mean_std, metric, symbol};
 use super::RunResult;
 use crate::eval::scatter::register_font;
 use anyhow::{anyhow, Result};
@@ -122,7 +122,7 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
 /// when it is every run's oracle), alignment and diversity against the oracle queries
 /// used, checkpoint by checkpoint (one checkpoint per round).
 pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
-    let panels = if super::report::gold_is_the_oracle(results) {
+    let panels = if gold_is_the_oracle(results) {
         &ORACLE_PANELS
     } else {
         &GOLD_PANELS

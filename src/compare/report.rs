@@ -2,6 +2,7 @@
 //! `report.md` around it, and `results.json`, from which the report can be rebuilt without
 //! rerunning anything.
 
+use super::summary::{gold_is_the_oracle, groups, is_black_box, mean_std, metric, row_name};
 use super::{plots, RunResult};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value as Json};
@@ -35,25 +36,6 @@ const COLUMNS: [(&str, Source, f64, usize); 11] = [
     ("queries used", Source::After("queries_used"), 1.0, 0),
 ];
 
-/// Some run counted oracle queries: a black-box comparison.
-fn is_black_box(results: &[RunResult]) -> bool {
-    results
-        .iter()
-        .any(|r| metric(&r.after, "queries_used").is_some())
-}
-
-/// Every black-box run's oracle was the gold score (`config.oracle = "gold"`, which the
-/// runner copies into `after.oracle`), so the gold column is Table 1's "oracle reward".
-/// Any other oracle (the learned reward as a black box), or one not recorded, leaves the
-/// column named "gold".
-pub(super) fn gold_is_the_oracle(results: &[RunResult]) -> bool {
-    is_black_box(results)
-        && results
-            .iter()
-            .filter(|r| metric(&r.after, "queries_used").is_some())
-            .all(|r| r.after.get("oracle").and_then(|o| o.as_str()) == Some("gold"))
-}
-
 /// The table's columns: "queries used" only in a black-box comparison; every other column
 /// always, so a metric no run reported shows as "–". When the gold score is the oracle, its
 /// header says "oracle reward (gold)": "target reward" there is each method's own.
@@ -73,74 +55,11 @@ fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
         .collect()
 }
 
-/// A metric as a finite number; a missing key, a null (how serde_json writes NaN) or a
-/// non-finite value all read as absent, so one diverged run cannot poison a mean silently.
-pub(super) fn metric(j: &Json, key: &str) -> Option<f64> {
-    j.get(key)?.as_f64().filter(|v| v.is_finite())
-}
-
-/// Mean and population std of the finite values, None when there are none.
-pub(super) fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
-    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-    Some((mean, var.sqrt()))
-}
-
-/// A sweep value as a person writes it in a config: `2`, `0.5`, `1e-4`.
-pub(super) fn compact(v: f64) -> String {
-    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
-        format!("{v:e}")
-    } else {
-        format!("{v}")
-    }
-}
-
-/// The swept key as the paper writes it in a figure (α, γ); other keys stay as named.
-pub(super) fn symbol(key: &str) -> &str {
-    match key {
-        "alpha" => "α",
-        "beta" => "β",
-        "gamma" => "γ",
-        other => other,
-    }
-}
-
-/// Runs grouped by `key`, groups in order of first appearance: the order in which the
-/// comparison script lists its methods is the order the reader expects.
-pub(super) fn groups<'a>(
-    results: impl IntoIterator<Item = &'a RunResult>,
-    key: impl Fn(&RunResult) -> String,
-) -> Vec<Vec<&'a RunResult>> {
-    let mut out: Vec<(String, Vec<&RunResult>)> = Vec::new();
-    for r in results {
-        let k = key(r);
-        match out.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, g)) => g.push(r),
-            None => out.push((k, vec![r])),
-        }
-    }
-    out.into_iter().map(|(_, g)| g).collect()
-}
-
 /// The group key for a row: the label and the sweep value's exact bits.
 fn row_key(r: &RunResult) -> String {
     match &r.sweep {
         Some((k, v)) => format!("{}\u{0}{k}\u{0}{:x}", r.label, v.to_bits()),
         None => r.label.clone(),
-    }
-}
-
-/// A method's row name: its label, with the swept value where it has one ("SQDF alpha
-/// (alpha = 3)"). The comparison's log names a run the same way, with its seed.
-pub(super) fn row_name(label: &str, sweep: Option<&(String, f64)>) -> String {
-    match sweep {
-        Some((k, v)) => format!("{label} ({k} = {})", compact(*v)),
-        None => label.to_string(),
     }
 }
 

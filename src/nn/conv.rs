@@ -18,6 +18,7 @@
 
 use super::channel::scale_shift;
 use super::conv_direct;
+use super::conv_unfold::out_len;
 use super::cpu::{contiguous, with_slice};
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Storage, Tensor,
@@ -77,14 +78,6 @@ pub fn conv2d_patches(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         .reshape((b, ph, pw, o))?
         .permute((0, 3, 1, 2))?
         .contiguous()
-}
-
-/// Output size of a convolution along one dimension.
-pub(super) fn out_len(n: usize, k: usize, p: usize, s: usize) -> Result<usize> {
-    if n + 2 * p < k {
-        candle_core::bail!("conv2d: input {n} (padding {p}) is smaller than the kernel {k}")
-    }
-    Ok((n + 2 * p - k) / s + 1)
 }
 
 /// x [B, C, H, W] -> columns [k*k*C, B*Ho*Wo], rows ordered (ky, kx, c): one gemm with

@@ -14,8 +14,15 @@
 //! 4.8e9 columns for 8 images, and sampling 8 SD-1.5 trajectories at 64x64 latents on an
 //! H200 made no progress for 5 minutes (docs/gpu-h200-2026-11-26).
 
-use super::conv::out_len;
 use candle_core::{Result, Tensor};
+
+/// Output size of a convolution along one dimension.
+pub(super) fn out_len(n: usize, k: usize, p: usize, s: usize) -> Result<usize> {
+    if n + 2 * p < k {
+        candle_core::bail!("conv2d: input {n} (padding {p}) is smaller than the kernel {k}")
+    }
+    Ok((n + 2 * p - k) / s + 1)
+}
 
 /// Elements of one piece's columns: 2^30 (2 GiB in bf16, 4 GiB in f32).
 const COLUMN_ELEMENTS: usize = 1 << 30;

@@ -2,7 +2,7 @@
 //! ODE of the guided teacher, scale 5.0, as the policy samples with guidance), with a card
 //! comparing its one-step x0 with Tweedie's against the 50-step ODE solution over t.
 
-use super::task::{distillation_grid, load_unet, sampler, schedule};
+use super::process::{distillation_grid, load_unet, sampler, schedule};
 use super::{data, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
 use crate::data::mnist::Digits;
 use crate::diffusion::consistency::BoundaryScalings;

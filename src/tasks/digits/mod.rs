@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod distill;
 pub mod eval_cache;
 pub mod evaluate;
+pub mod process;
 pub mod reward;
 pub mod task;
 pub mod unet;

@@ -3,10 +3,10 @@
 
 use super::eval_cache::{self, CacheKey};
 use super::evaluate::{evaluate, real_features, sample_all};
+use super::process::{distillation_grid, load_unet, sampler, schedule};
 use super::{classifier, data, reward, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{BetaSchedule, DdimSampler, NoiseSchedule, Spacing};
-use crate::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet, NULL_PROMPT};
+use crate::models::class_conditional::{ClassConditionalUNet, NULL_PROMPT};
 use crate::models::classifier::Classifier;
 use crate::models::guidance::Guided;
 use crate::models::{ConsistencyModel, Denoiser};
@@ -16,12 +16,11 @@ use crate::rng::{seeded, Rng};
 use crate::run_log::RunLog;
 use crate::script::{RunConfig, Script, TensorFn, X0Estimator};
 use crate::tasks::{Task, TaskModels, TrainCommand};
-use crate::tensor_io::{check_params, expected_params, read, WeightFile};
-use anyhow::{anyhow, Context, Result};
+use crate::tensor_io::read;
+use anyhow::{Context, Result};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng as _;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -34,64 +33,6 @@ struct EvalNets {
 #[derive(Default)]
 pub struct DigitsTask {
     eval: OnceLock<EvalNets>,
-}
-
-/// DDPM's linear β over 1000 training steps (the digits are pixel-space, as in DDPM).
-pub fn schedule() -> NoiseSchedule {
-    NoiseSchedule::new(BetaSchedule::DDPM, 1000)
-}
-
-/// The timesteps the consistency model was distilled on (the 50-step grid).
-pub fn distillation_grid() -> Vec<usize> {
-    sampler(&schedule(), 50, 0.0).timesteps().to_vec()
-}
-
-pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
-    DdimSampler::new(
-        schedule,
-        steps,
-        eta,
-        Spacing::Trailing,
-        schedule.alpha_bar(0),
-    )
-}
-
-pub fn model_config(path: &Path, file: &WeightFile) -> Result<ClassConditionalConfig> {
-    match file.metadata.get("config") {
-        Some(c) => serde_json::from_str(c)
-            .map_err(|e| anyhow!("{}: bad `config` metadata: {e}", path.display())),
-        None => Ok(ClassConditionalConfig::digits()),
-    }
-}
-
-/// A frozen class-conditional UNet from a checked weight file.
-pub fn load_unet(
-    path: &Path,
-    device: &Device,
-    command: &str,
-) -> Result<(
-    ClassConditionalUNet,
-    ClassConditionalConfig,
-    HashMap<String, Tensor>,
-)> {
-    let file = read(path, device).with_context(|| {
-        format!(
-            "the digits task needs {}; `{command}` makes it",
-            path.display()
-        )
-    })?;
-    let cfg = model_config(path, &file)?;
-    check_params(
-        path,
-        &file,
-        &expected_params(|vb| ClassConditionalUNet::new(vb, &cfg, None))?,
-    )?;
-    let net = ClassConditionalUNet::new(
-        VarBuilder::from_tensors(file.tensors.clone(), crate::DTYPE, device),
-        &cfg,
-        None,
-    )?;
-    Ok((net, cfg, file.tensors))
 }
 
 pub fn load_consistency(dir: &Path, device: &Device) -> Result<ConsistencyModel> {

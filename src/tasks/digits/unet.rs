@@ -4,7 +4,7 @@
 
 use super::eval_cache::{self, CacheKey};
 use super::evaluate::{sample_all, PER_PROMPT, PROMPTS};
-use super::task::{sampler, schedule};
+use super::process::{sampler, schedule};
 use super::{classifier, data, EVAL_SEED, UNET_FILE};
 use crate::eval::image_grid::save_grid;
 use crate::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet, NULL_PROMPT};

@@ -9,7 +9,7 @@ use crate::models::Denoiser;
 use crate::nn::lora::{LoraBuilder, LoraConfig};
 use crate::rng::{randn, seeded, Rng};
 use crate::run_log::RunLog;
-use crate::tasks::digits::{task::load_unet, UNET_FILE};
+use crate::tasks::digits::{process::load_unet, UNET_FILE};
 use crate::tasks::{cond_tensor, weights_dir};
 use crate::train::Trainer;
 use anyhow::{bail, Result};
