@@ -7,9 +7,9 @@
 -- eval.json reports the learned reward next to its gold score (the boldness it imitates):
 -- a learned reward rising while the gold score does not is reward hacking.
 local sqdf = require("sqdf")
-
--- The learned reward is about 0.1-0.3; scaled so that alpha weighs it as in the paper.
-local SCALE = 10
+-- The target reward every digits method shares (lua/digits_reward.lua): the learned
+-- boldness reward (about 0.1-0.3), scaled by 10 so that alpha weighs it as in the paper.
+local digits = require("digits_reward")
 
 return {
   config = {
@@ -29,9 +29,7 @@ return {
   },
 
   -- rewards.learned and rewards.gold are the task's (tensor in, one score per sample out).
-  reward = function(x0, cond, cfg)
-    return rewards.learned(x0) * SCALE
-  end,
+  reward = digits.reward,
 
   loss = sqdf.loss, -- Eq. 16
   discount = sqdf.discount,

@@ -189,8 +189,8 @@ fn config_values_are_bounded_and_named_before_the_run() {
         ),
         (
             "x0_steps",
-            "x0 = \"ddim\", x0_steps = 9",
-            "config.x0_steps = 9 is more than config.steps = 8",
+            "x0 = \"ddim\", x0_steps = 1000",
+            "config.x0_steps = 1000 is above its limit of 999",
         ),
         (
             "deterministic_step",

@@ -11,6 +11,7 @@
 -- in the form of the SQDF first author's DDPO fork (Shin-woocheol/DDPO,
 -- ddim_with_logprob_kl.py): mean over dimensions of (mu - mu')^2 / (2 sigma^2), half of
 -- ctx:kl's "released" form (SQDF's), subtracted from the clipped advantage.
+local on_policy = require("baselines.on_policy")
 local M = {}
 
 -- (r - mean) / std per prompt over its last `buffer_size` rewards (DDPO's stat tracker; the
@@ -56,11 +57,7 @@ local function some_steps(T, n)
   for i = 0, T - 1 do
     pool[#pool + 1] = i
   end
-  for j = 1, n do
-    local pick = math.random(j, T)
-    pool[j], pool[pick] = pool[pick], pool[j]
-  end
-  return { table.unpack(pool, 1, n) }
+  return on_policy.pick(pool, n)
 end
 
 function M.loss(traj, ctx)

@@ -7,6 +7,7 @@
 --
 -- Used with config.update_on = "trajectories": `traj` is this epoch's trajectories, sampled
 -- without gradient by the trainer; the last K steps are taken again here with gradient.
+local on_policy = require("baselines.on_policy")
 local M = {}
 
 -- The noise of a re-taken step. On the first update after sampling it is the trajectory's
@@ -53,10 +54,8 @@ local function early_kl(traj, ctx, K)
     pool[#pool + 1] = i
   end
   local sum = nil
-  for j = 1, n do
-    local pick = math.random(j, #pool)
-    pool[j], pool[pick] = pool[pick], pool[j]
-    local b = traj:at(pool[j])
+  for _, i in ipairs(on_policy.pick(pool, n)) do
+    local b = traj:at(i)
     local k = ctx:kl(ctx:policy_step(b), ctx:reference_step(b))
     sum = sum and (sum + k) or k
   end
