@@ -87,7 +87,7 @@ pub fn evaluate(
         },
     };
     let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log, false)?;
-    std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
+    crate::tensor_io::write_file_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
     Ok(v)
 }
 
