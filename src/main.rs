@@ -37,8 +37,9 @@ enum Command {
         /// Run folder (default runs/<script name>-<UTC time>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue the run in this folder from its checkpoint (raise epochs with --set to train longer).
-        #[arg(long, value_name = "DIR")]
+        /// Continue the run in this folder from its checkpoint (raise epochs with --set to
+        /// train longer); the run goes on in that folder, so --out cannot go with it.
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
         resume: Option<PathBuf>,
         /// Do not watch the script for edits.
         #[arg(long)]
@@ -316,8 +317,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             if !v.is_empty() {
                 let text = serde_json::to_string_pretty(&v)?;
                 match json {
-                    Some(p) => std::fs::write(&p, text)
-                        .with_context(|| format!("writing {}", p.display()))?,
+                    Some(p) => sqdf::tensor_io::write_file_atomic(&p, text)?,
                     None => println!("{text}"),
                 }
             }
@@ -328,8 +328,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
             let v = sqdf::train::method_bench::bench_methods(&exe, root, batch, &log)?;
             if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
+                sqdf::tensor_io::write_file_atomic(&p, serde_json::to_string_pretty(&v)?)?;
             }
             Ok(())
         }

@@ -107,6 +107,8 @@ pub struct Trainer {
     metrics: MetricsWriter,
     evals: EvalLog,
     last_rejected: Option<Vec<Option<String>>>,
+    /// The run folder's lock, released when the trainer goes (or the process ends).
+    _lock: run_dir::FolderLock,
 }
 
 impl Trainer {
@@ -115,6 +117,13 @@ impl Trainer {
     pub fn new(opts: RunOptions) -> Result<Self> {
         crate::keep_freed_memory();
         let log = opts.log.clone();
+        // A folder another run holds is refused before anything else; a new folder is
+        // created (and locked) only once the script and the models have passed their checks.
+        let run_dir = run_folder(&opts)?;
+        let held = match run_dir.is_dir() {
+            true => Some(run_dir::lock(&run_dir)?),
+            false => None,
+        };
         let script_dir = opts
             .script
             .parent()
@@ -156,13 +165,10 @@ impl Trainer {
         });
         let optim = AdamW::new(sorted_vars(&models.policy_vars))?;
         let buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &models.state_shape);
-        let run_dir = match (&opts.resume, &opts.out) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(dir)) => dir.clone(),
-            (None, None) => run_dir::default_run_dir(&opts.script),
+        let lock = match held {
+            Some(l) => l,
+            None => run_dir::lock(&run_dir)?,
         };
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating run folder {}", run_dir.display()))?;
         log.attach_file(&run_dir.join("run.log"))
             .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
         let discounts = script.discounts(cfg.steps)?;
@@ -186,6 +192,7 @@ impl Trainer {
             discounts,
             watcher: None,
             last_rejected: None,
+            _lock: lock,
             opts,
         };
         if let Some(dir) = t.opts.resume.clone() {
@@ -242,6 +249,37 @@ impl Trainer {
             micro_batch: 1,
             buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
         }
+    }
+}
+
+/// The run folder: `--resume`'s (which must hold a checkpoint), else `--out`, else a new
+/// `runs/<script name>-<time>`. Nothing is created here.
+fn run_folder(opts: &RunOptions) -> Result<PathBuf> {
+    match (&opts.resume, &opts.out) {
+        (Some(dir), Some(out)) if out != dir => bail!(
+            "--out {} and --resume {} name two folders: a resumed run continues in its own folder; drop --out",
+            out.display(),
+            dir.display()
+        ),
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                bail!(
+                    "cannot resume {}: no such folder (--resume takes the folder of an earlier run)",
+                    dir.display()
+                );
+            }
+            if !dir.join(checkpoint::FILE).is_file() {
+                bail!(
+                    "cannot resume {}: it holds no {} (a run writes it after its first epoch); start it again with --out {}",
+                    dir.display(),
+                    checkpoint::FILE,
+                    dir.display()
+                );
+            }
+            Ok(dir.clone())
+        }
+        (None, Some(dir)) => Ok(dir.clone()),
+        (None, None) => Ok(run_dir::default_run_dir(&opts.script)),
     }
 }
 
