@@ -38,8 +38,8 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Continue the run in this folder from its checkpoint (raise epochs with --set to
-        /// train longer); the run goes on in that folder, so --out cannot go with it.
-        #[arg(long, value_name = "DIR", conflicts_with = "out")]
+        /// train longer); the run goes on in that folder, so --out may not name another.
+        #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
         /// Do not watch the script for edits.
         #[arg(long)]

@@ -135,6 +135,14 @@ pub fn load(path: &Path) -> Result<Loaded> {
             path.display()
         )
     })?;
+    // Only these two keys: a damaged name of the checksums' key must not pass for a
+    // checkpoint from before checksums.
+    if let Some(k) = meta.keys().find(|k| *k != META_KEY && *k != CRC_KEY) {
+        return Err(anyhow!(
+            "{} is damaged: unknown metadata key `{k}`; resume from a copy, or start the run again",
+            path.display()
+        ));
+    }
     let checked = match meta.get(CRC_KEY) {
         Some(sums) => {
             verify(path, &bytes, raw, sums)?;

@@ -252,34 +252,36 @@ impl Trainer {
     }
 }
 
-/// The run folder: `--resume`'s (which must hold a checkpoint), else `--out`, else a new
-/// `runs/<script name>-<time>`. Nothing is created here.
+/// The run folder: `--resume`'s (which must hold a checkpoint; `--out` may only name the
+/// same folder), else `--out`, else a new `runs/<script name>-<time>`. Nothing is created.
 fn run_folder(opts: &RunOptions) -> Result<PathBuf> {
-    match (&opts.resume, &opts.out) {
-        (Some(dir), Some(out)) if out != dir => bail!(
-            "--out {} and --resume {} name two folders: a resumed run continues in its own folder; drop --out",
-            out.display(),
+    let Some(dir) = &opts.resume else {
+        return Ok(match &opts.out {
+            Some(out) => out.clone(),
+            None => run_dir::default_run_dir(&opts.script),
+        });
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot resume {}: no such folder (--resume takes the folder of an earlier run)",
             dir.display()
+        );
+    }
+    if !dir.join(checkpoint::FILE).is_file() {
+        bail!(
+            "cannot resume {}: it holds no {} (a run writes it after its first epoch); start it again with --out {}",
+            dir.display(),
+            checkpoint::FILE,
+            dir.display()
+        );
+    }
+    match &opts.out {
+        Some(out) if out != dir => bail!(
+            "cannot resume {} with --out {}: a resumed run goes on in its own folder; drop --out",
+            dir.display(),
+            out.display()
         ),
-        (Some(dir), _) => {
-            if !dir.is_dir() {
-                bail!(
-                    "cannot resume {}: no such folder (--resume takes the folder of an earlier run)",
-                    dir.display()
-                );
-            }
-            if !dir.join(checkpoint::FILE).is_file() {
-                bail!(
-                    "cannot resume {}: it holds no {} (a run writes it after its first epoch); start it again with --out {}",
-                    dir.display(),
-                    checkpoint::FILE,
-                    dir.display()
-                );
-            }
-            Ok(dir.clone())
-        }
-        (None, Some(dir)) => Ok(dir.clone()),
-        (None, None) => Ok(run_dir::default_run_dir(&opts.script)),
+        _ => Ok(dir.clone()),
     }
 }
 
