@@ -386,6 +386,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
         } => {
             let out = out.unwrap_or_else(|| PathBuf::from("eval"));
+            // Its files (eval.json, the sample grids) are a run folder's names: one writer.
+            let _lock = sqdf::train::run_dir::lock(&out)?;
             let v = sqdf::train::evaluate::evaluate(
                 &script,
                 checkpoint.as_deref(),

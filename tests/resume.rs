@@ -216,6 +216,16 @@ fn a_second_run_in_a_locked_folder_is_refused_naming_it_and_the_holder() {
     // In-process too (a second trainer while the first lives).
     let e = resume_error(&script, &out);
     assert!(e.contains(&want), "{e}");
+    // `sqdf eval --out` writes a run folder's names (eval.json, sample grids): refused too.
+    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "eval"])
+        .arg(&script)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains(&want), "eval: {e}");
     // The refused runs wrote nothing.
     assert_eq!(
         std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(),
@@ -352,16 +362,15 @@ fn a_flipped_bit_anywhere_in_a_checkpoint_is_an_error() {
     let (_, out) = finished_run(dir.path(), 1);
     let path = out.join(checkpoint::FILE);
     let good = std::fs::read(&path).unwrap();
-    let bad = dir.path().join("bad.safetensors");
+    checkpoint::load_bytes(&path, &good).unwrap();
     for at in 0..good.len() {
         let mut bytes = good.clone();
         bytes[at] ^= 0x01;
-        std::fs::write(&bad, &bytes).unwrap();
-        match checkpoint::load(&bad) {
+        match checkpoint::load_bytes(&path, &bytes) {
             Ok(_) => panic!("a flipped bit at byte {at} of {} loads", good.len()),
             Err(e) => {
                 let e = format!("{e:#}");
-                assert!(e.contains(&bad.display().to_string()), "byte {at}: {e}");
+                assert!(e.contains(&path.display().to_string()), "byte {at}: {e}");
             }
         }
     }

@@ -120,14 +120,18 @@ pub struct Loaded {
 /// A checkpoint, its checksums verified: a damaged file (a changed byte anywhere, a key
 /// added or missing) is an error naming the file and, where it can, the key.
 pub fn load(path: &Path) -> Result<Loaded> {
-    let bytes = tensor_io::read_bytes(path)?;
+    load_bytes(path, &tensor_io::read_bytes(path)?)
+}
+
+/// `load` of a checkpoint's bytes, read from `path` (which the errors name).
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded> {
     let damaged = |e: &dyn std::fmt::Display| {
         anyhow!(
             "{} is damaged: not a valid safetensors file ({e}); resume from a copy, or start the run again",
             path.display()
         )
     };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| damaged(&e))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| damaged(&e))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let raw = meta.get(META_KEY).ok_or_else(|| {
         anyhow!(
@@ -145,7 +149,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let checked = match meta.get(CRC_KEY) {
         Some(sums) => {
-            verify(path, &bytes, raw, sums)?;
+            verify(path, bytes, raw, sums)?;
             true
         }
         None => false,
@@ -153,7 +157,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let state: CheckpointState = serde_json::from_str(raw)
         .map_err(|e| anyhow!("{}: unreadable checkpoint metadata: {e}", path.display()))?;
     let tensors =
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| damaged(&e))?;
+        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| damaged(&e))?;
     Ok(Loaded {
         state,
         tensors,

@@ -94,6 +94,34 @@ pub fn timestamp() -> String {
     )
 }
 
+/// Creates and locks a new folder `base`, or `base-2`, `base-3`, ... when that exists (two
+/// runs of one script started in the same second get folders of their own).
+pub fn lock_new(base: &Path) -> Result<FolderLock> {
+    if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
+    for n in 1..=1000 {
+        let dir = match n {
+            1 => base.to_path_buf(),
+            _ => base.with_file_name(format!("{name}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return lock(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow!("creating {}: {e}", dir.display())),
+        }
+    }
+    Err(anyhow!(
+        "cannot create a new run folder: {} and 999 numbered ones exist",
+        base.display()
+    ))
+}
+
 pub fn default_run_dir(script: &Path) -> PathBuf {
     let stem = script
         .file_stem()
@@ -120,6 +148,16 @@ mod tests {
         assert!(e.contains(&want), "{e}");
         drop(held);
         super::lock(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_default_folder_never_reuses_one() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("runs").join("toy-20260101-000000");
+        let a = super::lock_new(&base).unwrap();
+        let b = super::lock_new(&base).unwrap();
+        assert_eq!(a.dir(), base);
+        assert_eq!(b.dir(), d.path().join("runs").join("toy-20260101-000000-2"));
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl Trainer {
         // A folder another run holds is refused before anything else; a new folder is
         // created (and locked) only once the script and the models have passed their checks.
         let run_dir = run_folder(&opts)?;
-        let held = match run_dir.is_dir() {
+        let fresh_default = opts.out.is_none() && opts.resume.is_none();
+        let held = match run_dir.is_dir() && !fresh_default {
             true => Some(run_dir::lock(&run_dir)?),
             false => None,
         };
@@ -167,8 +168,11 @@ impl Trainer {
         let buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &models.state_shape);
         let lock = match held {
             Some(l) => l,
+            // A default folder is always a new one (never another run's of the same second).
+            None if fresh_default => run_dir::lock_new(&run_dir)?,
             None => run_dir::lock(&run_dir)?,
         };
+        let run_dir = lock.dir().to_path_buf();
         log.attach_file(&run_dir.join("run.log"))
             .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
         let discounts = script.discounts(cfg.steps)?;
