@@ -135,7 +135,7 @@ impl Trainer {
         epoch: usize,
     ) -> Result<Json> {
         let dir = self.run_dir.join("along_training");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let m = self.task.evaluate(
             &self.models,
             model,
