@@ -201,7 +201,7 @@ fn a_second_run_in_a_locked_folder_is_refused_naming_it_and_the_holder() {
     // This process holds the folder, as a first run would.
     let held = run_dir::lock(&out).unwrap();
     let want = format!(
-        "{} is in use by another sqdf process (pid {})",
+        "{} is in use by another sqdf process (pid {}): a folder holds one run at a time",
         out.display(),
         std::process::id()
     );
@@ -270,7 +270,7 @@ fn a_killed_run_leaves_no_lock_and_resumes() {
     first.wait().unwrap();
     assert!(ckpt.exists(), "the first run wrote no checkpoint");
     let want = format!(
-        "{} is in use by another sqdf process (pid {})",
+        "{} is in use by another sqdf process (pid {}): a folder holds one run at a time",
         out.display(),
         first.id()
     );

@@ -49,8 +49,7 @@ pub fn lock(dir: &Path) -> Result<FolderLock> {
                 Err(_) => "another sqdf process (pid not yet written)".to_string(),
             };
             return Err(anyhow!(
-                "{} is in use by {holder}: one folder holds one run at a time; wait for it to end, or stop it and --resume {}",
-                dir.display(),
+                "{} is in use by {holder}: a folder holds one run at a time; wait for that process to end, or stop it",
                 dir.display()
             ));
         }
