@@ -533,6 +533,26 @@ fn resume_of_a_missing_folder_or_one_without_a_checkpoint_creates_nothing() {
         "files in {}",
         empty.display()
     );
+    // The checkpoint file instead of its folder.
+    let file = empty.join("checkpoint.safetensors");
+    std::fs::write(&file, b"").unwrap();
+    let o = sqdf_run(&script, &["--resume", file.to_str().unwrap()]);
+    let e = stderr(&o);
+    let want = format!(
+        "error: cannot resume {}: it is a file; --resume takes the run folder that holds the checkpoint ({})",
+        file.display(),
+        empty.display()
+    );
+    assert!(!o.status.success() && e.contains(&want), "{e}");
+    // An empty checkpoint (a disk that filled up) is damage, named.
+    let o = sqdf_run(&script, &["--resume", empty.to_str().unwrap()]);
+    let e = stderr(&o);
+    let want = format!(
+        "error: cannot resume from {}: {} is damaged: not a valid safetensors file",
+        empty.display(),
+        file.display()
+    );
+    assert!(!o.status.success() && e.contains(&want), "{e}");
 }
 
 #[test]

@@ -265,6 +265,14 @@ fn run_folder(opts: &RunOptions) -> Result<PathBuf> {
             None => run_dir::default_run_dir(&opts.script),
         });
     };
+    if dir.is_file() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        bail!(
+            "cannot resume {}: it is a file; --resume takes the run folder that holds the checkpoint ({})",
+            dir.display(),
+            parent.unwrap_or(Path::new(".")).display()
+        );
+    }
     if !dir.is_dir() {
         bail!(
             "cannot resume {}: no such folder (--resume takes the folder of an earlier run)",
