@@ -37,7 +37,8 @@ enum Command {
         /// Run folder (default runs/<script name>-<UTC time>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue the run in this folder from its checkpoint (raise epochs with --set to train longer).
+        /// Continue the run in this folder from its checkpoint (raise epochs with --set to
+        /// train longer); the run goes on in that folder, so --out may not name another.
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
         /// Do not watch the script for edits.
@@ -316,8 +317,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             if !v.is_empty() {
                 let text = serde_json::to_string_pretty(&v)?;
                 match json {
-                    Some(p) => std::fs::write(&p, text)
-                        .with_context(|| format!("writing {}", p.display()))?,
+                    Some(p) => sqdf::tensor_io::write_file_atomic(&p, text)?,
                     None => println!("{text}"),
                 }
             }
@@ -328,8 +328,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
             let v = sqdf::train::method_bench::bench_methods(&exe, root, batch, &log)?;
             if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
+                sqdf::tensor_io::write_file_atomic(&p, serde_json::to_string_pretty(&v)?)?;
             }
             Ok(())
         }
@@ -387,6 +386,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
         } => {
             let out = out.unwrap_or_else(|| PathBuf::from("eval"));
+            // Its files (eval.json, the sample grids) are a run folder's names: one writer.
+            let _lock = sqdf::train::run_dir::lock(&out)?;
             let v = sqdf::train::evaluate::evaluate(
                 &script,
                 checkpoint.as_deref(),

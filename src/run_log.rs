@@ -57,7 +57,9 @@ impl RunLog {
 
     fn line(&self, msg: &str) {
         if let Some(f) = self.file.lock().unwrap().as_mut() {
-            let _ = writeln!(f, "{msg}");
+            // One write per line (the file is opened to append), so a line is never split
+            // by another process's, such as `sqdf compare --report-only` beside a comparison.
+            let _ = f.write_all(format!("{msg}\n").as_bytes());
         }
         if self.quiet {
             self.lines.lock().unwrap().push(msg.to_string());

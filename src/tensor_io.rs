@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The tensors of a safetensors file and its string metadata.
@@ -17,16 +18,122 @@ pub struct WeightFile {
 
 /// Reads a whole safetensors file; a missing or corrupt file is an error naming it.
 pub fn read(path: &Path, device: &Device) -> Result<WeightFile> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let bytes = read_bytes(path)?;
+    parse(path, &bytes, device)
+}
+
+/// A weight file's bytes; a missing or unreadable file is an error naming it.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("weight file {} not found", path.display()),
         _ => anyhow!("cannot read weight file {}: {e}", path.display()),
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    })
+}
+
+/// The tensors and metadata of a safetensors file's `bytes` (read from `path`).
+pub fn parse(path: &Path, bytes: &[u8], device: &Device) -> Result<WeightFile> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+    let tensors = candle_core::safetensors::load_buffer(bytes, device)
         .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     Ok(WeightFile { tensors, metadata })
+}
+
+/// CRC-32 of one tensor as a safetensors file stores it: its name, dtype, shape and bytes
+/// (a checkpoint keeps one per tensor, so a corrupt file names the key at fault).
+pub fn tensor_crc(name: &str, dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(dtype.to_string().as_bytes());
+    h.update(&[0]);
+    for d in shape {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    h.update(data);
+    h.finalize()
+}
+
+/// The CRC-32 (`tensor_crc`) of each tensor as `write_atomic` would store it.
+pub fn tensor_crcs(tensors: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, u32>> {
+    tensors
+        .iter()
+        .map(|(k, t)| {
+            let t = t.contiguous()?;
+            let data = <Tensor as safetensors::View>::data(&t);
+            let dtype = <Tensor as safetensors::View>::dtype(&t);
+            Ok((k.clone(), tensor_crc(k, dtype, t.dims(), &data)))
+        })
+        .collect()
+}
+
+/// A temporary name beside `path` that no other writer uses: the process id and a counter,
+/// so two processes (or two threads) writing the same file never share a temporary file.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "file".into());
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Replaces `path` atomically: `write` fills a temporary file beside it (`temp_path`), which
+/// is synced and renamed over `path`. A crash at any point leaves the old file or the new
+/// one, never a mix; a failed write removes the temporary file.
+pub fn replace_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => Some(d),
+        _ => None,
+    };
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = temp_path(path);
+    let done = write(&tmp)
+        .with_context(|| format!("writing {}", path.display()))
+        .and_then(|_| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", tmp.display()))
+        })
+        .and_then(|_| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return done;
+    }
+    // The rename itself reaches the disk with the folder's entry (best effort: not every
+    // file system can sync a folder).
+    if let Some(f) = dir.and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = f.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` atomically (`replace_atomic`).
+pub fn write_file_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    replace_atomic(path, |tmp| {
+        std::fs::write(tmp, contents.as_ref()).with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
+/// Writes an 8-bit image as a PNG at `path` atomically (`replace_atomic`).
+pub fn write_png_atomic(
+    path: &Path,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    color: image::ColorType,
+) -> Result<()> {
+    replace_atomic(path, |tmp| {
+        image::save_buffer_with_format(tmp, pixels, width, height, color, image::ImageFormat::Png)
+            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))
+    })
 }
 
 /// Writes tensors (and metadata) to `path` atomically: a crash leaves the old file intact.
@@ -35,20 +142,14 @@ pub fn write_atomic(
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("safetensors.tmp");
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    safetensors::serialize_to_file(contiguous, Some(metadata), &tmp)
-        .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    replace_atomic(path, |tmp| {
+        safetensors::serialize_to_file(contiguous, Some(metadata), tmp)
+            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))
+    })
 }
 
 /// A VarBuilder backend that records which parameters a model asks for, so a weight file

@@ -327,8 +327,7 @@ fn draw(
         }
         root.present().map_err(e)?;
     }
-    image::save_buffer(png, &buf, w, h, image::ColorType::Rgb8)
-        .map_err(|err| anyhow!("writing {}: {err}", png.display()))
+    crate::tensor_io::write_png_atomic(png, &buf, w, h, image::ColorType::Rgb8)
 }
 
 #[cfg(test)]

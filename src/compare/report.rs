@@ -266,11 +266,10 @@ pub fn write_report(
         ));
     }
     let report = dir.join("report.md");
-    std::fs::write(&report, md).with_context(|| format!("writing {}", report.display()))?;
+    crate::tensor_io::write_file_atomic(&report, md)?;
     let all: Vec<Json> = results.iter().map(to_json).collect();
     let path = dir.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&all)?)
-        .with_context(|| format!("writing {}", path.display()))
+    crate::tensor_io::write_file_atomic(&path, serde_json::to_string_pretty(&all)?)
 }
 
 #[cfg(test)]

@@ -50,7 +50,8 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
         cmd.arg("--set").arg(set_arg(k, v));
     }
     let err_path = dir.join("stderr.log");
-    let err = std::fs::File::create(&err_path)?;
+    let err = std::fs::File::create(&err_path)
+        .with_context(|| format!("creating {}", err_path.display()))?;
     let status = cmd
         .stdout(Stdio::null())
         .stderr(err)
@@ -150,8 +151,20 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
             if opts.quick { "-quick" } else { "" }
         ))
     });
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    opts.log.attach_file(&out.join("compare.log"))?;
+    // One comparison per report folder: a second one would run the same runs beside it
+    // (each run's folder is locked too, by the run itself). `--report-only` runs nothing and
+    // may look at a comparison in progress: its files are replaced atomically.
+    let _lock = match opts.report_only {
+        true => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            None
+        }
+        false => Some(crate::train::run_dir::lock(&out)?),
+    };
+    let log_path = out.join("compare.log");
+    opts.log
+        .attach_file(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     opts.log.info(format!(
         "{}: {} runs into {}",
         opts.file.display(),
@@ -167,7 +180,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} runs [{elapsed_precise} < {eta_precise}] {msg}",
         )
-        .expect("valid template"),
+        .map_err(|e| anyhow!("progress bar template: {e}"))?,
     );
     opts.log.set_bar(Some(bar.clone()));
     let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());

@@ -1,7 +1,7 @@
 //! Grids of images as PNG: one row per prompt, the same seeds in the same places, so grids
 //! of two models can be compared cell by cell. Grey-scale (the digits) or RGB (SD samples).
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use std::path::Path;
 
@@ -64,6 +64,5 @@ fn save(
     } else {
         image::ColorType::L8
     };
-    image::save_buffer(path, &buf, gw as u32, gh as u32, color)
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    crate::tensor_io::write_png_atomic(path, &buf, gw as u32, gh as u32, color)
 }

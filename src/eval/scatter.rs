@@ -67,6 +67,5 @@ pub fn scatter_png(path: &Path, panels: &[Panel], cols: usize, lim: f64) -> Resu
         }
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    image::save_buffer(path, &buf, w, h, image::ColorType::Rgb8)
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    crate::tensor_io::write_png_atomic(path, &buf, w, h, image::ColorType::Rgb8)
 }

@@ -116,6 +116,5 @@ pub fn plot_training_curve(metrics: &Path, png: &Path) -> Result<()> {
         }
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    image::save_buffer(png, &buf, w, h, image::ColorType::Rgb8)
-        .map_err(|e| anyhow!("writing {}: {e}", png.display()))
+    crate::tensor_io::write_png_atomic(png, &buf, w, h, image::ColorType::Rgb8)
 }

@@ -272,7 +272,8 @@ impl ReplayBuffer {
         Ok(())
     }
 
-    /// Restores contents saved by `to_tensors` into an empty buffer of the same geometry.
+    /// Restores contents saved by `to_tensors` into an empty buffer of the same geometry;
+    /// contents or indices that do not fit it are an error (never a later out-of-range slot).
     pub fn restore(
         &mut self,
         states: &Tensor,
@@ -285,7 +286,9 @@ impl ReplayBuffer {
         let mut shape = vec![n, self.steps + 1];
         shape.extend(&self.state_shape);
         let consistent = reward.dims() == [n] && states.dims() == shape.as_slice();
-        if !consistent || n > self.capacity || next >= self.capacity {
+        // A FIFO that has not wrapped writes its next trajectory after the stored ones.
+        let next_ok = next < self.capacity && (n == self.capacity || next == n);
+        if !consistent || n > self.capacity || !next_ok || pushed < n as u64 {
             bail!(
                 "the checkpoint's buffer has states {:?} (next {next}), this run's buffer expects [n <= {}, {}, {:?}]",
                 states.dims(),

@@ -41,6 +41,12 @@ pub fn evaluate(
     let loaded = checkpoint
         .map(|path| checkpoint::load(path).map(|l| (path, l)))
         .transpose()?;
+    if let Some((path, _)) = loaded.as_ref().filter(|(_, l)| !l.checked) {
+        log.warn(format!(
+            "{} has no checksums (written by an sqdf before checkpoints carried them): evaluating without verifying it",
+            path.display()
+        ));
+    }
     // A black-box script's reward is the surrogate: a black-box checkpoint's own (built
     // from the run's config, refitted on its labels), or an unfitted one (reward 0, as a
     // run's "before") under the script's config without one. A script with a known reward
@@ -87,7 +93,7 @@ pub fn evaluate(
         },
     };
     let v = task.evaluate(&models, policy.as_ref(), &s, out, label, &log, false)?;
-    std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
+    crate::tensor_io::write_file_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&v)?)?;
     Ok(v)
 }
 

@@ -109,6 +109,8 @@ pub struct Trainer {
     last_rejected: Option<Vec<Option<String>>>,
     /// The files changed while the last reload attempt read them: check again next epoch.
     recheck: bool,
+    /// The run folder's lock, released when the trainer goes (or the process ends).
+    _lock: run_dir::FolderLock,
 }
 
 impl Trainer {
@@ -117,6 +119,14 @@ impl Trainer {
     pub fn new(opts: RunOptions) -> Result<Self> {
         crate::keep_freed_memory();
         let log = opts.log.clone();
+        // A folder another run holds is refused before anything else; a new folder is
+        // created (and locked) only once the script and the models have passed their checks.
+        let run_dir = run_folder(&opts)?;
+        let fresh_default = opts.out.is_none() && opts.resume.is_none();
+        let held = match run_dir.is_dir() && !fresh_default {
+            true => Some(run_dir::lock(&run_dir)?),
+            false => None,
+        };
         let script_dir = opts
             .script
             .parent()
@@ -158,13 +168,13 @@ impl Trainer {
         });
         let optim = AdamW::new(sorted_vars(&models.policy_vars))?;
         let buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &models.state_shape);
-        let run_dir = match (&opts.resume, &opts.out) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(dir)) => dir.clone(),
-            (None, None) => run_dir::default_run_dir(&opts.script),
+        let lock = match held {
+            Some(l) => l,
+            // A default folder is always a new one (never another run's of the same second).
+            None if fresh_default => run_dir::lock_new(&run_dir)?,
+            None => run_dir::lock(&run_dir)?,
         };
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating run folder {}", run_dir.display()))?;
+        let run_dir = lock.dir().to_path_buf();
         log.attach_file(&run_dir.join("run.log"))
             .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
         let discounts = script.discounts(cfg.steps)?;
@@ -189,6 +199,7 @@ impl Trainer {
             watcher: None,
             last_rejected: None,
             recheck: false,
+            _lock: lock,
             opts,
         };
         if let Some(dir) = t.opts.resume.clone() {
@@ -245,6 +256,47 @@ impl Trainer {
             micro_batch: 1,
             buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
         }
+    }
+}
+
+/// The run folder: `--resume`'s (which must hold a checkpoint; `--out` may only name the
+/// same folder), else `--out`, else a new `runs/<script name>-<time>`. Nothing is created.
+fn run_folder(opts: &RunOptions) -> Result<PathBuf> {
+    let Some(dir) = &opts.resume else {
+        return Ok(match &opts.out {
+            Some(out) => out.clone(),
+            None => run_dir::default_run_dir(&opts.script),
+        });
+    };
+    if dir.is_file() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        bail!(
+            "cannot resume {}: it is a file; --resume takes the run folder that holds the checkpoint ({})",
+            dir.display(),
+            parent.unwrap_or(Path::new(".")).display()
+        );
+    }
+    if !dir.is_dir() {
+        bail!(
+            "cannot resume {}: no such folder (--resume takes the folder of an earlier run)",
+            dir.display()
+        );
+    }
+    if !dir.join(checkpoint::FILE).is_file() {
+        bail!(
+            "cannot resume {}: it holds no {} (a run writes it after its first epoch); start it again with --out {}",
+            dir.display(),
+            checkpoint::FILE,
+            dir.display()
+        );
+    }
+    match &opts.out {
+        Some(out) if out != dir => bail!(
+            "cannot resume {} with --out {}: a resumed run goes on in its own folder; drop --out",
+            dir.display(),
+            out.display()
+        ),
+        _ => Ok(dir.clone()),
     }
 }
 

@@ -34,7 +34,7 @@ impl Trainer {
             ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} epochs [{elapsed_precise} < {eta_precise}] {msg}",
             )
-            .expect("valid template"),
+            .map_err(|e| anyhow!("progress bar template: {e}"))?,
         );
         bar.set_position(self.epoch as u64);
         self.log.set_bar(Some(bar.clone()));
@@ -75,8 +75,8 @@ impl Trainer {
             eval["queries_used"] = json!(r.oracle.used());
             eval["oracle_budget"] = json!(r.oracle.budget());
         }
-        std::fs::write(
-            self.run_dir.join("eval.json"),
+        crate::tensor_io::write_file_atomic(
+            &self.run_dir.join("eval.json"),
             serde_json::to_string_pretty(&eval)?,
         )?;
         self.log.info(format!(
@@ -135,7 +135,7 @@ impl Trainer {
         epoch: usize,
     ) -> Result<Json> {
         let dir = self.run_dir.join("along_training");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let m = self.task.evaluate(
             &self.models,
             model,
@@ -182,7 +182,7 @@ impl Trainer {
             &self.log,
             false,
         )?;
-        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+        crate::tensor_io::write_file_atomic(&path, serde_json::to_string_pretty(&v)?)?;
         Ok(v)
     }
 }

@@ -49,6 +49,12 @@ impl Trainer {
         let path = dir.join(checkpoint::FILE);
         let loaded = checkpoint::load(&path)
             .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        if !loaded.checked {
+            self.log.warn(format!(
+                "{} has no checksums (written by an sqdf before checkpoints carried them): resuming without verifying it",
+                path.display()
+            ));
+        }
         for (k, a, b) in loaded.state.config.diff(&self.script.config) {
             if !config::is_live(&k) {
                 bail!(
@@ -58,17 +64,26 @@ impl Trainer {
             }
         }
         let params = self.optim.params.clone();
-        loaded.restore(&path, &params, &mut self.optim, &mut self.buffer)?;
+        loaded
+            .restore(&path, &params, &mut self.optim, &mut self.buffer)
+            .with_context(|| format!("cannot resume from {}", dir.display()))?;
         *self.rng.lock().unwrap() = loaded.state.rng.clone();
         let seed = self.script.config.seed;
         match (&mut self.rounds, &loaded.state.blackbox) {
-            (Some(rounds), Some(bb)) => rounds.restore(
-                bb,
-                loaded.get("blackbox.features", &path)?,
-                loaded.get("blackbox.labels", &path)?,
-                &self.script.config.queries,
-                seed,
-            )?,
+            (Some(rounds), Some(bb)) => rounds
+                .restore(
+                    bb,
+                    loaded.get("blackbox.features", &path)?,
+                    loaded.get("blackbox.labels", &path)?,
+                    &self.script.config.queries,
+                    seed,
+                )
+                .with_context(|| {
+                    format!(
+                        "{}: the black-box state (`blackbox.features`, `blackbox.labels`) does not fit this run",
+                        path.display()
+                    )
+                })?,
             (Some(_), None) => bail!(
                 "cannot resume {}: its checkpoint has no black-box state (written before black-box runs resumed); start it again",
                 dir.display()
@@ -78,7 +93,8 @@ impl Trainer {
             (None, _) => {}
         }
         if let Some((_, previous)) = &self.models.previous {
-            crate::tensor_io::set_vars(previous, &loaded.prefixed("previous."), &path)?;
+            crate::tensor_io::set_vars(previous, &loaded.prefixed("previous."), &path)
+                .map_err(|e| anyhow!("{e:#} (a `previous.` key)"))?;
         }
         self.epoch = loaded.state.epoch;
         self.generation = loaded.state.generation;
