@@ -1,12 +1,17 @@
-//! Scratch: forward+backward time of the digits UNet at a few widths (batch 64).
+//! A benchmark: forward+backward time of the digits UNet at a few widths (batch 64).
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sqdf::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet};
 use sqdf::models::Denoiser;
 use std::time::Instant;
 
+/// The binary's allocator and its setting (src/main.rs), so that times compare with a run's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
-    sqdf::keep_freed_memory();
+    // SAFETY: a plain FFI call; 15 is `mi_option_purge_delay` in mimalloc.h.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let dev = Device::Cpu;
     for (ch, groups) in [
         (vec![8, 16, 32], 4),

@@ -380,7 +380,7 @@ fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
     let ck = run.join(sqdf::train::checkpoint::FILE);
     let log = sqdf::run_log::RunLog::captured();
-    let v = sqdf::train::evaluate::evaluate(&s, Some(&ck), &[], &dir.path().join("e"), log)
+    let v = sqdf::cli::eval::evaluate(&s, Some(&ck), &[], &dir.path().join("e"), log)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let r = v["reward"].as_f64().unwrap();
     assert_ne!(r, 0.0, "scored under an unfitted surrogate");
@@ -399,7 +399,7 @@ fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
     drop(t);
     // The black-box checkpoint under a script with a known reward: its policy, scored by
     // that reward (no surrogate involved).
-    let v = sqdf::train::evaluate::evaluate(
+    let v = sqdf::cli::eval::evaluate(
         &p,
         Some(&run.join(sqdf::train::checkpoint::FILE)),
         &[],
@@ -409,7 +409,7 @@ fn sqdf_eval_of_a_black_box_checkpoint_scores_under_the_runs_own_surrogate() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(v["gold"], after["after"]["gold"]);
     let ck = plain.join(sqdf::train::checkpoint::FILE);
-    let e = sqdf::train::evaluate::evaluate(
+    let e = sqdf::cli::eval::evaluate(
         &s,
         Some(&ck),
         &[],

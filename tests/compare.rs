@@ -81,7 +81,7 @@ fn compare_runs_every_run_writes_the_report_and_keeps_finished_runs() {
     assert!(out.join("fig3_tradeoff_along_training.png").is_file());
     assert!(out.join("fig4_alpha_tradeoff.png").is_file());
     // Two seeds of three runs, each evaluated before training and after epochs 1 and 2.
-    let results = sqdf::compare::report::read_results(&out.join("results.json")).unwrap();
+    let results = sqdf::cli::compare::report::read_results(&out.join("results.json")).unwrap();
     let own: Vec<_> = results
         .iter()
         .filter(|r| r.label != "SQDF alpha" || r.sweep.as_ref().unwrap().1 != 1.0)

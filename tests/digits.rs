@@ -225,10 +225,8 @@ fn the_evaluation_is_repeatable_for_a_fixed_seed() {
     let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
     let log = sqdf::run_log::RunLog::captured();
     let a =
-        sqdf::train::evaluate::evaluate(&script, None, &[], &dir.path().join("e1"), log.clone())
-            .unwrap();
-    let b =
-        sqdf::train::evaluate::evaluate(&script, None, &[], &dir.path().join("e2"), log).unwrap();
+        sqdf::cli::eval::evaluate(&script, None, &[], &dir.path().join("e1"), log.clone()).unwrap();
+    let b = sqdf::cli::eval::evaluate(&script, None, &[], &dir.path().join("e2"), log).unwrap();
     assert_eq!(a, b);
     for k in [
         "reward",

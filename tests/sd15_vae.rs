@@ -382,7 +382,7 @@ fn missing_key_is_named_with_the_file() {
 fn sd15_decode_time() {
     // As the CLI does: fresh mappings, zeroed by the kernel page by page, cost more than
     // the convolutions the first time round.
-    sqdf::keep_freed_memory();
+    common::keep_freed_memory();
     let cfg = AutoencoderKLConfig::sd15();
     let mut rng = seeded(10);
     let tensors: HashMap<String, Tensor> = expected_params(|vb| VaeDecoder::new(vb, &cfg))

@@ -77,7 +77,7 @@ fn every_comparison_file_names_existing_scripts() {
     assert!(!files.is_empty());
     for f in files {
         for quick in [false, true] {
-            let plan = sqdf::compare::plan::load(&f, quick)
+            let plan = sqdf::cli::compare::plan::load(&f, quick)
                 .unwrap_or_else(|e| panic!("{} (quick {quick}): {e:#}", f.display()));
             assert!(!plan.runs.is_empty());
         }
@@ -92,7 +92,7 @@ fn every_run_of_the_comparison_files_trains_one_short_epoch() {
     lua_files(&repo_root().join("scripts/compare"), &mut files);
     let mut trained = 0;
     for f in files {
-        let plan = sqdf::compare::plan::load(&f, false).unwrap();
+        let plan = sqdf::cli::compare::plan::load(&f, false).unwrap();
         for run in plan.runs.iter().filter(|r| r.seed == 0) {
             trained += 1;
             let out = tempfile::tempdir().unwrap();

@@ -5,9 +5,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
+use sqdf::diffusion::kl::{gaussian_kl, KlForm};
 use sqdf::rng::{randn, seeded, shared};
 use sqdf::script::Batch;
-use sqdf::train::reference_loss::sqdf_loss;
+use sqdf::script::LossContext;
 use sqdf::train::Trainer;
 
 fn setup(dir: &std::path::Path, extra: &str) -> (Trainer, Batch) {
@@ -168,4 +169,30 @@ fn fd_check(x0: &str) {
             "{x0}: {name}: autograd {ag}, finite differences {fd}"
         );
     }
+}
+
+/// Eq. 16 written in Rust, the reference `lua/sqdf.lua` is held to (same noise, same
+/// models, same reward: the same loss value and gradients).
+/// mean_b[ -discount_b r(x̂0(μ_θ + σ ε)) + α KL_released(p_θ || p') ] for given noise ε.
+pub fn sqdf_loss(
+    ctx: &LossContext,
+    batch: &Batch,
+    reward: impl Fn(&Tensor) -> anyhow::Result<Tensor>,
+    alpha: f64,
+    noise: &Tensor,
+) -> anyhow::Result<Tensor> {
+    let step = ctx.step(batch, true)?;
+    let reference = ctx.step(batch, false)?;
+    let x_prev = step.mean.add(&step.sigma.broadcast_mul(noise)?)?;
+    let x0 = ctx
+        .x0_hat(&x_prev, batch, ctx.x0)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = reward(&x0)?;
+    let kl = gaussian_kl(&step.mean, &reference.mean, &step.sigma, KlForm::Released)?;
+    let per_sample = batch
+        .discount
+        .mul(&r)?
+        .neg()?
+        .add(&kl.affine(alpha, 0.0)?)?;
+    Ok(per_sample.mean_all()?)
 }

@@ -23,7 +23,7 @@ mod tests {
         let x = super::add_noise(&x0, &e, &[0.64, 0.36]).unwrap();
         let want = [
             [0.8 * 1.0 + 0.6 * 0.1, 0.8 * -2.0 + 0.6 * 0.2],
-            [0.6 * 0.5 + 0.8 * -1.0, 0.6 * 3.0 + 0.8 * 2.0],
+            [0.6 * 0.5 - 0.8, 0.6 * 3.0 + 0.8 * 2.0],
         ];
         let got = x.to_vec2::<f32>().unwrap();
         for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {

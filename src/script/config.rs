@@ -85,6 +85,7 @@ macro_rules! run_config {
 
         impl RunConfig {
             /// (key, value, cap) of every key that sizes an allocation.
+            #[allow(clippy::vec_init_then_push)]
             pub fn caps(&self) -> Vec<(&'static str, u64, u64)> {
                 let mut v = Vec::new();
                 $(cap_of!(v, $key, self.$key, $max);)*

@@ -12,6 +12,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The binary's allocator in the test binaries too: glibc's maps and unmaps every
+/// mid-sized tensor.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// As the binary does (src/main.rs): mimalloc keeps freed memory instead of returning it to
+/// the OS, whose fresh pages the kernel zeroes one by one.
+pub fn keep_freed_memory() {
+    // SAFETY: a plain FFI call; 15 is `mi_option_purge_delay` in mimalloc.h.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+}
+
 /// The repository, read when the test runs (cargo sets CARGO_MANIFEST_DIR for it), not
 /// when it compiles: a test binary built in another clone that shares the target folder
 /// would otherwise look for the shipped models there (docs/DESIGN.md).

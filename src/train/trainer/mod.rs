@@ -8,7 +8,6 @@
 use super::along_training::{self, EvalLog};
 use super::checkpoint::{self, fingerprint, CheckpointState};
 use super::grad_clip::clip_grad_norm;
-use super::hot_reload::{self, Reload};
 use super::metrics::MetricsWriter;
 use super::smoke_test::smoke_test;
 use super::{rollout, run_dir, AdamW};
@@ -33,6 +32,7 @@ use std::time::Instant;
 
 mod epoch;
 mod reload;
+pub use reload::{differs, disk_sources, try_reload, ConfigChanges, Reload};
 mod run;
 mod state;
 
@@ -117,7 +117,6 @@ impl Trainer {
     /// Loads and checks the script, the task's weights and (with `resume`) the checkpoint.
     /// Everything a user can get wrong fails here, before the first epoch.
     pub fn new(opts: RunOptions) -> Result<Self> {
-        crate::keep_freed_memory();
         let log = opts.log.clone();
         // A folder another run holds is refused before anything else; a new folder is
         // created (and locked) only once the script and the models have passed their checks.

@@ -1,8 +1,11 @@
-//! Hot reload between epochs: a changed script is loaded, smoke-tested and compared with
-//! the running config before it replaces the running one; the last good version stays on
-//! any failure. Priorities follow the current `priority` hook.
+//! Hot reload between epochs (wezterm-style): a changed script is loaded into a fresh
+//! state, smoke-tested and compared with the running config before it replaces the running
+//! one; on any failure the last good version stays and the error says file, line and hook.
+//! Priorities follow the current `priority` hook.
 
 use super::*;
+use crate::blackbox::rounds::Rounds;
+use crate::script::{config, SandboxOptions};
 
 impl Trainer {
     /// Priorities of every stored state from the current `priority` hook (after a reload
@@ -25,7 +28,7 @@ impl Trainer {
         Ok(())
     }
 
-    /// Between epochs: if the watcher saw an edit, try the new version (see `hot_reload`).
+    /// Between epochs: if the watcher saw an edit, try the new version (see `try_reload`).
     pub fn maybe_reload(&mut self) -> ReloadOutcome {
         let event = self
             .watcher
@@ -36,12 +39,12 @@ impl Trainer {
         if !event && !std::mem::take(&mut self.recheck) {
             return ReloadOutcome::NoChange;
         }
-        let disk = hot_reload::disk_sources(&self.script);
+        let disk = disk_sources(&self.script);
         if self.last_rejected.as_ref() == Some(&disk) {
             return ReloadOutcome::NoChange;
         }
         let cond0 = self.task.conditions(1, &mut rng::seeded(0))[0];
-        let outcome = hot_reload::try_reload(
+        let outcome = try_reload(
             &self.script,
             &self.opts.overrides,
             &self.sandbox,
@@ -51,7 +54,7 @@ impl Trainer {
         );
         // The attempt read the files again; if they changed meanwhile, what it read is not
         // `disk`, so neither a rejection nor an acceptance speaks for the files now on disk.
-        let settled = hot_reload::disk_sources(&self.script) == disk;
+        let settled = disk_sources(&self.script) == disk;
         if !settled {
             self.recheck = true;
         }
@@ -131,4 +134,79 @@ impl Trainer {
         self.last_rejected = Some(disk);
         ReloadOutcome::Rejected
     }
+}
+
+/// Config keys a new version changed: (key, old value, new value).
+pub type ConfigChanges = Vec<(String, Json, Json)>;
+
+/// What a reload attempt came to.
+pub enum Reload {
+    /// Nothing on disk differs from the running sources.
+    Unchanged,
+    /// The new version, and the config keys it changed (key, old, new).
+    Accepted(Box<Script>, ConfigChanges),
+    /// The new version was rejected; the message says why.
+    Rejected(String),
+}
+
+/// Current contents of the files a script was loaded from, None if one cannot be read.
+pub fn disk_sources(script: &Script) -> Vec<Option<String>> {
+    script
+        .sources
+        .iter()
+        .map(|(p, _)| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+pub fn differs(script: &Script) -> bool {
+    script
+        .sources
+        .iter()
+        .zip(disk_sources(script))
+        .any(|((_, old), new)| new.as_deref() != Some(old.as_str()))
+}
+
+/// Loads and checks the script on disk against the running one.
+pub fn try_reload(
+    running: &Script,
+    overrides: &[(String, Json)],
+    sandbox: &SandboxOptions,
+    models: &Arc<TaskModels>,
+    cond: u32,
+    oracle: Option<&Rounds>,
+) -> Reload {
+    if !differs(running) {
+        return Reload::Unchanged;
+    }
+    match load_checked(running, overrides, sandbox, models, cond, oracle) {
+        Ok((s, d)) => Reload::Accepted(Box::new(s), d),
+        Err(e) => Reload::Rejected(format!("{e:#}")),
+    }
+}
+
+fn load_checked(
+    running: &Script,
+    overrides: &[(String, Json)],
+    sandbox: &SandboxOptions,
+    models: &Arc<TaskModels>,
+    cond: u32,
+    oracle: Option<&Rounds>,
+) -> Result<(Script, ConfigChanges)> {
+    let new = Script::load(&running.path, overrides, sandbox)?;
+    new.provide_rewards(&models.rewards)?;
+    let diffs = running.config.diff(&new.config);
+    refuse_unsafe(&diffs)?;
+    smoke_test(&new, models, cond, oracle)?;
+    Ok((new, diffs))
+}
+
+fn refuse_unsafe(diffs: &ConfigChanges) -> Result<()> {
+    for (k, a, b) in diffs {
+        if !config::is_live(k) {
+            bail!(
+                "config.{k} cannot change during a run ({a} -> {b}); restart the run to change it"
+            )
+        }
+    }
+    Ok(())
 }

@@ -65,7 +65,7 @@ impl Trainer {
             "epochs": self.epoch,
             // This process's time (a resumed run counts from its resume) and memory.
             "wall_seconds": started.elapsed().as_secs_f64(),
-            "peak_rss_mib": crate::train::memory::peak_rss_mib(),
+            "peak_rss_mib": crate::process_memory::peak_rss_mib(),
             "script": self.script.path.display().to_string(),
             "script_generation": self.generation,
             "config": self.script.config,

@@ -11,8 +11,8 @@ pub use parity::dump;
 pub use peak::peak_gflops;
 pub use work::{time, ITEMS};
 
-use super::{RunOptions, Trainer};
 use crate::run_log::RunLog;
+use crate::train::{RunOptions, Trainer};
 use anyhow::Result;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -8,9 +8,9 @@
 //! mark is reset, and the first update's peak above the resident baseline is its memory.
 //! The time is a second update's, once caches are warm. A benchmark, never a test.
 
-use super::memory::status_kib;
-use super::{RunOptions, Trainer};
+use crate::process_memory::status_kib;
 use crate::run_log::RunLog;
+use crate::train::{RunOptions, Trainer};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 use std::path::Path;
@@ -45,7 +45,7 @@ pub fn bench_update(
         t.buffer.set_log_probs(slot, &vec![0.0; steps])?;
     }
     let baseline = status_kib("VmRSS:");
-    let reset = crate::train::memory::reset_peak();
+    let reset = crate::process_memory::reset_peak();
     let s = Instant::now();
     t.update()?;
     let first = s.elapsed().as_secs_f64();

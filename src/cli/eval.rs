@@ -3,13 +3,13 @@
 //! same code a run uses for eval.json). A black-box script is evaluated under the run's
 //! surrogate, refitted from the checkpoint's labels.
 
-use super::checkpoint;
 use crate::blackbox::rounds::Rounds;
 use crate::rng;
 use crate::run_log::RunLog;
 use crate::script::{SandboxOptions, Script, TensorEnv};
 use crate::tasks::{self, TaskModels};
 use crate::tensor_io::set_vars;
+use crate::train::checkpoint;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use serde_json::Value as Json;
@@ -86,7 +86,7 @@ pub fn evaluate(
         // A LoRA file (`--set lora_init=FILE`, either format): sample from it.
         None => match &cfg.lora_init {
             Some(file) => {
-                super::lora_export::load(Path::new(file), &models, cfg)?;
+                crate::train::lora_export::load(Path::new(file), &models, cfg)?;
                 ("lora", models.sampling_policy().clone())
             }
             None => ("pretrained", models.reference.clone()),

@@ -230,7 +230,7 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     opts.log.set_bar(None);
     let finished = results.len();
     add_sweep_bases(&plan.runs, &mut results, &configs);
-    let machine = crate::train::bench::machine();
+    let machine = crate::cli::bench::machine();
     if opts.report_only && finished == 0 {
         bail!(
             "no finished runs under {} to report; run the comparison first",

@@ -2,8 +2,9 @@
 //! of an epoch) and one SQDF update (step 2), on the models a script names, and prints
 //! them with the machine they ran on. Timings live here, never in tests.
 
-use super::{memory, RunOptions, Trainer};
+use crate::process_memory as memory;
 use crate::run_log::RunLog;
+use crate::train::{RunOptions, Trainer};
 use anyhow::Result;
 use serde_json::{json, Value as Json};
 use std::path::Path;
@@ -91,7 +92,7 @@ pub fn bench(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let (peak, isa) = super::peer_bench::peak_gflops(threads);
+    let (peak, isa) = super::bench_peer::peak_gflops(threads);
     log.info(format!(
         "measured peak: {peak:.1} GFLOP/s ({isa} FMA loop on {threads} threads)"
     ));
