@@ -183,7 +183,7 @@ fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
         "queries = {5, 7}, round_epochs = 1, oracle_noise = 0.01",
     );
     let (mut t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
-    let m1 = t.run_epoch().unwrap();
+    let m1 = t.run_epoch().unwrap().to_json();
     assert_eq!(
         (m1["round"].as_u64(), m1["queries_used"].as_u64()),
         (Some(1), Some(5))
@@ -198,7 +198,7 @@ fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
         .unwrap()
         .surrogate
         .is_fitted());
-    let m2 = t.run_epoch().unwrap();
+    let m2 = t.run_epoch().unwrap().to_json();
     assert_eq!(
         (m2["round"].as_u64(), m2["labelled"].as_u64()),
         (Some(2), Some(12))
@@ -210,7 +210,7 @@ fn a_round_labels_its_queries_refits_and_empties_the_buffer() {
     assert_eq!(t.optim.step, 2);
     assert!(m2["surrogate_held_out_mse"].as_f64().unwrap().is_finite());
     // A third epoch has no round left and queries nothing.
-    let m3 = t.run_epoch().unwrap();
+    let m3 = t.run_epoch().unwrap().to_json();
     assert!(m3.get("round").is_none());
     assert_eq!(m3["queries_used"].as_u64(), Some(12));
     assert_eq!(t.optim.step, 4, "no round, no restart");
@@ -457,6 +457,6 @@ fn a_reload_whose_loss_queries_the_oracle_is_rejected_and_training_goes_on() {
     );
     // The last good version trains on, and the smoke test counted no query.
     let m = t.run_epoch().unwrap();
-    assert_eq!(m["script_generation"], 1);
+    assert_eq!(m.script_generation, 1);
     assert_eq!(t.rounds.as_ref().unwrap().oracle.used(), 5);
 }

@@ -70,7 +70,7 @@ fn a_short_digits_run_trains_the_adapters() {
         .map(|(_, v)| v.as_tensor().copy().unwrap())
         .collect();
     let m = t.run_epoch().unwrap();
-    assert!(m["kl"].as_f64().unwrap().is_finite());
+    assert!(m.kl.unwrap().is_finite());
     let after = sqdf::tensor_io::sorted_vars(&t.models.policy_vars);
     let moved = before
         .iter()
@@ -143,13 +143,13 @@ fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
                 "diversity_lpips",
                 "frechet",
             ] {
-                assert_eq!(along[k], eval["after"][k], "{k}");
+                assert_eq!(along[k], eval.after[k], "{k}");
             }
-            assert_eq!(last["reward"], eval["after"]["reward"]);
+            assert_eq!(last["reward"], eval.after["reward"]);
             assert!(last["kl"].as_f64().is_some(), "{last}");
             assert!(!png.exists());
         } else {
-            assert_ne!(last["reward"], eval["after"]["reward"]);
+            assert_ne!(last["reward"], eval.after["reward"]);
             assert!(last["kl"].is_null(), "{last}");
             assert!(png.exists());
         }

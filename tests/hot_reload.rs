@@ -31,7 +31,7 @@ fn broken_reload_keeps_training_and_good_reload_bumps_generation() {
     o.watch = true;
     let mut t = Trainer::new(o).unwrap();
     let m1 = t.run_epoch().unwrap();
-    assert_eq!(m1["script_generation"], 1);
+    assert_eq!(m1.script_generation, 1);
 
     // 1. A syntax error on line 3: rejected, the error names file and line, training goes on.
     let broken = good.replacen("return {", "local x = = 1\nreturn {", 1);
@@ -43,7 +43,7 @@ fn broken_reload_keeps_training_and_good_reload_bumps_generation() {
         "{lines}"
     );
     let m2 = t.run_epoch().unwrap();
-    assert_eq!(m2["script_generation"], 1);
+    assert_eq!(m2.script_generation, 1);
     assert_eq!(t.generation, 1);
 
     // 2. A runtime error inside a hook: caught by the smoke test, with the hook's name.
@@ -83,7 +83,7 @@ fn broken_reload_keeps_training_and_good_reload_bumps_generation() {
         "{lines}"
     );
     let m = t.run_epoch().unwrap();
-    assert_eq!(m["script_generation"], 2);
+    assert_eq!(m.script_generation, 2);
 
     // 4. An unsafe key (steps) is refused; the run keeps generation 2.
     std::fs::write(&path, edited.replace("steps = 8", "steps = 10")).unwrap();
@@ -141,7 +141,7 @@ fn a_live_size_beyond_its_bound_is_refused_at_reload_and_training_goes_on() {
         log.lines().join("\n")
     );
     assert_eq!(t.script.config.batch, 6);
-    assert_eq!(t.run_epoch().unwrap()["script_generation"], 1);
+    assert_eq!(t.run_epoch().unwrap().script_generation, 1);
 }
 
 #[test]

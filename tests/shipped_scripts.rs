@@ -63,8 +63,8 @@ fn every_shipped_script_runs_one_short_epoch() {
             .run_epoch()
             .unwrap_or_else(|e| panic!("{}: {e:#}", script.display()));
         assert!(
-            m["loss"].as_f64().is_some_and(f64::is_finite),
-            "{}: no finite loss in {m}",
+            m.loss.is_some_and(f64::is_finite),
+            "{}: no finite loss in {m:?}",
             script.display()
         );
     }
@@ -116,8 +116,8 @@ fn every_run_of_the_comparison_files_trains_one_short_epoch() {
             let mut t = sqdf::train::Trainer::new(o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
             let m = t.run_epoch().unwrap_or_else(|e| panic!("{what}: {e:#}"));
             assert!(
-                m["loss"].as_f64().is_some_and(f64::is_finite),
-                "{what}: no finite loss in {m}"
+                m.loss.is_some_and(f64::is_finite),
+                "{what}: no finite loss in {m:?}"
             );
         }
     }

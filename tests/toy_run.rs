@@ -18,8 +18,8 @@ fn a_short_toy_run_raises_the_mean_reward() {
         ],
     );
     let eval = t.run().unwrap();
-    let before = eval["before"]["reward_mean"].as_f64().unwrap();
-    let after = eval["after"]["reward_mean"].as_f64().unwrap();
+    let before = eval.before["reward_mean"].as_f64().unwrap();
+    let after = eval.after["reward_mean"].as_f64().unwrap();
     assert!(
         after > before + 0.2,
         "reward before {before}, after {after}"
@@ -54,6 +54,6 @@ fn a_short_toy_run_raises_the_mean_reward() {
         "mode_coverage",
         "tv_to_optimum",
     ] {
-        assert!(!eval["after"][k].is_null(), "eval.json lacks after.{k}");
+        assert!(!eval.after[k].is_null(), "eval.json lacks after.{k}");
     }
 }

@@ -28,9 +28,7 @@ pub fn machine() -> Json {
 }
 
 fn stats(xs: &[f64]) -> Json {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (mean, sd) = crate::eval::stats::mean_std(xs).unwrap_or((f64::NAN, f64::NAN));
     json!({ "mean_s": mean, "std_s": sd, "runs": xs })
 }
 

@@ -207,7 +207,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             opts.log = log;
             let mut trainer = Trainer::new(opts)?;
             let eval = trainer.run()?;
-            println!("{}", serde_json::to_string_pretty(&eval)?);
+            println!("{}", serde_json::to_string_pretty(&eval.to_json())?);
             Ok(())
         }
         Command::Pretrain {

@@ -4,5 +4,6 @@ pub mod diversity;
 pub mod frechet;
 pub mod image_grid;
 pub mod scatter;
+pub mod stats;
 pub mod toy;
 pub mod training_curve;

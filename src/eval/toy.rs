@@ -39,14 +39,8 @@ pub fn toy_metrics(
     mixture: &GaussianMixture,
     optimum: Option<&GaussianMixture>,
 ) -> ToyMetrics {
+    let (reward_mean, reward_std) = super::stats::mean_std(rewards).unwrap_or((0.0, 0.0));
     let n = points.len().max(1) as f64;
-    let reward_mean = rewards.iter().sum::<f64>() / n;
-    let reward_std = (rewards
-        .iter()
-        .map(|r| (r - reward_mean).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt();
     let hist = mode_histogram(points, mixture);
     ToyMetrics {
         samples: points.len(),

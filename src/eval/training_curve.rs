@@ -2,54 +2,48 @@
 //! its ±1 std band, KL to the reference, loss), with a dashed line where a reload took effect.
 
 use super::scatter::register_font;
-use anyhow::{anyhow, Context, Result};
+use crate::train::metrics::EpochMetrics;
+use anyhow::{anyhow, Result};
 use plotters::prelude::*;
-use serde_json::Value as Json;
 use std::path::Path;
 
-/// One curve: its title, the metrics key, and whether to shade ±`reward_std`.
+/// A number of a metrics line.
+type Field = fn(&EpochMetrics) -> Option<f64>;
+
+/// One curve: its title, its value, and the half-width of the band to shade around it.
 struct Curve {
     title: &'static str,
-    key: &'static str,
-    band: Option<&'static str>,
+    value: Field,
+    band: Option<Field>,
 }
 
 const CURVES: [Curve; 3] = [
     Curve {
         title: "reward (mean ± std of the epoch's trajectories)",
-        key: "reward_mean",
-        band: Some("reward_std"),
+        value: |m| m.reward_mean,
+        band: Some(|m| m.reward_std),
     },
     Curve {
         title: "KL to the pretrained model (per state)",
-        key: "kl",
+        value: |m| m.kl,
         band: None,
     },
     Curve {
         title: "loss",
-        key: "loss",
+        value: |m| m.loss,
         band: None,
     },
 ];
 
-fn read_lines(metrics: &Path) -> Result<Vec<Json>> {
-    let text = std::fs::read_to_string(metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
 /// Draws `metrics` (a metrics.jsonl) into `png`; curves without values are left out.
 pub fn plot_training_curve(metrics: &Path, png: &Path) -> Result<()> {
     register_font();
-    let lines = read_lines(metrics)?;
-    let epoch = |l: &Json| l["epoch"].as_f64().unwrap_or(0.0);
+    let lines = EpochMetrics::read_all(metrics)?;
+    let epoch = |l: &EpochMetrics| l.epoch as f64;
     let last = lines.iter().map(epoch).fold(1.0, f64::max);
     let reloads: Vec<f64> = lines
         .windows(2)
-        .filter(|w| w[0]["script_generation"] != w[1]["script_generation"])
+        .filter(|w| w[0].script_generation != w[1].script_generation)
         .map(|w| epoch(&w[1]) - 0.5)
         .collect();
     let (pw, ph) = (420u32, 320u32);
@@ -62,8 +56,8 @@ pub fn plot_training_curve(metrics: &Path, png: &Path) -> Result<()> {
             let pts: Vec<(f64, f64, f64)> = lines
                 .iter()
                 .filter_map(|l| {
-                    let y = l[c.key].as_f64().filter(|y| y.is_finite())?;
-                    let s = c.band.and_then(|b| l[b].as_f64()).unwrap_or(0.0);
+                    let y = (c.value)(l).filter(|y| y.is_finite())?;
+                    let s = c.band.and_then(|b| b(l)).unwrap_or(0.0);
                     Some((epoch(l), y, s))
                 })
                 .collect();

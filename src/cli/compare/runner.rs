@@ -7,6 +7,7 @@ use super::{report, RunResult};
 use crate::run_log::RunLog;
 use crate::train::along_training::EvalLog;
 use crate::train::checkpoint;
+use crate::train::metrics::{EpochMetrics, EvalReport};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -67,33 +68,24 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
 
 /// The sum of the epochs' `seconds` in a run's metrics.jsonl (resumed parts included).
 fn training_seconds(dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-            .filter_map(|l| l["seconds"].as_f64())
-            .sum(),
-    )
+    let lines = EpochMetrics::read_all(&dir.join("metrics.jsonl")).ok()?;
+    Some(lines.iter().map(|l| l.seconds).sum())
 }
 
 /// A finished run's folder as the report reads it, and the config it ran with.
 pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<(RunResult, Json)> {
-    let path = dir.join("eval.json");
-    let eval: Json = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))?;
+    let eval = EvalReport::read(&dir.join("eval.json"))?;
     let curve = EvalLog::new(dir)
         .lines()
         .into_iter()
         .filter_map(|l| Some((l["epoch"].as_u64()? as usize, l)))
         .collect();
-    let mut after = eval["after"].clone();
+    let mut after = eval.after.clone();
     // Which task reward played the oracle, so the report can say whether its gold column is
     // the oracle's reward (only black-box runs count queries).
-    if let (Some(a), Some(oracle)) = (after.as_object_mut(), eval["config"]["oracle"].as_str()) {
+    if let Some(a) = after.as_object_mut() {
         if a.contains_key("queries_used") {
-            a.insert("oracle".into(), Json::from(oracle));
+            a.insert("oracle".into(), Json::from(eval.config.oracle.clone()));
         }
     }
     let result = RunResult {
@@ -103,9 +95,9 @@ pub fn read_result(run: &PlannedRun, dir: &Path) -> Result<(RunResult, Json)> {
         after,
         curve,
         wall_seconds: training_seconds(dir).unwrap_or(f64::NAN),
-        peak_rss_mib: eval["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_mib: eval.peak_rss_mib.unwrap_or(f64::NAN),
     };
-    Ok((result, eval["config"].clone()))
+    Ok((result, serde_json::to_value(&eval.config)?))
 }
 
 /// A sweep's `base` runs join its curve at their own value of the swept key (from the

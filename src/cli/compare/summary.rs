@@ -30,17 +30,7 @@ pub fn metric(j: &Json, key: &str) -> Option<f64> {
     j.get(key)?.as_f64().filter(|v| v.is_finite())
 }
 
-/// Mean and population std of the finite values, None when there are none.
-pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
-    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-    Some((mean, var.sqrt()))
-}
+pub use crate::eval::stats::mean_std;
 
 /// A sweep value as a person writes it in a config: `2`, `0.5`, `1e-4`.
 pub fn compact(v: f64) -> String {

@@ -93,11 +93,12 @@ pub fn evaluate(
             diversity.push(cosine_diversity(&Tensor::cat(&embeds, 0)?)?);
         }
     }
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
-    let std = |v: &[f32]| {
-        let m = mean(v);
-        (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+    let mean_std = |v: &[f32]| {
+        let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+        crate::eval::stats::mean_std(&v).unwrap_or((0.0, 0.0))
     };
+    let mean = |v: &[f32]| mean_std(v).0;
+    let std = |v: &[f32]| mean_std(v).1;
     let rows = n_prompts.min(GRID.0);
     let cols = per.min(GRID.1);
     if rows > 0 && cols > 0 && !along {

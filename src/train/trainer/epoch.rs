@@ -171,7 +171,7 @@ impl Trainer {
 
     /// One epoch of Algorithm 1 (collect, then `updates_per_epoch` updates); returns (and
     /// appends to metrics.jsonl) its metrics.
-    pub fn run_epoch(&mut self) -> Result<Json> {
+    pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
         let start = Instant::now();
         let cfg = self.script.config.clone();
         let round = match &self.rounds {
@@ -212,47 +212,36 @@ impl Trainer {
             }
         };
         let r: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
-        let r_mean = mean(&r).unwrap_or(f64::NAN);
-        let r_std = (r.iter().map(|x| (x - r_mean).powi(2)).sum::<f64>() / r.len() as f64).sqrt();
-        let mut line = json!({
-            "epoch": self.epoch,
-            "reward_mean": r_mean,
-            "reward_std": r_std,
-            "kl": stats.get("kl").and_then(|v| mean(v)),
-            "loss": mean(&losses),
-            "grad_norm": mean(&norms),
-            "skipped_steps": skipped,
-            "buffer": self.buffer.len(),
-            "seconds": start.elapsed().as_secs_f64(),
-            "script_generation": self.generation,
-        });
-        // Numbers from the hooks go beside the framework's, never over them.
-        let free = |line: &Json, k: &str| {
-            if line.get(k).is_some() {
-                format!("hook.{k}")
-            } else {
-                k.to_string()
-            }
+        let (r_mean, r_std) = crate::eval::stats::mean_std(&r).unzip();
+        let mut line = EpochMetrics {
+            epoch: self.epoch,
+            reward_mean: r_mean,
+            reward_std: r_std,
+            kl: stats.get("kl").and_then(|v| mean(v)),
+            loss: mean(&losses),
+            grad_norm: mean(&norms),
+            skipped_steps: skipped,
+            buffer: self.buffer.len(),
+            seconds: start.elapsed().as_secs_f64(),
+            script_generation: self.generation,
+            queries_used: self.rounds.as_ref().map(|r| r.oracle.used()),
+            extra: Default::default(),
         };
+        // Numbers from the hooks go beside the framework's, never over them.
         for (k, v) in &stats {
             if k != "kl" {
-                let key = free(&line, k);
-                line[key.as_str()] = json!(mean(v));
+                let key = line.free_key(k);
+                line.extra.insert(key, json!(mean(v)));
             }
-        }
-        if let Some(r) = &self.rounds {
-            line["queries_used"] = json!(r.oracle.used());
         }
         if let Some(Json::Object(fields)) = round {
-            for (k, v) in fields {
-                line[k.as_str()] = v;
-            }
+            line.extra.extend(fields);
         }
-        for (k, v) in self.script.on_epoch_end(&line)? {
-            let key = free(&line, &k);
-            line[key.as_str()] = json!(v);
+        for (k, v) in self.script.on_epoch_end(&line.to_json())? {
+            let key = line.free_key(&k);
+            line.extra.insert(key, json!(v));
         }
-        self.metrics.append(&line)?;
+        self.metrics.append(&line.to_json())?;
         Ok(line)
     }
 

@@ -8,7 +8,7 @@
 use super::along_training::{self, EvalLog};
 use super::checkpoint::{self, fingerprint, CheckpointState};
 use super::grad_clip::clip_grad_norm;
-use super::metrics::MetricsWriter;
+use super::metrics::{EpochMetrics, EvalReport, MetricsWriter};
 use super::smoke_test::smoke_test;
 use super::{rollout, run_dir, AdamW};
 use crate::eval::training_curve::plot_training_curve;

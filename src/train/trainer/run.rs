@@ -5,7 +5,7 @@ use super::*;
 
 impl Trainer {
     /// Runs to `config.epochs` (a live key), then evaluates; returns eval.json's contents.
-    pub fn run(&mut self) -> Result<Json> {
+    pub fn run(&mut self) -> Result<EvalReport> {
         let cfg = self.script.config.clone();
         self.log.info(format!(
             "run folder {}; task {}, T = {}, batch {}, alpha {}, gamma {}, x0 {:?}, sampling {:?}",
@@ -59,25 +59,23 @@ impl Trainer {
             // The last along-training point (skipped in `evaluate_along`) is this evaluation.
             self.evals.append(self.epoch, &after)?;
         }
-        let mut eval = json!({
-            "before": before,
-            "after": after,
-            "epochs": self.epoch,
-            // This process's time (a resumed run counts from its resume) and memory.
-            "wall_seconds": started.elapsed().as_secs_f64(),
-            "peak_rss_mib": crate::process_memory::peak_rss_mib(),
-            "script": self.script.path.display().to_string(),
-            "script_generation": self.generation,
-            "config": self.script.config,
-        });
-        if let Some(r) = &self.rounds {
+        let peak = crate::process_memory::peak_rss_mib();
+        let eval = EvalReport {
+            before,
+            after,
+            epochs: self.epoch,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            peak_rss_mib: peak.is_finite().then_some(peak),
+            script: self.script.path.display().to_string(),
+            script_generation: self.generation,
+            config: self.script.config.clone(),
             // `after` has it too (`with_queries`): the comparison's table reads it there.
-            eval["queries_used"] = json!(r.oracle.used());
-            eval["oracle_budget"] = json!(r.oracle.budget());
-        }
+            queries_used: self.rounds.as_ref().map(|r| r.oracle.used()),
+            oracle_budget: self.rounds.as_ref().map(|r| r.oracle.budget()),
+        };
         crate::tensor_io::write_file_atomic(
             &self.run_dir.join("eval.json"),
-            serde_json::to_string_pretty(&eval)?,
+            serde_json::to_string_pretty(&eval.to_json())?,
         )?;
         self.log.info(format!(
             "wrote {}",
@@ -100,11 +98,9 @@ impl Trainer {
             bar.set_position(self.epoch as u64);
             bar.set_message(format!(
                 "reward {:.3} ± {:.3}, kl {}, gen {}",
-                m["reward_mean"].as_f64().unwrap_or(f64::NAN),
-                m["reward_std"].as_f64().unwrap_or(f64::NAN),
-                m["kl"]
-                    .as_f64()
-                    .map(|k| format!("{k:.4}"))
+                m.reward_mean.unwrap_or(f64::NAN),
+                m.reward_std.unwrap_or(f64::NAN),
+                m.kl.map(|k| format!("{k:.4}"))
                     .unwrap_or_else(|| "-".into()),
                 self.generation
             ));
