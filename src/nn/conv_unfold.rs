@@ -12,7 +12,7 @@
 //! `for (unsigned int i = ...; i < numel; ...)`, which never ends past 2^32). Unchunked,
 //! the VAE decoder's first 512x512 convolution (256 channels) builds 8 x 2304 x 262144 =
 //! 4.8e9 columns for 8 images, and sampling 8 SD-1.5 trajectories at 64x64 latents on an
-//! H200 made no progress for 5 minutes (docs/gpu-h200-2026-11-26).
+//! H200 made no progress for 5 minutes (docs/gpu/h200-2026-11-26).
 
 use candle_core::{Result, Tensor};
 
