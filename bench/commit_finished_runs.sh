@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Commits each run of a running `sqdf compare` as it finishes, so a session that ends
-# without warning loses at most the run under way (docs/DESIGN.md, "What is not done yet").
+# Commits each run of a running `sqdf compare` as it finishes, so a machine that goes
+# away without warning loses at most the run under way (docs/maintaining.md).
 #
 #   nohup bench/commit_finished_runs.sh results/compare-paper >> /tmp/commit-runs.log 2>&1 &
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check as it runs on a lent GPU machine (see docs/CUDA.md): run from the repo root
+# The whole GPU check as it runs on a lent GPU machine (see docs/gpu.md): run from the repo root
 # there, with the stripped, gzipped CUDA build carried as .cuda/sqdf.gz (ignored by git via
 # .git/info/exclude). Device time is scarce, so every step has its own time limit and
 # writes under $OUT as it goes: a step cut short still leaves its log and memory trace.

@@ -5,7 +5,7 @@
 #
 #   bench/sd15_gpu.sh SQDF_BINARY OUT_DIR [MICRO_LIST]
 #
-# The binary is a `cargo build --release --features cuda` build (docs/CUDA.md). Memory is
+# The binary is a `cargo build --release --features cuda` build (docs/gpu.md). Memory is
 # read from nvidia-smi every 50 ms and matched to each update's start and end times, which
 # `sqdf bench` prints; it includes the CUDA context and what the process holds besides.
 # memory.csv's third column, the GPU's utilisation (%), tells a stall on the host from a

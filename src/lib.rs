@@ -4,7 +4,7 @@
 //! Rust owns state and speed (tensors, models, sampler, replay buffer, optimiser,
 //! checkpoints); Lua owns the experiment's math (reward, loss, discount, priority).
 //! See `docs/scripting.md` for the script contract, `docs/layout.md` for the layout and
-//! `docs/DESIGN.md` for the design.
+//! `docs/design.md` for the design.
 
 pub mod blackbox;
 pub mod child_process;

@@ -582,7 +582,7 @@ fn fast_backward_conv_matches_candle() {
     // nn::conv2d replaces candle's conv (im2col + gemm, forward and backward). Both
     // gradients pass the adjoint test (the loss is linear in x and in w:
     // <dL/dx, u> = L(u) with w fixed), and equal candle's where candle's backward works
-    // (it fails on non-square inputs with stride 2, see docs/DESIGN.md).
+    // (it fails on non-square inputs with stride 2, see docs/design.md).
     let mut rng = seeded(16);
     let dot = |a: &Tensor, b: &Tensor| scalar(&a.mul(b).unwrap().sum_all().unwrap());
     for (h, w_, k, pad, stride) in [

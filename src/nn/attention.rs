@@ -1,6 +1,6 @@
 //! Multi-head attention in diffusers' `Attention` form (to_q, to_k, to_v without bias,
 //! to_out.0 with bias), with the generic `candle_nn::ops::softmax`: `softmax_last_dim` is
-//! built without a backward and would silently give to_q and to_k no gradient (CANDLE-NOTES).
+//! built without a backward and would silently give to_q and to_k no gradient (docs/design.md).
 
 use super::lora::{Builders, Proj};
 use candle_core::{Module, Result, Tensor, D};

@@ -1,7 +1,7 @@
 //! conv2d from differentiable tensor ops, the GPU's convolution: the k*k shifted slices of
 //! the padded input stacked as im2col columns [B, C*k*k, H'*W'], times the kernel
 //! [O, C*k*k]. Its backward is slices and a gemm, where candle's CUDA conv backward
-//! computes the input gradient with a naive `conv_transpose2d` kernel (CANDLE-NOTES).
+//! computes the input gradient with a naive `conv_transpose2d` kernel (docs/design.md, candle).
 //!
 //! The columns are 9x the input for 3x3, so they are built a piece at a time: whole
 //! images while they fit in `COLUMN_ELEMENTS`, else bands of output rows. Without a
@@ -12,7 +12,7 @@
 //! `for (unsigned int i = ...; i < numel; ...)`, which never ends past 2^32). Unchunked,
 //! the VAE decoder's first 512x512 convolution (256 channels) builds 8 x 2304 x 262144 =
 //! 4.8e9 columns for 8 images, and sampling 8 SD-1.5 trajectories at 64x64 latents on an
-//! H200 made no progress for 5 minutes (docs/gpu-h200-2026-11-26).
+//! H200 made no progress for 5 minutes (docs/gpu/h200-2026-11-26).
 
 use candle_core::{Result, Tensor};
 
@@ -145,7 +145,7 @@ mod tests {
             let var = |seed, shape: (usize, usize, usize, usize)| {
                 Var::from_tensor(&randn(&mut seeded(seed), shape, &d).unwrap()).unwrap()
             };
-            // candle's own stride-2 backward fails on non-square input (DESIGN.md).
+            // candle's own stride-2 backward fails on non-square input (docs/design.md).
             let wd = if stride == 1 { 6 } else { 7 };
             let (x, w) = (var(1, (3, 3, 7, wd)), var(2, (4, 3, k, k)));
             let b = x.conv2d(&w, pad, stride, 1, 1).unwrap();

@@ -1,6 +1,6 @@
 //! Layer norm over the last dimension, written from primitives so that it has a backward.
 //! candle-nn's `LayerNorm` takes the fused `ops::layer_norm` for contiguous input, which is
-//! built without a backward: the gradient silently stops there (CANDLE-NOTES, candle #3011).
+//! built without a backward: the gradient silently stops there (docs/design.md; candle #3011).
 
 use super::channel::scale_shift;
 use candle_core::{Module, Result, Tensor, D};

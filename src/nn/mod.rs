@@ -1,4 +1,4 @@
-//! Building blocks the project trusts to pass gradients (see CANDLE-NOTES: candle-nn's
+//! Building blocks the project trusts to pass gradients (see docs/design.md on candle: candle-nn's
 //! fused softmax and layer norm silently pass none).
 
 pub mod attention;

@@ -1,6 +1,6 @@
 //! Nearest-neighbour upsampling built from broadcast and index-select, whose backward sums
 //! into the gradient already there. candle's `upsample_nearest2d` backward overwrites it
-//! instead (CANDLE-NOTES), which would be wrong as soon as its input feeds anything else.
+//! instead (docs/design.md, candle), which would be wrong as soon as its input feeds anything else.
 
 use candle_core::{Result, Tensor};
 

@@ -6,7 +6,7 @@
 //!    `CLIPImageProcessor` (HF's rounding: long side int(S * long / short), crop offset
 //!    (size - S) // 2). Resize and crop are linear maps, applied as two matmuls with
 //!    fixed matrices R_h [S, H] and R_w [S, W] (x -> R_h x R_w^T) through which the
-//!    gradient flows; candle's `upsample_bilinear2d` has no backward (CANDLE-NOTES);
+//!    gradient flows; candle's `upsample_bilinear2d` has no backward (docs/design.md, candle);
 //! 3. normalise with CLIP's per-channel mean and std.
 //!
 //! Differences from the reference pipelines (OpenAI's `clip.load` preprocess for the LAION

@@ -26,7 +26,7 @@ pub fn keep_freed_memory() {
 
 /// The repository, read when the test runs (cargo sets CARGO_MANIFEST_DIR for it), not
 /// when it compiles: a test binary built in another clone that shares the target folder
-/// would otherwise look for the shipped models there (docs/DESIGN.md).
+/// would otherwise look for the shipped models there (docs/design.md, "Tests").
 pub fn repo_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

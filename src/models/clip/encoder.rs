@@ -1,7 +1,7 @@
 //! The transformer shared by CLIP's two towers (transformers' `CLIPEncoderLayer`):
 //! pre-norm self-attention and MLP, each with a residual, an optional causal mask for the
 //! text tower. Built from the project's differentiable blocks: candle-nn's fused layer
-//! norm and `softmax_last_dim` pass no gradient (CANDLE-NOTES), and a reward gradient
+//! norm and `softmax_last_dim` pass no gradient (docs/design.md, candle), and a reward gradient
 //! must reach the pixels through every layer here.
 //!
 //! Half precision: layer norms and the softmax run in f32 (their statistics and

@@ -3,7 +3,7 @@
 //! encoder is CLIP ViT-L/14's text model).
 //!
 //! Unlike candle-transformers' CLIP, everything here passes gradients: its layer norm and
-//! softmax are candle-nn's fused ops without a backward (CANDLE-NOTES), so a reward
+//! softmax are candle-nn's fused ops without a backward (docs/design.md, candle), so a reward
 //! gradient through it would be silently zero.
 //!
 //! Weight files: SD-1.5's `text_encoder/model.safetensors` holds `text_model.*` only;
