@@ -1,7 +1,7 @@
 //! The run's log: every line goes to `run.log` in the run folder (when there is one) and
 //! to the terminal, above the progress bar rather than through it. Lua's `print` lands here.
 
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,30 @@ impl RunLog {
     /// Routes terminal output above this progress bar while it lives.
     pub fn set_bar(&self, bar: Option<ProgressBar>) {
         *self.bar.lock().unwrap() = bar;
+    }
+
+    /// A progress bar of `len` `unit`s ("epochs", "runs", "steps"), after `prefix` if any,
+    /// drawn only when `visible` (not under `--quiet`); log lines go above it from now on.
+    pub fn progress(&self, len: u64, prefix: &str, unit: &str, visible: bool) -> ProgressBar {
+        let bar = if visible {
+            ProgressBar::new(len)
+        } else {
+            ProgressBar::hidden()
+        };
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix} ")
+        };
+        let template = format!(
+            "{prefix}{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
+        );
+        // A template of ours; should it not parse, the bar keeps its default style.
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style);
+        }
+        self.set_bar(Some(bar.clone()));
+        bar
     }
 
     pub fn info(&self, msg: impl AsRef<str>) {

@@ -83,19 +83,7 @@ impl TrainCommand {
     }
 
     pub fn bar(&self, len: usize, what: &str) -> indicatif::ProgressBar {
-        let bar = if self.progress {
-            indicatif::ProgressBar::new(len as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(&format!(
-                "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
-            ))
-            .expect("valid template"),
-        );
-        self.log.set_bar(Some(bar.clone()));
-        bar
+        self.log.progress(len as u64, what, "steps", self.progress)
     }
 }
 

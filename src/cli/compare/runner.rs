@@ -163,18 +163,9 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         plan.runs.len(),
         out.display()
     ));
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(plan.runs.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} runs [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .map_err(|e| anyhow!("progress bar template: {e}"))?,
-    );
-    opts.log.set_bar(Some(bar.clone()));
+    let bar = opts
+        .log
+        .progress(plan.runs.len() as u64, "", "runs", opts.progress);
     let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for (n, run) in plan.runs.iter().enumerate() {
         let dir = out.join("runs").join(&run.dir_name);

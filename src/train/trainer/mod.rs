@@ -23,7 +23,7 @@ use crate::tasks::{self, cond_tensor, Task, TaskModels};
 use crate::tensor_io::sorted_vars;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -25,19 +25,10 @@ impl Trainer {
             let m = self.evaluate_along_with(self.models.reference.as_ref(), 0)?;
             self.evals.append(0, &m)?;
         }
-        let bar = if self.opts.progress {
-            ProgressBar::new(cfg.epochs as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} epochs [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .map_err(|e| anyhow!("progress bar template: {e}"))?,
-        );
+        let bar = self
+            .log
+            .progress(cfg.epochs as u64, "", "epochs", self.opts.progress);
         bar.set_position(self.epoch as u64);
-        self.log.set_bar(Some(bar.clone()));
         let result = self.train_epochs(&bar);
         bar.finish_and_clear();
         self.log.set_bar(None);
