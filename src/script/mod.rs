@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod config;
 pub mod config_bounds;
+pub mod config_values;
 pub mod context;
 pub mod experiment;
 pub mod library;
