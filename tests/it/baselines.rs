@@ -3,7 +3,7 @@
 //! DDPO's likelihood ratio is 1 on the first PPO epoch, and the KL variants add exactly the
 //! KL of the SQDF paper's Appendix D.1.1 (alpha * sum_t KL_t).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Tensor};
 use common::*;

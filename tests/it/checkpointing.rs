@@ -2,7 +2,7 @@
 //! it gives the same outputs and the same gradients, to its input and to every LoRA
 //! adapter, as without; a checkpointed function that holds a parameter still trains it.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};

@@ -2,7 +2,7 @@
 //! reward networks give their documented figures; the evaluation is repeatable; a short
 //! run on a tiny UNet goes through the whole loop (LoRA, guidance, consistency model).
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use sqdf::rng::{randn, seeded};

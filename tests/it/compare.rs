@@ -2,7 +2,7 @@
 //! training, the report with its table and figures, and a second invocation that keeps the
 //! finished runs instead of running them again.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! it), shapes, per-sample timesteps, gradients to every variable (the reason this UNet
 //! exists: candle-nn's fused softmax and layer norm pass none), finite differences, LoRA.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -547,7 +547,7 @@ fn digits_forward_and_parameter_count() {
     assert!(m.is_finite() && m > 0.0);
 }
 
-/// `cargo test --test unet digits_timing -- --ignored --nocapture`: one forward+backward
+/// `cargo test --test it unet::digits_timing -- --ignored --nocapture`: one forward+backward
 /// of the digits UNet on a batch of 64.
 #[test]
 #[ignore]

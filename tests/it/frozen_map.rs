@@ -3,7 +3,7 @@
 //! own backward. Both must give the same values and the same dL/dx, for inputs of every
 //! rank (Linear) and every feature dimension (scale_shift: norms' affines, biases).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use common::max_abs_diff;

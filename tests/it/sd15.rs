@@ -5,7 +5,7 @@
 //! batch's gradient; the reward gradient matches finite differences; missing files and
 //! keys are named.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use sqdf::rng::{randn, seeded};

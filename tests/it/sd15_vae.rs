@@ -3,7 +3,7 @@
 //! parameter (candle-nn's fused ops would pass none, silently), finite differences of a
 //! reward-like sum with respect to the latents, f16, and errors that name the missing key.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -376,7 +376,7 @@ fn missing_key_is_named_with_the_file() {
 
 /// SD-1.5 size, random weights: one 64x64 latent to a 512x512 image, then the gradient
 /// back to 32x32 latents (256x256 images): the graph of a 512x512 decode outgrows 22 GB of
-/// RAM on the CPU. `cargo test --release --test sd15_vae -- --ignored --nocapture`.
+/// RAM on the CPU. `cargo test --release --test it sd15_vae:: -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn sd15_decode_time() {

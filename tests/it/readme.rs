@@ -1,7 +1,7 @@
 //! The documented contract matches the code: every config key with its live flag and every
 //! hook in docs/scripting.md, and the README's test command is the one CI runs.
 
-mod common;
+use crate::common;
 
 use sqdf::script::config::KEYS;
 use sqdf::script::experiment::{OPTIONAL_HOOKS, REQUIRED_HOOKS};

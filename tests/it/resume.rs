@@ -4,7 +4,7 @@
 //! mismatched checkpoint is an error naming the file and the key, never a panic or a
 //! silent resume; metrics.jsonl after a resume is the checkpoint's prefix and the new lines.
 
-mod common;
+use crate::common;
 
 use sqdf::train::checkpoint::{self, Loaded};
 use sqdf::train::{run_dir, Trainer};

@@ -2,7 +2,7 @@
 //! run goes on with the last good one; a good version bumps the generation, its live config
 //! takes effect and the buffer's priorities follow the new hook; unsafe keys are refused.
 
-mod common;
+use crate::common;
 
 use sqdf::replay::StateRef;
 use sqdf::train::trainer::ReloadOutcome;

@@ -3,7 +3,7 @@
 //! file parses, in both modes, and names scripts that exist; each of its runs (the ablations
 //! are `--set`s of shipped scripts) trains one short epoch.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

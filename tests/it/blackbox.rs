@@ -3,7 +3,7 @@
 //! the buffer; with `kl_reference = "previous"` the KL's reference moves to the policy at a
 //! round. (The surrogate's own properties are in tests/blackbox_surrogate.rs.)
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use sqdf::rng::{randn, seeded};

@@ -1,7 +1,7 @@
 //! The attention that recomputes its probabilities in the backward gives the plain
 //! formula's values and gradients (q, k and v), in one chunk and in many, in f64 and bf16.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use sqdf::nn::attention_recompute::attention_recompute_in_chunks;

@@ -3,7 +3,7 @@
 //! wrong type or shape, missing or corrupt weight files. A NaN loss skips the step, and five
 //! in a row stop the run with its last checkpoint intact.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

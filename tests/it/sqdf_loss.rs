@@ -2,7 +2,7 @@
 //! gradients; every trainable parameter receives a gradient; autograd matches finite
 //! differences.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use sqdf::diffusion::kl::{gaussian_kl, KlForm};

@@ -1,7 +1,7 @@
 //! A short SQDF run on the shipped toy model raises the mean reward, and writes the outputs
 //! a run promises (metrics.jsonl, eval.json, plots, checkpoint).
 
-mod common;
+use crate::common;
 
 #[test]
 fn a_short_toy_run_raises_the_mean_reward() {

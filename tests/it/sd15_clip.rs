@@ -3,7 +3,7 @@
 //! finite differences), the text tower's causal mask, the differentiable resize, loader
 //! errors that name the file and the key, `.pth` files, configs and ViT-L/14's sizes.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
