@@ -7,7 +7,7 @@ use super::{
 };
 use crate::data::GaussianMixture;
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{add_noise, tweedie};
+use crate::diffusion::{add_noise, tweedie, DdimSampler};
 use crate::eval::scatter::{scatter_png, Panel};
 use crate::models::{ConsistencyModel, Denoiser, ToyMlp};
 use crate::rng::{randn, seeded};
@@ -19,6 +19,7 @@ use crate::train::rollout;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -117,15 +118,45 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     let path = out.join(CONSISTENCY_FILE);
     save_varmap(&path, &target_vars, meta).context("saving the consistency model")?;
 
+    let rows = fig2(&teacher, &ode, &cm(target_net), &grid, &out, cmd)?;
+    let card = card(
+        &command,
+        seconds,
+        &scalings,
+        settings.train.steps,
+        final_loss,
+        &rows,
+    );
+    std::fs::write(out.join("consistency.md"), card)?;
+    cmd.log.info(format!(
+        "wrote {}, {} and {}",
+        path.display(),
+        out.join("consistency.md").display(),
+        out.join("fig2.png").display()
+    ));
+    Ok(())
+}
+
+/// The paper's Fig. 2 on the toy: one-step x0 estimates from x_t (forward-noised true data)
+/// by Tweedie and by the consistency model, against the 50-step ODE solution from the same
+/// x_t; draws fig2.png and returns the card's table rows.
+fn fig2(
+    teacher: &ToyMlp,
+    ode: &DdimSampler,
+    final_cm: &ConsistencyModel,
+    grid: &GaussianMixture,
+    out: &Path,
+    cmd: &TrainCommand,
+) -> Result<Vec<String>> {
+    let device = &cmd.device;
     // One-step x0 from x_t (forward-noised true data) against the 50-step ODE solution.
     let n = 2000;
     let mut erng = seeded(EVAL_SEED);
     let cond = cond_tensor(&vec![0; n], device)?;
     let data_x0 = grid.sample(n, &mut erng, device)?;
     let ddpm = sampler(&schedule(), 50, 1.0);
-    let (samples, _) = rollout::sample(&teacher, &ddpm, &[2], &cond, &mut erng, false)?;
-    let (ode_samples, _) = rollout::sample(&teacher, &ode, &[2], &cond, &mut erng, false)?;
-    let final_cm = cm(target_net);
+    let (samples, _) = rollout::sample(teacher, &ddpm, &[2], &cond, &mut erng, false)?;
+    let (ode_samples, _) = rollout::sample(teacher, ode, &[2], &cond, &mut erng, false)?;
     let mut rows = Vec::new();
     let mut tweedie_pts = Vec::new();
     let mut cm_pts = Vec::new();
@@ -134,8 +165,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         let a = ode.alpha_bar(i);
         let noise = randn(&mut erng, (n, 2), device)?;
         let x_t = add_noise(&data_x0, &noise, &vec![a; n])?;
-        let (ode_x0, _) =
-            rollout::denoise(&teacher, &ode, x_t.clone(), i, &cond, &mut erng, false)?;
+        let (ode_x0, _) = rollout::denoise(teacher, ode, x_t.clone(), i, &cond, &mut erng, false)?;
         let tt = ode.timesteps_tensor(&vec![i; n], device)?;
         let tw = tweedie::x0_from_eps_with(&x_t, &teacher.eps(&x_t, &tt, &cond)?, &vec![a; n])?;
         let cmx = final_cm.x0(&x_t, &vec![ode.timestep(i); n], &cond)?;
@@ -190,7 +220,19 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     }
     scatter_png(&out.join("fig2.png"), &panels, 3, 7.0)?;
 
-    let card = format!(
+    Ok(rows)
+}
+
+/// consistency.md: how the model was made and what it reaches.
+fn card(
+    command: &str,
+    seconds: f64,
+    scalings: &BoundaryScalings,
+    steps: usize,
+    final_loss: f64,
+    rows: &[String],
+) -> String {
+    format!(
         "# gmm2d consistency model (`{CONSISTENCY_FILE}`)\n\n\
          f_ψ(x_t, t) = c_skip(t) x_t + c_out(t) x̂0(ε_ψ(x_t, t)), LCM's boundary scalings (σ_data {sd}, timestep scaling {ts}): f is the identity at t = 0.\n\n\
          ## How it was made\n\
@@ -203,15 +245,6 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
          `fig2.png`: top, data, 50-step DDPM and 50-step ODE samples; middle, Tweedie's one-step x0 from t = 35, 25, 15; bottom, the consistency model's (the paper's Fig. 2, second row).\n",
         sd = scalings.sigma_data,
         ts = scalings.timestep_scaling,
-        steps = settings.train.steps,
         rows = rows.join("\n"),
-    );
-    std::fs::write(out.join("consistency.md"), card)?;
-    cmd.log.info(format!(
-        "wrote {}, {} and {}",
-        path.display(),
-        out.join("consistency.md").display(),
-        out.join("fig2.png").display()
-    ));
-    Ok(())
+    )
 }
