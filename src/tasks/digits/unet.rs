@@ -132,28 +132,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     bar.finish_and_clear();
     cmd.log.set_bar(None);
     let seconds = start.elapsed().as_secs_f64();
-    let mut command = format!(
-        "sqdf pretrain digits --steps {} --seed {}",
-        s.steps, cmd.seed
-    );
-    if let Some(path) = &cmd.init {
-        command.push_str(&format!(" --init {}", path.display()));
-    }
-    // The whole history, each command with its time: what made the starting file, then this.
-    let (history, total_seconds) = match &earlier {
-        Some(e) if e.made_by.ends_with(" s)") => (
-            format!("{}, then {command} ({seconds:.0} s)", e.made_by),
-            e.seconds + seconds,
-        ),
-        Some(e) => (
-            format!(
-                "{} ({:.0} s), then {command} ({seconds:.0} s)",
-                e.made_by, e.seconds
-            ),
-            e.seconds + seconds,
-        ),
-        None => (format!("{command} ({seconds:.0} s)"), seconds),
-    };
+    let (history, total_seconds) = history(cmd, s.steps, seconds, earlier.as_ref());
     let path = out.join(UNET_FILE);
     let meta = HashMap::from([
         ("config".to_string(), serde_json::to_string(&cfg)?),
@@ -176,29 +155,16 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         "UNet trained in {seconds:.0} s: guided samples classified as their prompt {:.1}%",
         100.0 * acc
     ));
-    let per: Vec<String> = per
-        .iter()
-        .enumerate()
-        .map(|(c, a)| format!("{c}: {:.0}%", 100.0 * a))
-        .collect();
-    let card = format!(
-        "# digits UNet (`{UNET_FILE}`)\n\n\
-         The \"text-to-image\" model of the digits benchmark: a diffusers-style UNet2DConditionModel in pixel space (28x28, one channel), whose prompt (a class, or the null prompt) is a learned sequence of {tokens} context vectors read by cross-attention.\n\n\
-         ## How it was made\n\
-         - Commands, in order: {history}; {total_seconds:.0} s in all on this project's 2-core CPU machine, release build.\n\
-         - Network: {params} parameters; {unet}.\n\
-         - Training: noise-prediction loss (Eq. 3), DDPM linear β over 1000 steps, on the 9,000-digit training split, {PROMPT_DROPOUT} of labels replaced by the null prompt; {steps} AdamW steps of {BATCH} in this command, peak lr {lr} ({warmup} warm-up, cosine to a tenth; a continuation peaks at 3e-4), weights averaged with EMA decay {EMA}. Final loss (mean of the last 10%): {final_loss:.4}.\n\n\
-         ## What it reaches\n\
-         Guided samples (scale {GUIDANCE}, 50-step trailing DDIM grid, η = 1), {PER_PROMPT} per class from the evaluation's fixed seeds, read by the shipped classifier (`classifier.md`): **{acc:.1}%** classified as the prompted class. Per class: {per}.\n\n\
-         ![samples](unet_samples.png)\n",
-        tokens = cfg.tokens,
-        unet = serde_json::to_string(&cfg.unet)?,
-        steps = s.steps,
-        lr = s.lr,
-        warmup = s.warmup,
-        acc = 100.0 * acc,
-        per = per.join(", "),
-    );
+    let card = card(
+        &cfg,
+        &s,
+        &history,
+        total_seconds,
+        params,
+        final_loss,
+        acc,
+        &per,
+    )?;
     std::fs::write(out.join("unet.md"), card)?;
     cmd.log.info(format!(
         "wrote {}, {} and {}",
@@ -224,4 +190,70 @@ fn load_into(varmap: &VarMap, path: &std::path::Path, device: &Device) -> Result
         made_by: meta("made_by").unwrap_or_else(|| "an unrecorded command".into()),
         seconds: meta("seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0),
     })
+}
+
+/// Every command that made the file, each with its time (what made the starting file of a
+/// continuation, then this one), and the total seconds.
+fn history(
+    cmd: &TrainCommand,
+    steps: usize,
+    seconds: f64,
+    earlier: Option<&Earlier>,
+) -> (String, f64) {
+    let mut command = format!("sqdf pretrain digits --steps {} --seed {}", steps, cmd.seed);
+    if let Some(path) = &cmd.init {
+        command.push_str(&format!(" --init {}", path.display()));
+    }
+    // The whole history, each command with its time: what made the starting file, then this.
+    match earlier {
+        Some(e) if e.made_by.ends_with(" s)") => (
+            format!("{}, then {command} ({seconds:.0} s)", e.made_by),
+            e.seconds + seconds,
+        ),
+        Some(e) => (
+            format!(
+                "{} ({:.0} s), then {command} ({seconds:.0} s)",
+                e.made_by, e.seconds
+            ),
+            e.seconds + seconds,
+        ),
+        None => (format!("{command} ({seconds:.0} s)"), seconds),
+    }
+}
+
+/// unet.md: how the model was made and what its guided samples reach.
+#[allow(clippy::too_many_arguments)]
+fn card(
+    cfg: &ClassConditionalConfig,
+    s: &PretrainSettings,
+    history: &str,
+    total_seconds: f64,
+    params: usize,
+    final_loss: f64,
+    acc: f64,
+    per: &[f64],
+) -> Result<String> {
+    let per: Vec<String> = per
+        .iter()
+        .enumerate()
+        .map(|(c, a)| format!("{c}: {:.0}%", 100.0 * a))
+        .collect();
+    Ok(format!(
+        "# digits UNet (`{UNET_FILE}`)\n\n\
+         The \"text-to-image\" model of the digits benchmark: a diffusers-style UNet2DConditionModel in pixel space (28x28, one channel), whose prompt (a class, or the null prompt) is a learned sequence of {tokens} context vectors read by cross-attention.\n\n\
+         ## How it was made\n\
+         - Commands, in order: {history}; {total_seconds:.0} s in all on this project's 2-core CPU machine, release build.\n\
+         - Network: {params} parameters; {unet}.\n\
+         - Training: noise-prediction loss (Eq. 3), DDPM linear β over 1000 steps, on the 9,000-digit training split, {PROMPT_DROPOUT} of labels replaced by the null prompt; {steps} AdamW steps of {BATCH} in this command, peak lr {lr} ({warmup} warm-up, cosine to a tenth; a continuation peaks at 3e-4), weights averaged with EMA decay {EMA}. Final loss (mean of the last 10%): {final_loss:.4}.\n\n\
+         ## What it reaches\n\
+         Guided samples (scale {GUIDANCE}, 50-step trailing DDIM grid, η = 1), {PER_PROMPT} per class from the evaluation's fixed seeds, read by the shipped classifier (`classifier.md`): **{acc:.1}%** classified as the prompted class. Per class: {per}.\n\n\
+         ![samples](unet_samples.png)\n",
+        tokens = cfg.tokens,
+        unet = serde_json::to_string(&cfg.unet)?,
+        steps = s.steps,
+        lr = s.lr,
+        warmup = s.warmup,
+        acc = 100.0 * acc,
+        per = per.join(", "),
+    ))
 }
