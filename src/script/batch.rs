@@ -87,14 +87,14 @@ impl Batch {
 
 impl UserData for Batch {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
-        f.add_field_method_get("x", |_, b| Ok(LuaTensor(b.x.clone())));
-        f.add_field_method_get("next", |_, b| Ok(LuaTensor(b.next.clone())));
-        f.add_field_method_get("t", |_, b| Ok(LuaTensor(b.t.clone())));
-        f.add_field_method_get("k", |_, b| Ok(LuaTensor(b.k.clone())));
-        f.add_field_method_get("discount", |_, b| Ok(LuaTensor(b.discount.clone())));
-        f.add_field_method_get("reward", |_, b| Ok(LuaTensor(b.reward.clone())));
-        f.add_field_method_get("cond", |_, b| Ok(LuaTensor(b.cond.clone())));
-        f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor(b.log_prob.clone())));
+        f.add_field_method_get("x", |_, b| Ok(LuaTensor::new(b.x.clone())));
+        f.add_field_method_get("next", |_, b| Ok(LuaTensor::new(b.next.clone())));
+        f.add_field_method_get("t", |_, b| Ok(LuaTensor::new(b.t.clone())));
+        f.add_field_method_get("k", |_, b| Ok(LuaTensor::new(b.k.clone())));
+        f.add_field_method_get("discount", |_, b| Ok(LuaTensor::new(b.discount.clone())));
+        f.add_field_method_get("reward", |_, b| Ok(LuaTensor::new(b.reward.clone())));
+        f.add_field_method_get("cond", |_, b| Ok(LuaTensor::new(b.cond.clone())));
+        f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor::new(b.log_prob.clone())));
         f.add_field_method_get("size", |_, b| Ok(b.size()));
     }
 }

@@ -3,8 +3,8 @@
 
 use super::config::RunConfig;
 use super::context::LossContext;
-use super::sandbox::{new_state, Budget, SandboxOptions};
-use super::tensor::{lua_err, LuaTensor};
+use super::sandbox::{new_state, show_bytes, strip_bom, Limits, SandboxOptions};
+use super::tensor::{lua_err, LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 use mlua::prelude::*;
@@ -59,7 +59,7 @@ pub struct Script {
     on_epoch_end: Option<LuaFunction>,
     /// The script and every file it required from disk, with the source that was loaded.
     pub sources: Vec<(PathBuf, String)>,
-    budget: Budget,
+    limits: Limits,
     priority_arg: LuaTable,
 }
 
@@ -82,7 +82,11 @@ fn call_reward_hook(
     cond: &Tensor,
 ) -> LuaResult<Tensor> {
     let b = x0.dim(0).map_err(lua_err)?;
-    let r: Value = f.call((LuaTensor(x0.clone()), LuaTensor(cond.clone()), cfg.clone()))?;
+    let r: Value = f.call((
+        LuaTensor::new(x0.clone()),
+        LuaTensor::new(cond.clone()),
+        cfg.clone(),
+    ))?;
     let t = match r {
         Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
         other => {
@@ -99,7 +103,15 @@ fn call_reward_hook(
             t.dims()
         )));
     }
-    t.reshape(b).map_err(lua_err)
+    if !t.dtype().is_float() {
+        return Err(lua_err(format!(
+            "hook `{name}` returned a tensor of dtype {}, expected a float tensor of shape [{b}] (rewards are real numbers)",
+            format!("{:?}", t.dtype()).to_lowercase()
+        )));
+    }
+    t.reshape(b)
+        .and_then(|t| t.to_dtype(crate::DTYPE))
+        .map_err(lua_err)
 }
 
 impl Script {
@@ -113,18 +125,44 @@ impl Script {
         let src = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
         let origin = path.display().to_string();
-        let (lua, budget, required) = new_state(opts)?;
+        let (lua, limits, required) = new_state(opts)?;
         // Top-level randomness (`local W = tensor.randn(...)`) is the same at every load.
         lua.set_app_data(super::TensorEnv {
             device: opts.tensors.device.clone(),
             rng: crate::rng::shared(LOAD_SEED),
         });
-        budget.reset();
+        limits.begin("top-level code");
+        Self::load_in(path, &origin, src, overrides, lua, &limits, &required).map_err(|e| {
+            // A limit the top level (or a metamethod of its table) exceeded, said as such
+            // whatever error it surfaced as.
+            match limits.tripped() {
+                Some(m) => anyhow!("{origin}: top-level code: {m}"),
+                None => e,
+            }
+        })
+    }
+
+    fn load_in(
+        path: &Path,
+        origin: &str,
+        src: String,
+        overrides: &[(String, Json)],
+        lua: Lua,
+        limits: &Limits,
+        required: &super::sandbox::Required,
+    ) -> Result<Script> {
         let value: Value = lua
-            .load(&src)
+            .load(strip_bom(&src))
             .set_name(format!("@{origin}"))
             .eval()
-            .map_err(|e| anyhow!("{}", describe(&e)))?;
+            .map_err(|e| {
+                let msg = describe_with(&e, limits);
+                if msg.starts_with(origin) {
+                    anyhow!("{msg}")
+                } else {
+                    anyhow!("{origin}: {msg}")
+                }
+            })?;
         let Value::Table(table) = value else {
             bail!(
                 "{origin} must return a table with `config` and the hooks {}, it returned {}",
@@ -160,7 +198,7 @@ impl Script {
                 a(other.type_name())
             ),
         };
-        let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, &origin)?;
+        let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, origin)?;
         let hook = |name: &str, what: &str| -> Result<LuaFunction> {
             match table.get::<Value>(name)? {
                 Value::Function(f) => Ok(f),
@@ -188,7 +226,7 @@ impl Script {
         let (buffer_reward, on_epoch_end) = (optional("buffer_reward")?, optional("on_epoch_end")?);
         let config_table = config.to_lua(&lua)?;
         let mut sources = vec![(path.to_path_buf(), src)];
-        sources.extend(required.0.lock().unwrap().iter().cloned());
+        sources.extend(required.files());
         let priority_arg = lua.create_table()?;
         Ok(Script {
             path: path.to_path_buf(),
@@ -201,7 +239,7 @@ impl Script {
             buffer_reward,
             on_epoch_end,
             sources,
-            budget,
+            limits: limits.clone(),
             priority_arg,
             lua,
         })
@@ -211,15 +249,34 @@ impl Script {
         self.path.display().to_string()
     }
 
+    /// Starts a call of hook `hook` under fresh limits.
+    fn begin(&self, hook: &str) {
+        self.limits.begin(&format!("hook `{hook}`"));
+    }
+
+    /// A hook's error naming the file and the hook; a limit the call exceeded is reported
+    /// as such, whatever error it surfaced as (a script may have caught and replaced it).
     fn fail(&self, hook: &str, e: LuaError) -> anyhow::Error {
-        anyhow!("{}: hook `{hook}` failed: {}", self.origin(), describe(&e))
+        match self.limits.tripped() {
+            Some(m) => anyhow!("{}: hook `{hook}`: {m}", self.origin()),
+            None => anyhow!(
+                "{}: hook `{hook}` failed: {}",
+                self.origin(),
+                describe_with(&e, &self.limits)
+            ),
+        }
+    }
+
+    /// The sandbox's limits of this script's state.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// discount(k) for k = 0..steps-1, each a finite number.
     pub fn discounts(&self, steps: usize) -> Result<Vec<f64>> {
         (0..steps)
             .map(|k| {
-                self.budget.reset();
+                self.begin("discount");
                 let v: Value = self
                     .discount
                     .call((k, self.config_table.clone()))
@@ -239,12 +296,13 @@ impl Script {
 
     /// priority(state) for one buffer state: a finite number >= 0.
     pub fn priority(&self, reward: f32, k: usize, t: usize, cond: u32) -> Result<f64> {
-        self.budget.reset();
+        self.begin("priority");
         let s = &self.priority_arg;
-        s.set("reward", reward)?;
-        s.set("k", k)?;
-        s.set("t", t)?;
-        s.set("cond", cond)?;
+        // Raw: a metamethod the script set on `state` never runs here.
+        s.raw_set("reward", reward)?;
+        s.raw_set("k", k)?;
+        s.raw_set("t", t)?;
+        s.raw_set("cond", cond)?;
         let v: Value = self
             .priority
             .call((s.clone(), self.config_table.clone()))
@@ -262,7 +320,7 @@ impl Script {
 
     /// reward(x0, cond): one reward per sample.
     pub fn reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        self.budget.reset();
+        self.begin("reward");
         call_reward(&self.reward, &self.config_table, x0, cond).map_err(|e| self.fail("reward", e))
     }
 
@@ -272,7 +330,7 @@ impl Script {
         let Some(f) = &self.buffer_reward else {
             return self.reward(x0, cond);
         };
-        self.budget.reset();
+        self.begin("buffer_reward");
         call_reward_hook("buffer_reward", f, &self.config_table, x0, cond)
             .map_err(|e| self.fail("buffer_reward", e))
     }
@@ -285,7 +343,7 @@ impl Script {
     /// loss(batch, ctx): a scalar tensor and an optional table of numbers to log.
     /// `batch` is a `Batch` of states or, with `update_on = "trajectories"`, `Trajectories`.
     pub fn loss(&self, batch: impl IntoLua, ctx: LossContext) -> Result<LossOutput> {
-        self.budget.reset();
+        self.begin("loss");
         let out: LuaMultiValue = self
             .loss
             .call((batch, ctx))
@@ -349,7 +407,7 @@ impl Script {
         let Some(f) = &self.on_epoch_end else {
             return Ok(BTreeMap::new());
         };
-        self.budget.reset();
+        self.begin("on_epoch_end");
         let m = super::config::json_to_lua(&self.lua, metrics)?;
         let v: Value = f
             .call((m, self.config_table.clone()))
@@ -372,12 +430,20 @@ impl Script {
         let t = self.lua.create_table()?;
         for (name, f) in fns {
             let f = f.clone();
+            let call = format!("rewards.{name}");
             let lf =
                 self.lua
-                    .create_function(move |_, (x, c): (LuaTensor, Option<LuaTensor>)| {
-                        f(&x.0, c.as_ref().map(|c| &c.0))
-                            .map(LuaTensor)
-                            .map_err(lua_err)
+                    .create_function(move |lua, (x, c): (LuaTensor, Option<LuaTensor>)| {
+                        let op = Op::start(lua, "rewards")?;
+                        let limits = Limits::of(lua)?;
+                        // The model's time is not the script's.
+                        let out = {
+                            let _paused = limits.model_call(&call)?;
+                            f(&x.0, c.as_ref().map(|c| &c.0)).map_err(lua_err)?
+                        };
+                        let inputs: Vec<&LuaTensor> =
+                            std::iter::once(&x).chain(c.as_ref()).collect();
+                        op.wrap(out, &inputs)
                     })?;
             t.set(name.as_str(), lf)?;
         }
@@ -425,6 +491,29 @@ fn show(v: &Value) -> String {
             Err(_) => "a tensor".into(),
         },
         other => format!("a {}", other.type_name()),
+    }
+}
+
+/// `describe`, with a Lua memory error said as the sandbox's limit.
+fn describe_with(e: &LuaError, limits: &Limits) -> String {
+    let msg = describe(e);
+    if is_memory_error(e) {
+        format!(
+            "Lua memory limit of {} exceeded ({msg})",
+            show_bytes(limits.lua_memory() as u64)
+        )
+    } else {
+        msg
+    }
+}
+
+fn is_memory_error(e: &LuaError) -> bool {
+    match e {
+        LuaError::MemoryError(_) => true,
+        LuaError::CallbackError { cause, .. } | LuaError::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        _ => false,
     }
 }
 

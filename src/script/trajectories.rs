@@ -111,18 +111,18 @@ impl UserData for Trajectories {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
         f.add_field_method_get("size", |_, t| Ok(t.size()));
         f.add_field_method_get("steps", |_, t| Ok(t.steps()));
-        f.add_field_method_get("x0", |_, t| t.x0().map(LuaTensor).map_err(lua_err));
+        f.add_field_method_get("x0", |_, t| t.x0().map(LuaTensor::new).map_err(lua_err));
         f.add_field_method_get("reward", |_, t| {
             Tensor::from_vec(t.reward.clone(), t.size(), t.states.device())
-                .map(LuaTensor)
+                .map(LuaTensor::new)
                 .map_err(lua_err)
         });
         f.add_field_method_get("cond", |_, t| {
             Tensor::from_vec(t.cond.clone(), t.size(), t.states.device())
-                .map(LuaTensor)
+                .map(LuaTensor::new)
                 .map_err(lua_err)
         });
-        f.add_field_method_get("log_prob", |_, t| Ok(LuaTensor(t.log_prob.clone())));
+        f.add_field_method_get("log_prob", |_, t| Ok(LuaTensor::new(t.log_prob.clone())));
     }
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
