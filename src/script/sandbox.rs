@@ -489,7 +489,7 @@ pub fn strip_bom(src: &str) -> &str {
 /// `setmetatable` without finalisers, and string pattern functions whose worst case is
 /// estimated before the C matcher (which cannot be interrupted) starts.
 const PRELUDE: &str = r#"
-local check, pattern, tmove_check, pcall0, xpcall0, setmetatable0, rawget, type, error =
+local check, tripped, pattern, tmove_check, pcall0, xpcall0, setmetatable0, rawget, type, error =
   ...
 local find, match, gmatch, gsub, move = string.find, string.match, string.gmatch, string.gsub, table.move
 local function after(ok, ...)
@@ -497,7 +497,15 @@ local function after(ok, ...)
   return ok, ...
 end
 pcall = function(f, ...) return after(pcall0(f, ...)) end
-xpcall = function(f, h, ...) return after(xpcall0(f, h, ...)) end
+-- Lua runs a message handler before it unwinds, and with hooks off when the error came
+-- from a hook: once a limit is tripped, the script's handler is not called.
+xpcall = function(f, h, ...)
+  local function handler(m, ...)
+    if tripped() then return m end
+    return h(m, ...)
+  end
+  return after(xpcall0(f, handler, ...))
+end
 setmetatable = function(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     error("setmetatable: a metatable with __gc (a finaliser) is not allowed in the sandbox", 2)
@@ -600,6 +608,7 @@ pub fn new_state(opts: &SandboxOptions) -> anyhow::Result<(Lua, Limits, Required
     )?;
 
     let check = lua.create_function(|lua, ()| Limits::of(lua)?.check())?;
+    let tripped = lua.create_function(|lua, ()| Ok(Limits::of(lua)?.tripped().is_some()))?;
     let pattern = lua.create_function(
         |lua, (kind, s, p, plain): (String, Value, Value, Option<Value>)| {
             let limits = Limits::of(lua)?;
@@ -623,6 +632,7 @@ pub fn new_state(opts: &SandboxOptions) -> anyhow::Result<(Lua, Limits, Required
     })?;
     lua.load(PRELUDE).set_name("=sandbox").call::<()>((
         check,
+        tripped,
         pattern,
         tmove_check,
         g.get::<LuaFunction>("pcall")?,

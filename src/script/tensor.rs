@@ -79,6 +79,17 @@ pub fn elems(dims: &[usize]) -> Option<u128> {
         .try_fold(1u128, |a, &d| a.checked_mul(d as u128))
 }
 
+/// Whether candle can lay out a shape: its non-zero sizes multiply (as its strides do,
+/// even for an empty tensor) to at most `MAX_ELEMENTS`.
+pub fn layable(dims: &[usize]) -> bool {
+    dims.len() <= 32
+        && dims
+            .iter()
+            .filter(|&&d| d > 0)
+            .try_fold(1u128, |a, &d| a.checked_mul(d as u128))
+            .is_some_and(|n| n <= MAX_ELEMENTS as u128)
+}
+
 fn storage_id(t: &Tensor) -> usize {
     let (s, _) = t.storage_and_layout();
     std::ptr::from_ref(&*s).addr()
@@ -335,7 +346,7 @@ pub const MAX_ELEMENTS: usize = 1 << 40;
 /// A shape given as numbers or as one table of numbers.
 pub fn shape_arg(args: &Variadic<Value>) -> LuaResult<Vec<usize>> {
     let shape = shape_numbers(args)?;
-    if elems(&shape).is_none_or(|n| n > MAX_ELEMENTS as u128) {
+    if !layable(&shape) {
         return Err(lua_err(format!(
             "a tensor of shape {shape:?} is larger than {MAX_ELEMENTS} elements"
         )));
@@ -611,7 +622,7 @@ fn reshape_dims(args: &Variadic<Value>, n: usize) -> LuaResult<Vec<usize>> {
             }
         })
         .collect::<LuaResult<_>>()?;
-    if elems(&shape) != Some(n as u128) {
+    if elems(&shape) != Some(n as u128) || !layable(&shape) {
         return Err(lua_err(format!(
             "reshape: a tensor of {n} elements cannot take the shape {raw:?}"
         )));
