@@ -678,3 +678,85 @@ fn a_hostile_reload_is_rejected_and_the_run_goes_on() {
     assert!(lines.contains("__gc"), "{lines}");
     assert!(lines.contains("over the sandbox's cap"), "{lines}");
 }
+
+#[test]
+fn hooks_called_in_a_row_share_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 800,000 instructions a call: fine once, but the framework calls `priority` once
+    // per buffer state, in a row; the series shares the budget of 2,000,000.
+    let (s, p, _) = load_ok(
+        dir.path(),
+        &script_src(
+            "",
+            "return x0:sum(2)",
+            "local n = 0 for i = 1, 200000 do n = n + i end return 1",
+        ),
+    );
+    assert_eq!(s.priority(1.0, 0, 0, 0).unwrap(), 1.0);
+    let e = (0..10)
+        .find_map(|_| s.priority(1.0, 0, 0, 0).err())
+        .expect("the series trips");
+    assert_has(
+        &format!("{e:#}"),
+        &[&in_hook(&p, "priority"), "instruction budget"],
+    );
+    // Another hook in between starts a new series.
+    let (x, c) = x0();
+    s.reward(&x, &c).unwrap();
+    assert_eq!(s.priority(1.0, 0, 0, 0).unwrap(), 1.0);
+}
+
+#[test]
+fn huge_error_messages_and_stats_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p, _) = load_ok(
+        dir.path(),
+        &script_src(
+            "",
+            "error(string.rep('x', 1e6))",
+            "return string.rep('y', 1e6)",
+        ),
+    );
+    let e = reward_err(&s);
+    assert!(
+        e.len() < 20_000 && e.contains("more bytes cut"),
+        "{}",
+        e.len()
+    );
+    assert!(e.starts_with(&failed_in(&p, "reward")));
+    let e = priority_err(&s);
+    assert!(e.len() < 1000, "{e}");
+    // on_epoch_end's numbers go into every metrics line: a few hundred at most.
+    let src = script_src("", "return x0:sum(2)", "return 1").replace(
+        "priority = function",
+        "on_epoch_end = function() local t = {} for i = 1, 1000 do t['k' .. i] = i end return t end,\n  priority = function",
+    );
+    let (s, p, _) = load_ok(dir.path(), &src);
+    let e = format!("{:#}", s.on_epoch_end(&serde_json::json!({})).unwrap_err());
+    assert_has(
+        &e,
+        &[
+            &p.display().to_string(),
+            "hook `on_epoch_end`",
+            "more than 256",
+        ],
+    );
+}
+
+#[test]
+fn a_panic_in_a_model_call_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p, _) = load_ok(
+        dir.path(),
+        &script_src("", "return rewards.boom(x0)", "return 1"),
+    );
+    let boom: TensorFn = Arc::new(|_: &Tensor, _: Option<&Tensor>| panic!("boom"));
+    s.provide_rewards(&[("boom".to_string(), boom)]).unwrap();
+    assert_has(
+        &reward_err(&s),
+        &[
+            &failed_in(&p, "reward"),
+            "rewards.boom: internal error (boom)",
+        ],
+    );
+}

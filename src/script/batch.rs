@@ -1,11 +1,13 @@
 //! A batch of buffer states as Lua sees it (`batch.x`, `batch.k`, ...).
 
+use super::sandbox::Charge;
 use super::tensor::LuaTensor;
 use crate::diffusion::DdimSampler;
 use crate::replay::{ReplayBuffer, StateRef};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use mlua::{UserData, UserDataFields};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -28,6 +30,8 @@ pub struct Batch {
     pub cond: Tensor,
     /// log p(next | x) under the policy that sampled the action, f32 [B] (NaN if unknown).
     pub log_prob: Tensor,
+    /// The sandbox's charge for a batch a script made (`traj:at`), None for the framework's.
+    pub charge: Option<Arc<Charge>>,
 }
 
 impl Batch {
@@ -77,6 +81,7 @@ impl Batch {
             idx: idx.to_vec(),
             x,
             next,
+            charge: None,
         })
     }
 

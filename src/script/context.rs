@@ -7,7 +7,7 @@ use super::batch::Batch;
 use super::config::X0Estimator;
 use super::experiment::call_reward;
 use super::sandbox::Limits;
-use super::tensor::{lock_rng, lua_err, LuaTensor, Op};
+use super::tensor::{lock_rng, lua_err, run, run_lua, LuaTensor, Op};
 use crate::diffusion::kl::{gaussian_kl, KlForm};
 use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::{per_sample, tweedie, Step};
@@ -58,14 +58,34 @@ fn model_call<T>(
     k: usize,
     f: impl FnOnce() -> LuaResult<T>,
 ) -> LuaResult<(Op, T)> {
+    model_calls(lua, name, x, k, 1, f)
+}
+
+/// `model_call` for a call that runs a model `runs` times (`ctx:ddim`).
+fn model_calls<T>(
+    lua: &Lua,
+    name: &'static str,
+    x: &Tensor,
+    k: usize,
+    runs: u64,
+    f: impl FnOnce() -> LuaResult<T>,
+) -> LuaResult<(Op, T)> {
     let op = Op::start(lua, name)?;
     op.admit_like(lua, x, k)?;
     let limits = Limits::of(lua)?;
     let out = {
-        let _paused = limits.model_call(name)?;
-        f()?
+        let _paused = limits.model_calls(name, runs)?;
+        run_lua(name, f)?
     };
     Ok((op, out))
+}
+
+/// Model runs of an x0 estimator (`x0 = "ddim"` takes `x0_steps`).
+fn estimator_runs(which: X0Estimator, x0_steps: usize) -> u64 {
+    match which {
+        X0Estimator::Ddim => x0_steps as u64,
+        _ => 1,
+    }
 }
 
 fn step_from(t: &LuaTable) -> LuaResult<(LuaTensor, LuaTensor)> {
@@ -232,10 +252,10 @@ impl UserData for LossContext {
             let op = Op::start(lua, "ctx:log_prob")?;
             let (mean, sigma) = step_from(&s)?;
             op.admit_like(lua, &x.0, 3)?;
-            op.made(
-                gaussian_log_prob(&x.0, &mean.0, &sigma.0),
-                &[&x, &mean, &sigma],
-            )
+            let out = run("ctx:log_prob", || {
+                gaussian_log_prob(&x.0, &mean.0, &sigma.0)
+            })?;
+            op.wrap(out, &[&x, &mean, &sigma])
         });
         m.add_method(
             "noise_to",
@@ -243,7 +263,7 @@ impl UserData for LossContext {
                 let op = Op::start(lua, "ctx:noise_to")?;
                 let b = b.borrow::<Batch>()?;
                 op.admit_like(lua, &x0.0, 4)?;
-                let out = c.noise_to(&x0.0, &b)?;
+                let out = run_lua("ctx:noise_to", || c.noise_to(&x0.0, &b))?;
                 op.wrap(out, &[&x0])
             },
         );
@@ -252,7 +272,7 @@ impl UserData for LossContext {
             |lua, c, (x, b, n): (LuaTensor, LuaAnyUserData, Option<usize>)| {
                 let b = b.borrow::<Batch>()?;
                 let n = n.unwrap_or(c.x0_steps).max(1);
-                let (op, out) = model_call(lua, "ctx:ddim", &x.0, 1, || {
+                let (op, out) = model_calls(lua, "ctx:ddim", &x.0, 1, n as u64, || {
                     c.ddim_next(&x.0, &b, n).map_err(lua_err)
                 })?;
                 op.wrap(out, &[&x])
@@ -295,9 +315,10 @@ impl UserData for LossContext {
                 method,
                 move |lua, c, (x, b): (LuaTensor, LuaAnyUserData)| {
                     let b = b.borrow::<Batch>()?;
-                    let (op, out) = model_call(lua, name, &x.0, 1, || {
-                        c.x0_hat(&x.0, &b, which.unwrap_or(c.x0))
-                    })?;
+                    let which = which.unwrap_or(c.x0);
+                    let runs = estimator_runs(which, c.x0_steps);
+                    let (op, out) =
+                        model_calls(lua, name, &x.0, 1, runs, || c.x0_hat(&x.0, &b, which))?;
                     op.wrap(out, &[&x])
                 },
             );
@@ -326,7 +347,8 @@ impl UserData for LossContext {
                 })?;
                 let ((mp, sp), (mq, _)) = (step_from(&p)?, step_from(&q)?);
                 op.admit_like(lua, &mp.0, 4)?;
-                op.made(gaussian_kl(&mp.0, &mq.0, &sp.0, form), &[&mp, &mq, &sp])
+                let out = run("ctx:kl", || gaussian_kl(&mp.0, &mq.0, &sp.0, form))?;
+                op.wrap(out, &[&mp, &mq, &sp])
             },
         );
     }

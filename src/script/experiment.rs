@@ -179,6 +179,7 @@ impl Script {
                     other.type_name()
                 ),
             };
+            let key = clip(key);
             let known = REQUIRED_HOOKS.iter().any(|(h, _)| *h == key)
                 || OPTIONAL_HOOKS.contains(&key.as_str())
                 || OTHER_KEYS.contains(&key.as_str());
@@ -249,9 +250,17 @@ impl Script {
         self.path.display().to_string()
     }
 
-    /// Starts a call of hook `hook` under fresh limits.
-    fn begin(&self, hook: &str) {
+    /// Starts a call of hook `hook` under fresh limits; the clock stops when it ends.
+    fn begin(&self, hook: &str) -> Call<'_> {
         self.limits.begin(&format!("hook `{hook}`"));
+        Call(&self.limits)
+    }
+
+    /// `begin` for a hook the framework calls many times in a row (`priority`,
+    /// `discount`): the calls of one series share their limits.
+    fn begin_series(&self, hook: &str) -> Call<'_> {
+        self.limits.continue_series(&format!("hook `{hook}`"));
+        Call(&self.limits)
     }
 
     /// A hook's error naming the file and the hook; a limit the call exceeded is reported
@@ -276,7 +285,7 @@ impl Script {
     pub fn discounts(&self, steps: usize) -> Result<Vec<f64>> {
         (0..steps)
             .map(|k| {
-                self.begin("discount");
+                let _call = self.begin_series("discount");
                 let v: Value = self
                     .discount
                     .call((k, self.config_table.clone()))
@@ -296,7 +305,7 @@ impl Script {
 
     /// priority(state) for one buffer state: a finite number >= 0.
     pub fn priority(&self, reward: f32, k: usize, t: usize, cond: u32) -> Result<f64> {
-        self.begin("priority");
+        let _call = self.begin_series("priority");
         let s = &self.priority_arg;
         // Raw: a metamethod the script set on `state` never runs here.
         s.raw_set("reward", reward)?;
@@ -320,7 +329,7 @@ impl Script {
 
     /// reward(x0, cond): one reward per sample.
     pub fn reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        self.begin("reward");
+        let _call = self.begin("reward");
         call_reward(&self.reward, &self.config_table, x0, cond).map_err(|e| self.fail("reward", e))
     }
 
@@ -330,7 +339,7 @@ impl Script {
         let Some(f) = &self.buffer_reward else {
             return self.reward(x0, cond);
         };
-        self.begin("buffer_reward");
+        let _call = self.begin("buffer_reward");
         call_reward_hook("buffer_reward", f, &self.config_table, x0, cond)
             .map_err(|e| self.fail("buffer_reward", e))
     }
@@ -343,7 +352,7 @@ impl Script {
     /// loss(batch, ctx): a scalar tensor and an optional table of numbers to log.
     /// `batch` is a `Batch` of states or, with `update_on = "trajectories"`, `Trajectories`.
     pub fn loss(&self, batch: impl IntoLua, ctx: LossContext) -> Result<LossOutput> {
-        self.begin("loss");
+        let _call = self.begin("loss");
         let out: LuaMultiValue = self
             .loss
             .call((batch, ctx))
@@ -371,6 +380,7 @@ impl Script {
             Some(Value::Table(t)) => {
                 for pair in t.pairs::<String, Value>() {
                     let (k, v) = pair?;
+                    check_stat(&self.origin(), "loss", stats.len() + 1, &k)?;
                     let x = match v {
                         Value::Integer(i) => i as f64,
                         Value::Number(n) => n,
@@ -407,7 +417,7 @@ impl Script {
         let Some(f) = &self.on_epoch_end else {
             return Ok(BTreeMap::new());
         };
-        self.begin("on_epoch_end");
+        let _call = self.begin("on_epoch_end");
         let m = super::config::json_to_lua(&self.lua, metrics)?;
         let v: Value = f
             .call((m, self.config_table.clone()))
@@ -416,6 +426,7 @@ impl Script {
         if let Value::Table(t) = v {
             for pair in t.pairs::<String, f64>() {
                 let (k, x) = pair.map_err(|e| self.fail("on_epoch_end", e))?;
+                check_stat(&self.origin(), "on_epoch_end", out.len() + 1, &k)?;
                 out.insert(k, x);
             }
         }
@@ -439,7 +450,7 @@ impl Script {
                         // The model's time is not the script's.
                         let out = {
                             let _paused = limits.model_call(&call)?;
-                            f(&x.0, c.as_ref().map(|c| &c.0)).map_err(lua_err)?
+                            super::tensor::run(&call, || f(&x.0, c.as_ref().map(|c| &c.0)))?
                         };
                         let inputs: Vec<&LuaTensor> =
                             std::iter::once(&x).chain(c.as_ref()).collect();
@@ -465,6 +476,48 @@ impl Script {
     }
 }
 
+/// Stops the script's clock when a hook call returns.
+struct Call<'a>(&'a Limits);
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.0.pause();
+    }
+}
+
+/// Entries a hook may return in a table of numbers to log (`loss`'s stats,
+/// `on_epoch_end`), and the length of their names: they go into every metrics line.
+const MAX_STATS: usize = 256;
+const MAX_STAT_NAME: usize = 100;
+
+fn check_stat(origin: &str, hook: &str, n: usize, key: &str) -> Result<()> {
+    if n > MAX_STATS {
+        bail!("{origin}: hook `{hook}` returned more than {MAX_STATS} numbers to log");
+    }
+    if key.len() > MAX_STAT_NAME {
+        bail!(
+            "{origin}: hook `{hook}`: the name of a number to log is longer than {MAX_STAT_NAME} bytes"
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of an error message kept in the log (a script's error can be any string).
+const MAX_MESSAGE: usize = 8 << 10;
+
+fn clip(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE {
+        let total = msg.len();
+        let mut cut = MAX_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str(&format!("... ({} more bytes cut)", total - cut));
+    }
+    msg
+}
+
 /// A Lua type name with its article: "a number", "an integer".
 fn a(type_name: &str) -> String {
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
@@ -485,7 +538,15 @@ fn show(v: &Value) -> String {
         Value::Boolean(b) => format!("{b}"),
         Value::Integer(i) => format!("{i}"),
         Value::Number(n) => format!("{n}"),
-        Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
+        Value::String(s) => {
+            let text = s.to_string_lossy();
+            if text.chars().count() > 80 {
+                let head: String = text.chars().take(80).collect();
+                format!("the string {head:?}... ({} bytes)", text.len())
+            } else {
+                format!("the string {text:?}")
+            }
+        }
         Value::UserData(u) if u.is::<LuaTensor>() => match u.borrow::<LuaTensor>() {
             Ok(t) => format!("a tensor of shape {:?}", t.0.dims()),
             Err(_) => "a tensor".into(),
@@ -496,7 +557,7 @@ fn show(v: &Value) -> String {
 
 /// `describe`, with a Lua memory error said as the sandbox's limit.
 fn describe_with(e: &LuaError, limits: &Limits) -> String {
-    let msg = describe(e);
+    let msg = clip(describe(e));
     if is_memory_error(e) {
         format!(
             "Lua memory limit of {} exceeded ({msg})",

@@ -266,6 +266,28 @@ impl Limits {
         l.call_noted.store(false, Ordering::Relaxed);
     }
 
+    /// Continues the series of calls of `what` (the framework calls `priority` once per
+    /// buffer state and `discount` once per step, in a row): they share one clock, budget and
+    /// model-call count, so that a slow hook cannot multiply its limit by the buffer's size.
+    /// Anything else in between, or a tripped limit, starts afresh.
+    pub fn continue_series(&self, what: &str) {
+        let l = &self.0;
+        if *lock(&l.what) != what || self.tripped().is_some() {
+            return self.begin(what);
+        }
+        lock(&l.clock).since = Some(Instant::now());
+        l.printed_call.store(0, Ordering::Relaxed);
+        l.call_noted.store(false, Ordering::Relaxed);
+    }
+
+    /// Stops the clock between calls (the framework's time is not the script's).
+    pub fn pause(&self) {
+        let mut c = lock(&self.0.clock);
+        if let Some(s) = c.since.take() {
+            c.spent += s.elapsed();
+        }
+    }
+
     /// The call in progress, as `begin` named it.
     pub fn what(&self) -> String {
         lock(&self.0.what).clone()
@@ -300,8 +322,17 @@ impl Limits {
 
     /// Pauses the script's clock while the framework works (a model call); counts the call.
     pub fn model_call(&self, name: &str) -> LuaResult<Paused<'_>> {
+        self.model_calls(name, 1)
+    }
+
+    /// `model_call` for a call that runs a model `k` times (`ctx:ddim` with k steps).
+    pub fn model_calls(&self, name: &str, k: u64) -> LuaResult<Paused<'_>> {
         self.check()?;
-        let n = self.0.model_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self
+            .0
+            .model_calls
+            .fetch_add(k, Ordering::Relaxed)
+            .saturating_add(k);
         if n > self.0.model_call_limit {
             return Err(self.trip(format!(
                 "more than {} model calls in one call (the last: {name}): an endless loop?",

@@ -96,16 +96,21 @@ fn storage_id(t: &Tensor) -> usize {
 }
 
 /// Runs a candle op, turning a panic inside candle into an error.
-fn run<T>(name: &str, f: impl FnOnce() -> candle_core::Result<T>) -> LuaResult<T> {
+pub fn run<T>(name: &str, f: impl FnOnce() -> candle_core::Result<T>) -> LuaResult<T> {
+    run_lua(name, || f().map_err(lua_err))
+}
+
+/// `run` for a function that fails with a Lua error (a model call).
+pub fn run_lua<T>(name: &str, f: impl FnOnce() -> LuaResult<T>) -> LuaResult<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r.map_err(lua_err),
+        Ok(r) => r,
         Err(p) => {
             let msg = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            Err(lua_err(format!("{name}: unsupported ({msg})")))
+            Err(lua_err(format!("{name}: internal error ({msg})")))
         }
     }
 }
@@ -223,6 +228,11 @@ impl Op {
     ) -> LuaResult<LuaTensor> {
         let out = run(self.name, || f(&t.0))?;
         self.wrap(out, &[t])
+    }
+
+    /// A charge of `bytes` for something the op made that is not a tensor (a batch).
+    pub fn charge_bytes(&self, bytes: u64) -> Arc<Charge> {
+        self.limits.charge(bytes, Vec::new(), None)
     }
 
     fn limits(&self) -> &Limits {
