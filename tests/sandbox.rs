@@ -473,6 +473,18 @@ fn integer_tensors_give_errors_not_panics() {
             "exp needs a float tensor",
         ],
     );
+    // What integer tensors do take: arithmetic, comparisons, indexing, reading.
+    let (s, _, _) = load_ok(
+        dir.path(),
+        &script_src(
+            "",
+            "local c = cond + 1 local m = (cond * 2):gt(1) local t = (c - cond):totable() \
+             assert(t[1] == 1 and #cond:index(1, {1, 3}) == 2) return x0:sum(2) + m",
+            "return 1",
+        ),
+    );
+    let (x, c) = x0();
+    s.reward(&x, &c).unwrap();
 }
 
 #[test]

@@ -122,6 +122,17 @@ impl Script {
         overrides: &[(String, Json)],
         opts: &SandboxOptions,
     ) -> Result<Script> {
+        // A source larger than the state's memory could never load.
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.len() > opts.memory_limit as u64 {
+                bail!(
+                    "{}: the script is {}, more than the sandbox's Lua memory of {}",
+                    path.display(),
+                    show_bytes(m.len()),
+                    show_bytes(opts.memory_limit as u64)
+                );
+            }
+        }
         let src = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
         let origin = path.display().to_string();
@@ -132,7 +143,9 @@ impl Script {
             rng: crate::rng::shared(LOAD_SEED),
         });
         limits.begin("top-level code");
-        Self::load_in(path, &origin, src, overrides, lua, &limits, &required).map_err(|e| {
+        let loaded = Self::load_in(path, &origin, src, overrides, lua, &limits, &required);
+        limits.pause();
+        loaded.map_err(|e| {
             // A limit the top level (or a metamethod of its table) exceeded, said as such
             // whatever error it surfaced as.
             match limits.tripped() {

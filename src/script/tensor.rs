@@ -623,7 +623,7 @@ fn reshape_dims(args: &Variadic<Value>, n: usize) -> LuaResult<Vec<usize>> {
         .map(|&d| {
             if d != -1 {
                 Ok(d as usize)
-            } else if k == 0 || n as u128 % k != 0 {
+            } else if k == 0 || !(n as u128).is_multiple_of(k) {
                 Err(lua_err(format!(
                     "reshape: cannot infer -1 in {raw:?} for {n} elements"
                 )))
