@@ -772,3 +772,54 @@ fn a_panic_in_a_model_call_is_an_error() {
         ],
     );
 }
+
+/// A state with a tensor in an autograd graph (as `ctx:policy_step` returns) as global `g`.
+fn state_with_graph(tensor_memory: u64) -> (mlua::Lua, sqdf::script::sandbox::Limits) {
+    let dir = std::env::temp_dir();
+    let (mut o, _) = options(&dir);
+    o.tensor_memory = tensor_memory;
+    o.tensor_max_bytes = tensor_memory;
+    o.instruction_budget = 100_000_000;
+    o.time_limit = Duration::from_secs(60);
+    let (lua, limits, _) = sqdf::script::sandbox::new_state(&o).unwrap();
+    let v = candle_core::Var::zeros(1000, DType::F32, &Device::Cpu).unwrap();
+    lua.globals()
+        .set("g", sqdf::script::LuaTensor::new(v.as_tensor().clone()))
+        .unwrap();
+    (lua, limits)
+}
+
+#[test]
+fn an_autograd_graph_keeps_its_tensors_counted() {
+    // Each step holds the one before through its graph: dropping the Lua handles frees
+    // nothing, so the chain is refused at the tensor limit.
+    let (lua, _) = state_with_graph(1 << 20);
+    let e = lua
+        .load("local y = g for i = 1, 2000 do y = y * 1.0001 end")
+        .exec()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tensor memory limit"), "{e}");
+    // Without a graph the same loop is fine: each step is collected.
+    let (lua, limits) = state_with_graph(1 << 20);
+    lua.load("local y = g:detach() for i = 1, 2000 do y = y * 1.0001 end")
+        .exec()
+        .unwrap();
+    lua.gc_collect().unwrap();
+    assert_eq!(limits.tensor_bytes(), 0);
+}
+
+#[test]
+fn a_chain_of_tensors_is_capped_in_depth() {
+    // Small tensors, plenty of memory: the depth cap refuses the chain before dropping or
+    // differentiating it could overflow a stack.
+    let (lua, limits) = state_with_graph(1 << 30);
+    let e = lua
+        .load("local y = g:narrow(1, 1, 1) for i = 1, 20000 do y = y + 1 end")
+        .exec()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a chain of more than 10000 tensors"), "{e}");
+    lua.gc_collect().unwrap();
+    assert_eq!(limits.tensor_bytes(), 0);
+}

@@ -487,8 +487,13 @@ fn from_table(lua: &Lua, op: &Op, t: &LuaTable, device: &Device) -> LuaResult<Te
 fn to_table(lua: &Lua, t: &Tensor) -> LuaResult<Value> {
     let limits = Limits::of(lua)?;
     limits.check()?;
-    // Each number takes 16 bytes in a Lua table.
-    if (t.elem_count() as u128) * 16 > limits.lua_memory() as u128 {
+    // Each number (or nested table, for empty dimensions) takes 16 bytes or more in Lua.
+    let values = t
+        .dims()
+        .iter()
+        .filter(|&&d| d > 0)
+        .fold(1u128, |a, &d| a.saturating_mul(d as u128));
+    if values.saturating_mul(16) > limits.lua_memory() as u128 {
         return Err(lua_err(format!(
             "totable: {} numbers do not fit the sandbox's Lua memory of {}",
             t.elem_count(),
@@ -504,7 +509,7 @@ fn to_table(lua: &Lua, t: &Tensor) -> LuaResult<Value> {
         return Ok(Value::Number(flat.first().copied().unwrap_or(f64::NAN)));
     }
     fn build(lua: &Lua, dims: &[usize], flat: &[f64]) -> LuaResult<Value> {
-        let out = lua.create_table_with_capacity(dims[0], 0)?;
+        let out = lua.create_table_with_capacity(dims[0].min(1 << 20), 0)?;
         if dims.len() == 1 {
             for &x in flat.iter().take(dims[0]) {
                 out.raw_push(x)?;
