@@ -823,3 +823,28 @@ fn a_chain_of_tensors_is_capped_in_depth() {
     lua.gc_collect().unwrap();
     assert_eq!(limits.tensor_bytes(), 0);
 }
+
+#[test]
+fn error_values_and_close_handlers_cannot_hang_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, body) in [
+        "error(setmetatable({}, {__tostring = function() while true do end end}))",
+        "error(setmetatable({}, {__tostring = function() return string.rep('z', 1e7) end}))",
+        "error(tensor.zeros(2))",
+        "error()",
+        "local t <close> = setmetatable({}, {__close = function() while true do end end}) error('x')",
+        "local t <close> = setmetatable({}, {__close = function() while true do end end}) while true do end",
+        // A generic for closes its fourth value too.
+        "for k in next, {}, nil, setmetatable({}, {__close = function() while true do end end}) do end while true do end",
+        "local t <close> = setmetatable({}, {__close = function() while true do end end}) pcall(function() while true do end end)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = dir.path().join(format!("{i}")).tap_mkdir();
+        let (s, p, _) = load_ok(&d, &script_src("", "return x0:sum(2)", body));
+        let e = priority_err(&s);
+        assert!(e.starts_with(&format!("{}: hook `priority`", p.display())), "{e}");
+        assert!(e.len() < 20_000, "case {i}: {} bytes", e.len());
+    }
+}

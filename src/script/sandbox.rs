@@ -16,9 +16,8 @@
 use super::library;
 use super::tensor::{self, lua_err, TensorEnv};
 use crate::run_log::RunLog;
-use mlua::debug::DebugEvent;
 use mlua::prelude::*;
-use mlua::{HookTriggers, StdLib, Value, Variadic, VmState};
+use mlua::{ffi, StdLib, Value, Variadic};
 use rand::Rng as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,6 +127,107 @@ struct LimitsInner {
     run_print: Arc<RunPrint>,
     /// Bytes of tensors the script's operations hold alive.
     live: Arc<AtomicU64>,
+}
+
+impl LimitsInner {
+    fn tripped(&self) -> Option<String> {
+        lock(&self.tripped).clone()
+    }
+
+    /// Records the limit the call exceeded (the first one stays) and returns its message.
+    fn trip(&self, msg: String) -> String {
+        lock(&self.tripped).get_or_insert(msg).clone()
+    }
+
+    /// The current call's error, if it exceeded a limit or its time.
+    fn status(&self) -> Result<(), String> {
+        if let Some(m) = self.tripped() {
+            return Err(m);
+        }
+        if lock(&self.clock).elapsed() > self.time_limit {
+            return Err(self.trip(format!(
+                "time limit of {} exceeded (the script's own time in one call; model calls do not count): an endless loop?",
+                show_duration(self.time_limit)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every `HOOK_EVERY` instructions: the budget and the clock. `where_` says where the
+    /// script is, for the first report.
+    fn on_count(&self, where_: impl Fn() -> String) -> Result<(), String> {
+        let n = self
+            .instructions
+            .fetch_add(HOOK_EVERY as u64, Ordering::Relaxed)
+            .saturating_add(HOOK_EVERY as u64);
+        if self.tripped().is_none() && n > self.instruction_budget {
+            return Err(self.trip(format!(
+                "instruction budget of {} VM instructions exceeded in one call{}: an endless loop?",
+                self.instruction_budget,
+                where_()
+            )));
+        }
+        let fresh = self.tripped().is_none();
+        self.status().map_err(|msg| {
+            if !fresh {
+                return msg;
+            }
+            // Say where the script was when its time ran out.
+            let located = format!("{msg}{}", where_());
+            *lock(&self.tripped) = Some(located.clone());
+            located
+        })
+    }
+}
+
+/// The registry key of the limits the hook reads.
+static LIMITS_KEY: u8 = 0;
+
+/// The instruction and call hook, in C: on a limit it raises the error itself. (mlua's hook
+/// errors truncate the running Lua function's stack from inside the hook, which runs its
+/// `__close` handlers while Lua has hooks switched off.)
+unsafe extern "C-unwind" fn limits_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    let msg = {
+        ffi::lua_rawgetp(
+            state,
+            ffi::LUA_REGISTRYINDEX,
+            std::ptr::addr_of!(LIMITS_KEY).cast(),
+        );
+        let p = ffi::lua_touserdata(state, -1) as *const LimitsInner;
+        ffi::lua_pop(state, 1);
+        if p.is_null() {
+            return;
+        }
+        // The state's app data holds the limits for as long as Lua code can run in it.
+        let limits = &*p;
+        let count = (*ar).event == ffi::LUA_HOOKCOUNT;
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if count {
+                limits.on_count(|| location(state, ar))
+            } else {
+                // Before every function call, C functions included: a loop of calls to
+                // slow C functions is stopped between two of them.
+                limits.status()
+            }
+        }));
+        match checked {
+            Ok(Ok(())) => return,
+            Ok(Err(m)) => m,
+            Err(_) => "the sandbox's hook failed".to_string(),
+        }
+    };
+    ffi::lua_pushlstring(state, msg.as_ptr().cast(), msg.len());
+    drop(msg);
+    ffi::lua_error(state)
+}
+
+/// " (at file:line)" of the running Lua function, or nothing.
+unsafe fn location(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> String {
+    if ffi::lua_getinfo(state, c"Sl".as_ptr(), ar) == 0 || (*ar).currentline <= 0 {
+        return String::new();
+    }
+    let src = std::ffi::CStr::from_ptr((*ar).short_src.as_ptr()).to_string_lossy();
+    format!(" (at {src}:{})", (*ar).currentline)
 }
 
 /// The limits of one Lua state, and where the current call stands against them.
@@ -295,29 +395,17 @@ impl Limits {
 
     /// The limit the current call exceeded, if any.
     pub fn tripped(&self) -> Option<String> {
-        lock(&self.0.tripped).clone()
+        self.0.tripped()
     }
 
     /// Records that the current call exceeded a limit; the error every later check raises.
     fn trip(&self, msg: String) -> LuaError {
-        let mut t = lock(&self.0.tripped);
-        let msg = t.get_or_insert(msg).clone();
-        lua_err(msg)
+        lua_err(self.0.trip(msg))
     }
 
     /// Fails if the call has exceeded a limit or its time.
     pub fn check(&self) -> LuaResult<()> {
-        if let Some(m) = self.tripped() {
-            return Err(lua_err(m));
-        }
-        let elapsed = lock(&self.0.clock).elapsed();
-        if elapsed > self.0.time_limit {
-            return Err(self.trip(format!(
-                "time limit of {} exceeded (the script's own time in one call; model calls do not count): an endless loop?",
-                show_duration(self.0.time_limit)
-            )));
-        }
-        Ok(())
+        self.0.status().map_err(lua_err)
     }
 
     /// Pauses the script's clock while the framework works (a model call); counts the call.
@@ -350,31 +438,6 @@ impl Limits {
         Ok(Paused {
             limits: self,
             resume,
-        })
-    }
-
-    fn on_instructions(&self, where_: impl FnOnce() -> String) -> LuaResult<()> {
-        let n = self
-            .0
-            .instructions
-            .fetch_add(HOOK_EVERY as u64, Ordering::Relaxed)
-            + HOOK_EVERY as u64;
-        if self.tripped().is_none() && n > self.0.instruction_budget {
-            return Err(self.trip(format!(
-                "instruction budget of {} VM instructions exceeded in one call{}: an endless loop?",
-                self.0.instruction_budget,
-                where_()
-            )));
-        }
-        self.check().map_err(|e| {
-            // Say where the script was when its time ran out (the first trip only).
-            let msg = self.tripped().unwrap_or_default();
-            if msg.starts_with("time limit") && !msg.contains(" (at ") {
-                let located = format!("{msg}{}", where_());
-                *lock(&self.0.tripped) = Some(located.clone());
-                return lua_err(located);
-            }
-            e
         })
     }
 
@@ -677,27 +740,25 @@ pub fn new_state(opts: &SandboxOptions) -> anyhow::Result<(Lua, Limits, Required
     let required = Required::default();
     install_require(&lua, &opts.script_dir, required.clone())?;
 
-    let hook_limits = limits.clone();
-    lua.set_hook(
-        HookTriggers::new()
-            .on_calls()
-            .every_nth_instruction(HOOK_EVERY),
-        move |_, debug| {
-            match debug.event() {
-                DebugEvent::Count => hook_limits.on_instructions(|| {
-                    let src = debug.source();
-                    match (src.short_src, debug.current_line()) {
-                        (Some(s), Some(l)) => format!(" (at {s}:{l})"),
-                        _ => String::new(),
-                    }
-                })?,
-                // Before every function call, C functions included: a loop of calls to
-                // slow C functions is stopped between two of them.
-                _ => hook_limits.check()?,
-            }
-            Ok(VmState::Continue)
-        },
-    )?;
+    let inner = Arc::as_ptr(&limits.0) as *mut std::ffi::c_void;
+    // SAFETY: the pointer stays valid while the state lives (its app data holds the Arc);
+    // the hook is plain C (see `limits_hook`).
+    unsafe {
+        lua.exec_raw::<()>((), |state| {
+            ffi::lua_pushlightuserdata(state, inner);
+            ffi::lua_rawsetp(
+                state,
+                ffi::LUA_REGISTRYINDEX,
+                std::ptr::addr_of!(LIMITS_KEY).cast(),
+            );
+            ffi::lua_sethook(
+                state,
+                Some(limits_hook),
+                ffi::LUA_MASKCALL | ffi::LUA_MASKCOUNT,
+                HOOK_EVERY as std::ffi::c_int,
+            );
+        })?;
+    }
     lua.set_memory_limit(opts.memory_limit)?;
     Ok((lua, limits, required))
 }
