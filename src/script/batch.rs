@@ -1,11 +1,13 @@
 //! A batch of buffer states as Lua sees it (`batch.x`, `batch.k`, ...).
 
+use super::sandbox::Charge;
 use super::tensor::LuaTensor;
 use crate::diffusion::DdimSampler;
 use crate::replay::{ReplayBuffer, StateRef};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use mlua::{UserData, UserDataFields};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -28,6 +30,8 @@ pub struct Batch {
     pub cond: Tensor,
     /// log p(next | x) under the policy that sampled the action, f32 [B] (NaN if unknown).
     pub log_prob: Tensor,
+    /// The sandbox's charge for a batch a script made (`traj:at`), None for the framework's.
+    pub charge: Option<Arc<Charge>>,
 }
 
 impl Batch {
@@ -77,6 +81,7 @@ impl Batch {
             idx: idx.to_vec(),
             x,
             next,
+            charge: None,
         })
     }
 
@@ -87,14 +92,14 @@ impl Batch {
 
 impl UserData for Batch {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
-        f.add_field_method_get("x", |_, b| Ok(LuaTensor(b.x.clone())));
-        f.add_field_method_get("next", |_, b| Ok(LuaTensor(b.next.clone())));
-        f.add_field_method_get("t", |_, b| Ok(LuaTensor(b.t.clone())));
-        f.add_field_method_get("k", |_, b| Ok(LuaTensor(b.k.clone())));
-        f.add_field_method_get("discount", |_, b| Ok(LuaTensor(b.discount.clone())));
-        f.add_field_method_get("reward", |_, b| Ok(LuaTensor(b.reward.clone())));
-        f.add_field_method_get("cond", |_, b| Ok(LuaTensor(b.cond.clone())));
-        f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor(b.log_prob.clone())));
+        f.add_field_method_get("x", |_, b| Ok(LuaTensor::new(b.x.clone())));
+        f.add_field_method_get("next", |_, b| Ok(LuaTensor::new(b.next.clone())));
+        f.add_field_method_get("t", |_, b| Ok(LuaTensor::new(b.t.clone())));
+        f.add_field_method_get("k", |_, b| Ok(LuaTensor::new(b.k.clone())));
+        f.add_field_method_get("discount", |_, b| Ok(LuaTensor::new(b.discount.clone())));
+        f.add_field_method_get("reward", |_, b| Ok(LuaTensor::new(b.reward.clone())));
+        f.add_field_method_get("cond", |_, b| Ok(LuaTensor::new(b.cond.clone())));
+        f.add_field_method_get("log_prob", |_, b| Ok(LuaTensor::new(b.log_prob.clone())));
         f.add_field_method_get("size", |_, b| Ok(b.size()));
     }
 }

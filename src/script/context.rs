@@ -6,7 +6,8 @@
 use super::batch::Batch;
 use super::config::X0Estimator;
 use super::experiment::call_reward;
-use super::tensor::{lua_err, LuaTensor};
+use super::sandbox::Limits;
+use super::tensor::{lock_rng, lua_err, run, run_lua, LuaTensor, Op};
 use crate::diffusion::kl::{gaussian_kl, KlForm};
 use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::{per_sample, tweedie, Step};
@@ -37,22 +38,64 @@ pub struct LossContext {
     pub buffer_rewards: Arc<(Vec<u32>, Vec<f32>)>,
 }
 
-fn step_table(lua: &Lua, s: Step) -> LuaResult<LuaTable> {
+/// A step's tensors as a table, each charged to the script (with `x`, which their graph
+/// holds, when the script made it).
+fn step_table(lua: &Lua, op: &Op, s: Step, x: &LuaTensor) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
-    t.set("mean", LuaTensor(s.mean))?;
-    t.set("sigma", LuaTensor(s.sigma))?;
-    t.set("x0", LuaTensor(s.x0))?;
+    t.set("mean", op.wrap(s.mean, &[x])?)?;
+    t.set("sigma", op.wrap(s.sigma, &[x])?)?;
+    t.set("x0", op.wrap(s.x0, &[x])?)?;
     Ok(t)
 }
 
-fn step_from(t: &LuaTable) -> LuaResult<(Tensor, Tensor)> {
+/// Runs a model call: checked against the sandbox's cap on model calls, with the script's
+/// clock paused (the model's time is not the script's), its outputs (`k` tensors shaped
+/// like `x`) admitted before it runs.
+fn model_call<T>(
+    lua: &Lua,
+    name: &'static str,
+    x: &Tensor,
+    k: usize,
+    f: impl FnOnce() -> LuaResult<T>,
+) -> LuaResult<(Op, T)> {
+    model_calls(lua, name, x, k, 1, f)
+}
+
+/// `model_call` for a call that runs a model `runs` times (`ctx:ddim`).
+fn model_calls<T>(
+    lua: &Lua,
+    name: &'static str,
+    x: &Tensor,
+    k: usize,
+    runs: u64,
+    f: impl FnOnce() -> LuaResult<T>,
+) -> LuaResult<(Op, T)> {
+    let op = Op::start(lua, name)?;
+    op.admit_like(lua, x, k)?;
+    let limits = Limits::of(lua)?;
+    let out = {
+        let _paused = limits.model_calls(name, runs)?;
+        run_lua(name, f)?
+    };
+    Ok((op, out))
+}
+
+/// Model runs of an x0 estimator (`x0 = "ddim"` takes `x0_steps`).
+fn estimator_runs(which: X0Estimator, x0_steps: usize) -> u64 {
+    match which {
+        X0Estimator::Ddim => x0_steps as u64,
+        _ => 1,
+    }
+}
+
+fn step_from(t: &LuaTable) -> LuaResult<(LuaTensor, LuaTensor)> {
     let mean: LuaTensor = t
         .get("mean")
         .map_err(|_| lua_err("a step needs a `mean` tensor"))?;
     let sigma: LuaTensor = t
         .get("sigma")
         .map_err(|_| lua_err("a step needs a `sigma` tensor"))?;
-    Ok((mean.0, sigma.0))
+    Ok((mean, sigma))
 }
 
 impl LossContext {
@@ -80,7 +123,7 @@ impl LossContext {
         let m = &self.models;
         let a: Vec<f64> = b.idx.iter().map(|&i| m.sampler.alpha_bar(i)).collect();
         let eps = {
-            let mut rng = self.rng.lock().unwrap();
+            let mut rng = lock_rng(&self.rng);
             crate::rng::randn(&mut rng, x0.shape(), x0.device()).map_err(lua_err)?
         };
         let sa: Vec<f64> = a.iter().map(|v| v.sqrt()).collect();
@@ -190,85 +233,112 @@ impl UserData for LossContext {
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         // ctx:policy_step(batch[, x]): from x instead of batch.x when given (DRaFT-K).
-        m.add_method(
-            "policy_step",
-            |lua, c, (b, x): (LuaAnyUserData, Option<LuaTensor>)| {
-                let b = b.borrow::<Batch>()?;
-                let x = x.map(|t| t.0).unwrap_or_else(|| b.x.clone());
-                step_table(lua, c.step_from(&b, &x, true).map_err(lua_err)?)
-            },
-        );
-        m.add_method(
-            "reference_step",
-            |lua, c, (b, x): (LuaAnyUserData, Option<LuaTensor>)| {
-                let b = b.borrow::<Batch>()?;
-                let x = x.map(|t| t.0).unwrap_or_else(|| b.x.clone());
-                step_table(lua, c.step_from(&b, &x, false).map_err(lua_err)?)
-            },
-        );
+        for (name, policy) in [("ctx:policy_step", true), ("ctx:reference_step", false)] {
+            let method = name.trim_start_matches("ctx:");
+            m.add_method(
+                method,
+                move |lua, c, (b, x): (LuaAnyUserData, Option<LuaTensor>)| {
+                    let b = b.borrow::<Batch>()?;
+                    let x = x.unwrap_or_else(|| LuaTensor::new(b.x.clone()));
+                    let (op, s) = model_call(lua, name, &x.0, 3, || {
+                        c.step_from(&b, &x.0, policy).map_err(lua_err)
+                    })?;
+                    step_table(lua, &op, s, &x)
+                },
+            );
+        }
         // ctx:log_prob(step, x): log p(x | x_t) under a step's Gaussian, mean over dims, [B].
-        m.add_method("log_prob", |_, _, (s, x): (LuaTable, LuaTensor)| {
+        m.add_method("log_prob", |lua, _, (s, x): (LuaTable, LuaTensor)| {
+            let op = Op::start(lua, "ctx:log_prob")?;
             let (mean, sigma) = step_from(&s)?;
-            gaussian_log_prob(&x.0, &mean, &sigma)
-                .map(LuaTensor)
-                .map_err(lua_err)
+            op.admit_like(lua, &x.0, 3)?;
+            let out = run("ctx:log_prob", || {
+                gaussian_log_prob(&x.0, &mean.0, &sigma.0)
+            })?;
+            op.wrap(out, &[&x, &mean, &sigma])
         });
-        m.add_method("noise_to", |_, c, (x0, b): (LuaTensor, LuaAnyUserData)| {
-            let b = b.borrow::<Batch>()?;
-            c.noise_to(&x0.0, &b).map(LuaTensor)
-        });
+        m.add_method(
+            "noise_to",
+            |lua, c, (x0, b): (LuaTensor, LuaAnyUserData)| {
+                let op = Op::start(lua, "ctx:noise_to")?;
+                let b = b.borrow::<Batch>()?;
+                op.admit_like(lua, &x0.0, 4)?;
+                let out = run_lua("ctx:noise_to", || c.noise_to(&x0.0, &b))?;
+                op.wrap(out, &[&x0])
+            },
+        );
         m.add_method(
             "ddim",
-            |_, c, (x, b, n): (LuaTensor, LuaAnyUserData, Option<usize>)| {
+            |lua, c, (x, b, n): (LuaTensor, LuaAnyUserData, Option<usize>)| {
                 let b = b.borrow::<Batch>()?;
                 let n = n.unwrap_or(c.x0_steps).max(1);
-                c.ddim_next(&x.0, &b, n).map(LuaTensor).map_err(lua_err)
+                let (op, out) = model_calls(lua, "ctx:ddim", &x.0, 1, n as u64, || {
+                    c.ddim_next(&x.0, &b, n).map_err(lua_err)
+                })?;
+                op.wrap(out, &[&x])
             },
         );
         // ctx:buffer_rewards(): {cond = u32 [N], reward = [N]} of every stored trajectory
         // (DDPO's per-prompt statistics; they survive reloads and resumes with the buffer).
         m.add_method("buffer_rewards", |lua, c, ()| {
+            let op = Op::start(lua, "ctx:buffer_rewards")?;
             let (cond, reward) = &*c.buffer_rewards;
+            op.admit(
+                lua,
+                &[cond.len() as u128, reward.len() as u128],
+                crate::DTYPE,
+            )?;
             let dev = &c.models.device;
             let t = lua.create_table()?;
             t.set(
                 "cond",
-                LuaTensor(Tensor::from_vec(cond.clone(), cond.len(), dev).map_err(lua_err)?),
+                op.made(Tensor::from_vec(cond.clone(), cond.len(), dev), &[])?,
             )?;
             t.set(
                 "reward",
-                LuaTensor(Tensor::from_vec(reward.clone(), reward.len(), dev).map_err(lua_err)?),
+                op.made(Tensor::from_vec(reward.clone(), reward.len(), dev), &[])?,
             )?;
             Ok(t)
         });
-        m.add_method("x0_hat", |_, c, (x, b): (LuaTensor, LuaAnyUserData)| {
-            let b = b.borrow::<Batch>()?;
-            c.x0_hat(&x.0, &b, c.x0).map(LuaTensor)
-        });
-        m.add_method(
-            "consistency",
-            |_, c, (x, b): (LuaTensor, LuaAnyUserData)| {
-                let b = b.borrow::<Batch>()?;
-                c.x0_hat(&x.0, &b, X0Estimator::Consistency).map(LuaTensor)
-            },
-        );
-        m.add_method("tweedie", |_, c, (x, b): (LuaTensor, LuaAnyUserData)| {
-            let b = b.borrow::<Batch>()?;
-            c.x0_hat(&x.0, &b, X0Estimator::Tweedie).map(LuaTensor)
-        });
-        m.add_method("reward", |_, c, (x0, b): (LuaTensor, LuaAnyUserData)| {
+        type Estimator = (&'static str, &'static str, Option<X0Estimator>);
+        let estimators: [Estimator; 3] = [
+            ("x0_hat", "ctx:x0_hat", None),
+            (
+                "consistency",
+                "ctx:consistency",
+                Some(X0Estimator::Consistency),
+            ),
+            ("tweedie", "ctx:tweedie", Some(X0Estimator::Tweedie)),
+        ];
+        for (method, name, which) in estimators {
+            m.add_method(
+                method,
+                move |lua, c, (x, b): (LuaTensor, LuaAnyUserData)| {
+                    let b = b.borrow::<Batch>()?;
+                    let which = which.unwrap_or(c.x0);
+                    let runs = estimator_runs(which, c.x0_steps);
+                    let (op, out) =
+                        model_calls(lua, name, &x.0, 1, runs, || c.x0_hat(&x.0, &b, which))?;
+                    op.wrap(out, &[&x])
+                },
+            );
+        }
+        m.add_method("reward", |lua, c, (x0, b): (LuaTensor, LuaAnyUserData)| {
+            let op = Op::start(lua, "ctx:reward")?;
             let cond = b.borrow::<Batch>()?.cond.clone();
-            call_reward(&c.reward, &c.config, &x0.0, &cond).map(LuaTensor)
+            let out = call_reward(&c.reward, &c.config, &x0.0, &cond)?;
+            op.wrap(out, &[&x0])
         });
-        m.add_method("randn_like", |_, c, t: LuaTensor| {
-            let mut rng = c.rng.lock().unwrap();
-            crate::rng::randn(&mut rng, t.0.shape(), t.0.device())
-                .map(LuaTensor)
-                .map_err(lua_err)
+        m.add_method("randn_like", |lua, c, t: LuaTensor| {
+            let op = Op::start(lua, "ctx:randn_like")?;
+            op.admit(lua, &[t.0.elem_count() as u128], crate::DTYPE)?;
+            let mut rng = lock_rng(&c.rng);
+            op.made(crate::rng::randn(&mut rng, t.0.shape(), t.0.device()), &[])
         });
         m.add_method(
             "kl",
-            |_, _, (p, q, form): (LuaTable, LuaTable, Option<String>)| {
+            |lua, _, (p, q, form): (LuaTable, LuaTable, Option<String>)| {
+                let op = Op::start(lua, "ctx:kl")?;
                 let form = form.unwrap_or_else(|| "released".into());
                 let form = KlForm::parse(&form).ok_or_else(|| {
                     lua_err(format!(
@@ -276,9 +346,9 @@ impl UserData for LossContext {
                     ))
                 })?;
                 let ((mp, sp), (mq, _)) = (step_from(&p)?, step_from(&q)?);
-                gaussian_kl(&mp, &mq, &sp, form)
-                    .map(LuaTensor)
-                    .map_err(lua_err)
+                op.admit_like(lua, &mp.0, 4)?;
+                let out = run("ctx:kl", || gaussian_kl(&mp.0, &mq.0, &sp.0, form))?;
+                op.wrap(out, &[&mp, &mq, &sp])
             },
         );
     }

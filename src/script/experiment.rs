@@ -3,8 +3,8 @@
 
 use super::config::RunConfig;
 use super::context::LossContext;
-use super::sandbox::{new_state, Budget, SandboxOptions};
-use super::tensor::{lua_err, LuaTensor};
+use super::sandbox::{new_state, show_bytes, strip_bom, Limits, SandboxOptions};
+use super::tensor::{lua_err, LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 use mlua::prelude::*;
@@ -59,7 +59,7 @@ pub struct Script {
     on_epoch_end: Option<LuaFunction>,
     /// The script and every file it required from disk, with the source that was loaded.
     pub sources: Vec<(PathBuf, String)>,
-    budget: Budget,
+    limits: Limits,
     priority_arg: LuaTable,
 }
 
@@ -82,7 +82,11 @@ fn call_reward_hook(
     cond: &Tensor,
 ) -> LuaResult<Tensor> {
     let b = x0.dim(0).map_err(lua_err)?;
-    let r: Value = f.call((LuaTensor(x0.clone()), LuaTensor(cond.clone()), cfg.clone()))?;
+    let r: Value = f.call((
+        LuaTensor::new(x0.clone()),
+        LuaTensor::new(cond.clone()),
+        cfg.clone(),
+    ))?;
     let t = match r {
         Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
         other => {
@@ -99,7 +103,15 @@ fn call_reward_hook(
             t.dims()
         )));
     }
-    t.reshape(b).map_err(lua_err)
+    if !t.dtype().is_float() {
+        return Err(lua_err(format!(
+            "hook `{name}` returned a tensor of dtype {}, expected a float tensor of shape [{b}] (rewards are real numbers)",
+            format!("{:?}", t.dtype()).to_lowercase()
+        )));
+    }
+    t.reshape(b)
+        .and_then(|t| t.to_dtype(crate::DTYPE))
+        .map_err(lua_err)
 }
 
 impl Script {
@@ -110,21 +122,60 @@ impl Script {
         overrides: &[(String, Json)],
         opts: &SandboxOptions,
     ) -> Result<Script> {
+        // A source larger than the state's memory could never load.
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.len() > opts.memory_limit as u64 {
+                bail!(
+                    "{}: the script is {}, more than the sandbox's Lua memory of {}",
+                    path.display(),
+                    show_bytes(m.len()),
+                    show_bytes(opts.memory_limit as u64)
+                );
+            }
+        }
         let src = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
         let origin = path.display().to_string();
-        let (lua, budget, required) = new_state(opts)?;
+        let (lua, limits, required) = new_state(opts)?;
         // Top-level randomness (`local W = tensor.randn(...)`) is the same at every load.
         lua.set_app_data(super::TensorEnv {
             device: opts.tensors.device.clone(),
             rng: crate::rng::shared(LOAD_SEED),
         });
-        budget.reset();
+        limits.begin("top-level code");
+        let loaded = Self::load_in(path, &origin, src, overrides, lua, &limits, &required);
+        limits.pause();
+        loaded.map_err(|e| {
+            // A limit the top level (or a metamethod of its table) exceeded, said as such
+            // whatever error it surfaced as.
+            match limits.tripped() {
+                Some(m) => anyhow!("{origin}: top-level code: {m}"),
+                None => e,
+            }
+        })
+    }
+
+    fn load_in(
+        path: &Path,
+        origin: &str,
+        src: String,
+        overrides: &[(String, Json)],
+        lua: Lua,
+        limits: &Limits,
+        required: &super::sandbox::Required,
+    ) -> Result<Script> {
         let value: Value = lua
-            .load(&src)
+            .load(strip_bom(&src))
             .set_name(format!("@{origin}"))
             .eval()
-            .map_err(|e| anyhow!("{}", describe(&e)))?;
+            .map_err(|e| {
+                let msg = describe_with(&e, limits);
+                if msg.starts_with(origin) {
+                    anyhow!("{msg}")
+                } else {
+                    anyhow!("{origin}: {msg}")
+                }
+            })?;
         let Value::Table(table) = value else {
             bail!(
                 "{origin} must return a table with `config` and the hooks {}, it returned {}",
@@ -141,6 +192,7 @@ impl Script {
                     other.type_name()
                 ),
             };
+            let key = clip(key);
             let known = REQUIRED_HOOKS.iter().any(|(h, _)| *h == key)
                 || OPTIONAL_HOOKS.contains(&key.as_str())
                 || OTHER_KEYS.contains(&key.as_str());
@@ -160,7 +212,7 @@ impl Script {
                 a(other.type_name())
             ),
         };
-        let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, &origin)?;
+        let config = RunConfig::from_lua(cfg_table.as_ref(), overrides, origin)?;
         let hook = |name: &str, what: &str| -> Result<LuaFunction> {
             match table.get::<Value>(name)? {
                 Value::Function(f) => Ok(f),
@@ -188,7 +240,7 @@ impl Script {
         let (buffer_reward, on_epoch_end) = (optional("buffer_reward")?, optional("on_epoch_end")?);
         let config_table = config.to_lua(&lua)?;
         let mut sources = vec![(path.to_path_buf(), src)];
-        sources.extend(required.0.lock().unwrap().iter().cloned());
+        sources.extend(required.files());
         let priority_arg = lua.create_table()?;
         Ok(Script {
             path: path.to_path_buf(),
@@ -201,7 +253,7 @@ impl Script {
             buffer_reward,
             on_epoch_end,
             sources,
-            budget,
+            limits: limits.clone(),
             priority_arg,
             lua,
         })
@@ -211,15 +263,42 @@ impl Script {
         self.path.display().to_string()
     }
 
+    /// Starts a call of hook `hook` under fresh limits; the clock stops when it ends.
+    fn begin(&self, hook: &str) -> Call<'_> {
+        self.limits.begin(&format!("hook `{hook}`"));
+        Call(&self.limits)
+    }
+
+    /// `begin` for a hook the framework calls many times in a row (`priority`,
+    /// `discount`): the calls of one series share their limits.
+    fn begin_series(&self, hook: &str) -> Call<'_> {
+        self.limits.continue_series(&format!("hook `{hook}`"));
+        Call(&self.limits)
+    }
+
+    /// A hook's error naming the file and the hook; a limit the call exceeded is reported
+    /// as such, whatever error it surfaced as (a script may have caught and replaced it).
     fn fail(&self, hook: &str, e: LuaError) -> anyhow::Error {
-        anyhow!("{}: hook `{hook}` failed: {}", self.origin(), describe(&e))
+        match self.limits.tripped() {
+            Some(m) => anyhow!("{}: hook `{hook}`: {m}", self.origin()),
+            None => anyhow!(
+                "{}: hook `{hook}` failed: {}",
+                self.origin(),
+                describe_with(&e, &self.limits)
+            ),
+        }
+    }
+
+    /// The sandbox's limits of this script's state.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// discount(k) for k = 0..steps-1, each a finite number.
     pub fn discounts(&self, steps: usize) -> Result<Vec<f64>> {
         (0..steps)
             .map(|k| {
-                self.budget.reset();
+                let _call = self.begin_series("discount");
                 let v: Value = self
                     .discount
                     .call((k, self.config_table.clone()))
@@ -239,12 +318,13 @@ impl Script {
 
     /// priority(state) for one buffer state: a finite number >= 0.
     pub fn priority(&self, reward: f32, k: usize, t: usize, cond: u32) -> Result<f64> {
-        self.budget.reset();
+        let _call = self.begin_series("priority");
         let s = &self.priority_arg;
-        s.set("reward", reward)?;
-        s.set("k", k)?;
-        s.set("t", t)?;
-        s.set("cond", cond)?;
+        // Raw: a metamethod the script set on `state` never runs here.
+        s.raw_set("reward", reward)?;
+        s.raw_set("k", k)?;
+        s.raw_set("t", t)?;
+        s.raw_set("cond", cond)?;
         let v: Value = self
             .priority
             .call((s.clone(), self.config_table.clone()))
@@ -262,7 +342,7 @@ impl Script {
 
     /// reward(x0, cond): one reward per sample.
     pub fn reward(&self, x0: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        self.budget.reset();
+        let _call = self.begin("reward");
         call_reward(&self.reward, &self.config_table, x0, cond).map_err(|e| self.fail("reward", e))
     }
 
@@ -272,7 +352,7 @@ impl Script {
         let Some(f) = &self.buffer_reward else {
             return self.reward(x0, cond);
         };
-        self.budget.reset();
+        let _call = self.begin("buffer_reward");
         call_reward_hook("buffer_reward", f, &self.config_table, x0, cond)
             .map_err(|e| self.fail("buffer_reward", e))
     }
@@ -285,7 +365,7 @@ impl Script {
     /// loss(batch, ctx): a scalar tensor and an optional table of numbers to log.
     /// `batch` is a `Batch` of states or, with `update_on = "trajectories"`, `Trajectories`.
     pub fn loss(&self, batch: impl IntoLua, ctx: LossContext) -> Result<LossOutput> {
-        self.budget.reset();
+        let _call = self.begin("loss");
         let out: LuaMultiValue = self
             .loss
             .call((batch, ctx))
@@ -313,6 +393,7 @@ impl Script {
             Some(Value::Table(t)) => {
                 for pair in t.pairs::<String, Value>() {
                     let (k, v) = pair?;
+                    check_stat(&self.origin(), "loss", stats.len() + 1, &k)?;
                     let x = match v {
                         Value::Integer(i) => i as f64,
                         Value::Number(n) => n,
@@ -349,7 +430,7 @@ impl Script {
         let Some(f) = &self.on_epoch_end else {
             return Ok(BTreeMap::new());
         };
-        self.budget.reset();
+        let _call = self.begin("on_epoch_end");
         let m = super::config::json_to_lua(&self.lua, metrics)?;
         let v: Value = f
             .call((m, self.config_table.clone()))
@@ -358,6 +439,7 @@ impl Script {
         if let Value::Table(t) = v {
             for pair in t.pairs::<String, f64>() {
                 let (k, x) = pair.map_err(|e| self.fail("on_epoch_end", e))?;
+                check_stat(&self.origin(), "on_epoch_end", out.len() + 1, &k)?;
                 out.insert(k, x);
             }
         }
@@ -372,12 +454,20 @@ impl Script {
         let t = self.lua.create_table()?;
         for (name, f) in fns {
             let f = f.clone();
+            let call = format!("rewards.{name}");
             let lf =
                 self.lua
-                    .create_function(move |_, (x, c): (LuaTensor, Option<LuaTensor>)| {
-                        f(&x.0, c.as_ref().map(|c| &c.0))
-                            .map(LuaTensor)
-                            .map_err(lua_err)
+                    .create_function(move |lua, (x, c): (LuaTensor, Option<LuaTensor>)| {
+                        let op = Op::start(lua, "rewards")?;
+                        let limits = Limits::of(lua)?;
+                        // The model's time is not the script's.
+                        let out = {
+                            let _paused = limits.model_call(&call)?;
+                            super::tensor::run(&call, || f(&x.0, c.as_ref().map(|c| &c.0)))?
+                        };
+                        let inputs: Vec<&LuaTensor> =
+                            std::iter::once(&x).chain(c.as_ref()).collect();
+                        op.wrap(out, &inputs)
                     })?;
             t.set(name.as_str(), lf)?;
         }
@@ -397,6 +487,48 @@ impl Script {
     pub fn has_on_epoch_end(&self) -> bool {
         self.on_epoch_end.is_some()
     }
+}
+
+/// Stops the script's clock when a hook call returns.
+struct Call<'a>(&'a Limits);
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.0.pause();
+    }
+}
+
+/// Entries a hook may return in a table of numbers to log (`loss`'s stats,
+/// `on_epoch_end`), and the length of their names: they go into every metrics line.
+const MAX_STATS: usize = 256;
+const MAX_STAT_NAME: usize = 100;
+
+fn check_stat(origin: &str, hook: &str, n: usize, key: &str) -> Result<()> {
+    if n > MAX_STATS {
+        bail!("{origin}: hook `{hook}` returned more than {MAX_STATS} numbers to log");
+    }
+    if key.len() > MAX_STAT_NAME {
+        bail!(
+            "{origin}: hook `{hook}`: the name of a number to log is longer than {MAX_STAT_NAME} bytes"
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of an error message kept in the log (a script's error can be any string).
+const MAX_MESSAGE: usize = 8 << 10;
+
+fn clip(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE {
+        let total = msg.len();
+        let mut cut = MAX_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str(&format!("... ({} more bytes cut)", total - cut));
+    }
+    msg
 }
 
 /// A Lua type name with its article: "a number", "an integer".
@@ -419,12 +551,43 @@ fn show(v: &Value) -> String {
         Value::Boolean(b) => format!("{b}"),
         Value::Integer(i) => format!("{i}"),
         Value::Number(n) => format!("{n}"),
-        Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
+        Value::String(s) => {
+            let text = s.to_string_lossy();
+            if text.chars().count() > 80 {
+                let head: String = text.chars().take(80).collect();
+                format!("the string {head:?}... ({} bytes)", text.len())
+            } else {
+                format!("the string {text:?}")
+            }
+        }
         Value::UserData(u) if u.is::<LuaTensor>() => match u.borrow::<LuaTensor>() {
             Ok(t) => format!("a tensor of shape {:?}", t.0.dims()),
             Err(_) => "a tensor".into(),
         },
         other => format!("a {}", other.type_name()),
+    }
+}
+
+/// `describe`, with a Lua memory error said as the sandbox's limit.
+fn describe_with(e: &LuaError, limits: &Limits) -> String {
+    let msg = clip(describe(e));
+    if is_memory_error(e) {
+        format!(
+            "Lua memory limit of {} exceeded ({msg})",
+            show_bytes(limits.lua_memory() as u64)
+        )
+    } else {
+        msg
+    }
+}
+
+fn is_memory_error(e: &LuaError) -> bool {
+    match e {
+        LuaError::MemoryError(_) => true,
+        LuaError::CallbackError { cause, .. } | LuaError::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        _ => false,
     }
 }
 

@@ -3,11 +3,11 @@
 //! state i with the action taken from it, so a loss can walk any steps it likes.
 
 use super::batch::Batch;
-use super::tensor::{lua_err, LuaTensor};
+use super::tensor::{lua_err, LuaTensor, Op};
 use crate::diffusion::DdimSampler;
 use crate::replay::{ReplayBuffer, StateRef};
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use mlua::{UserData, UserDataFields, UserDataMethods};
 
 #[derive(Clone, Debug)]
@@ -111,21 +111,38 @@ impl UserData for Trajectories {
     fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
         f.add_field_method_get("size", |_, t| Ok(t.size()));
         f.add_field_method_get("steps", |_, t| Ok(t.steps()));
-        f.add_field_method_get("x0", |_, t| t.x0().map(LuaTensor).map_err(lua_err));
-        f.add_field_method_get("reward", |_, t| {
-            Tensor::from_vec(t.reward.clone(), t.size(), t.states.device())
-                .map(LuaTensor)
-                .map_err(lua_err)
+        // Each access makes a tensor: charged to the script like its own.
+        f.add_field_method_get("x0", |lua, t| {
+            let op = Op::start(lua, "traj.x0")?;
+            op.wrap(t.x0().map_err(lua_err)?, &[])
         });
-        f.add_field_method_get("cond", |_, t| {
-            Tensor::from_vec(t.cond.clone(), t.size(), t.states.device())
-                .map(LuaTensor)
-                .map_err(lua_err)
+        f.add_field_method_get("reward", |lua, t| {
+            let op = Op::start(lua, "traj.reward")?;
+            op.admit(lua, &[t.size() as u128], crate::DTYPE)?;
+            op.made(
+                Tensor::from_vec(t.reward.clone(), t.size(), t.states.device()),
+                &[],
+            )
         });
-        f.add_field_method_get("log_prob", |_, t| Ok(LuaTensor(t.log_prob.clone())));
+        f.add_field_method_get("cond", |lua, t| {
+            let op = Op::start(lua, "traj.cond")?;
+            op.admit(lua, &[t.size() as u128], DType::U32)?;
+            op.made(
+                Tensor::from_vec(t.cond.clone(), t.size(), t.states.device()),
+                &[],
+            )
+        });
+        f.add_field_method_get("log_prob", |_, t| Ok(LuaTensor::new(t.log_prob.clone())));
     }
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("at", |_, t, i: usize| t.at(i).map_err(lua_err));
+        m.add_method("at", |lua, t, i: usize| {
+            let op = Op::start(lua, "traj:at")?;
+            // The batch's own small tensors (t, k, discount, reward, cond), charged with it.
+            op.admit(lua, &[t.size() as u128 * 5], crate::DTYPE)?;
+            let mut b = t.at(i).map_err(lua_err)?;
+            b.charge = Some(op.charge_bytes(t.size() as u64 * 20 + 2048));
+            Ok(b)
+        });
     }
 }

@@ -4,21 +4,22 @@
 use candle_core::{Device, Tensor, Var};
 use mlua::{Lua, Value};
 use sqdf::run_log::RunLog;
-use sqdf::script::sandbox::{new_state, SandboxOptions};
+use sqdf::script::sandbox::{new_state, Limits, SandboxOptions};
 use sqdf::script::{LuaTensor, TensorEnv};
 
 fn lua() -> Lua {
     lua_with_log().0
 }
 
-fn lua_with_log() -> (Lua, std::sync::Arc<RunLog>) {
+fn lua_with_log() -> (Lua, std::sync::Arc<RunLog>, Limits) {
     let env = TensorEnv {
         device: Device::Cpu,
         rng: sqdf::rng::shared(0),
     };
     let log = RunLog::captured();
     let opts = SandboxOptions::new(std::path::Path::new("."), log.clone(), env);
-    (new_state(&opts).unwrap().0, log)
+    let (lua, limits, _) = new_state(&opts).unwrap();
+    (lua, log, limits)
 }
 
 fn close(a: &Tensor, b: &Tensor) {
@@ -38,8 +39,8 @@ fn close(a: &Tensor, b: &Tensor) {
 }
 
 fn eval(lua: &Lua, a: &Tensor, b: &Tensor, expr: &str) -> Tensor {
-    lua.globals().set("a", LuaTensor(a.clone())).unwrap();
-    lua.globals().set("b", LuaTensor(b.clone())).unwrap();
+    lua.globals().set("a", LuaTensor::new(a.clone())).unwrap();
+    lua.globals().set("b", LuaTensor::new(b.clone())).unwrap();
     let v: Value = lua
         .load(format!("return {expr}"))
         .eval()
@@ -134,8 +135,8 @@ fn errors_name_the_shapes() {
     let lua = lua();
     let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
-    lua.globals().set("a", LuaTensor(a)).unwrap();
-    lua.globals().set("b", LuaTensor(b)).unwrap();
+    lua.globals().set("a", LuaTensor::new(a)).unwrap();
+    lua.globals().set("b", LuaTensor::new(b)).unwrap();
     let e = lua
         .load("return a + b")
         .set_name("@t.lua")
@@ -162,7 +163,7 @@ fn autograd_runs_through_lua_expressions() {
     let lua = lua();
     let x = Var::new(&[[0.3f32, -0.7], [1.2, 0.4]], &Device::Cpu).unwrap();
     lua.globals()
-        .set("x", LuaTensor(x.as_tensor().clone()))
+        .set("x", LuaTensor::new(x.as_tensor().clone()))
         .unwrap();
     let v: Value = lua
         .load("return ((x * x):sum(2) + (2 - x):exp():mean() / 3 + x:sigmoid():sum()):sum()")
@@ -203,7 +204,7 @@ fn autograd_runs_through_lua_expressions() {
 
 #[test]
 fn sandbox_has_only_safe_libraries() {
-    let (lua, log) = lua_with_log();
+    let (lua, log, limits) = lua_with_log();
     for name in ["io", "os", "package", "debug", "dofile", "loadfile", "load"] {
         let v: Value = lua.globals().get(name).unwrap();
         assert!(v.is_nil(), "{name} should not exist in the sandbox");
@@ -222,6 +223,8 @@ fn sandbox_has_only_safe_libraries() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("instruction budget"), "{e}");
+    // The limit holds for the rest of that call; the host starts the next one.
+    limits.begin("next");
     // The memory limit (256 MiB) stops a script that allocates without bound.
     let e = lua
         .load("local s = string.rep('x', 300 * 1024 * 1024)")
