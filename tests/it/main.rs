@@ -21,6 +21,7 @@ mod lua_tensor_ops;
 mod readme;
 mod replay;
 mod resume;
+mod sandbox;
 mod sd15;
 mod sd15_clip;
 mod sd15_vae;

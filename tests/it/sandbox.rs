@@ -4,7 +4,7 @@
 //! folder; every limit is an error naming the file and the hook. Limits are set small
 //! through `SandboxOptions` so that each probe fails at once.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use sqdf::run_log::RunLog;
@@ -685,7 +685,7 @@ fn a_hostile_reload_is_rejected_and_the_run_goes_on() {
         assert_eq!(outcome, ReloadOutcome::Rejected, "version {i}");
         assert_eq!(t.generation, 1);
         let m = t.run_epoch().unwrap();
-        assert_eq!(m["script_generation"], 1);
+        assert_eq!(m.script_generation, 1);
     }
     let lines = log.lines().join("\n");
     assert!(lines.contains("instruction budget"), "{lines}");
