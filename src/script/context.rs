@@ -5,7 +5,7 @@
 
 use super::batch::Batch;
 use super::config::X0Estimator;
-use super::experiment::call_reward;
+use super::reward_hook::call_reward;
 use super::sandbox::Limits;
 use super::tensor::{lock_rng, lua_err, run, run_lua, LuaTensor, Op};
 use crate::diffusion::kl::{gaussian_kl, KlForm};

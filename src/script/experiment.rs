@@ -3,8 +3,9 @@
 
 use super::config::RunConfig;
 use super::context::LossContext;
+use super::reward_hook::{a, call_reward, call_reward_hook};
 use super::sandbox::{new_state, show_bytes, strip_bom, Limits, SandboxOptions};
-use super::tensor::{lua_err, LuaTensor, Op};
+use super::tensor::{LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 use mlua::prelude::*;
@@ -24,13 +25,13 @@ pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
         "loss",
         "function(batch, ctx) -> scalar tensor[, table of numbers to log]",
     ),
-    ("discount", "function(k, config) -> number"),
-    ("priority", "function(state, config) -> number >= 0"),
 ];
-/// Hooks a script may define: `buffer_reward(x0, cond, config)`, the reward stored with each
-/// sampled trajectory (default: `reward`; a black-box script may store oracle labels), and
-/// `on_epoch_end(metrics, config)`.
-pub const OPTIONAL_HOOKS: &[&str] = &["buffer_reward", "on_epoch_end"];
+/// Hooks a script may define: `discount(k, config)` and `priority(state, config)` (default:
+/// lua/sqdf.lua's, γ^k and max(r, 0) γ^k, Eq. 15 and Appendix E.1; methods that neither
+/// discount nor prioritise need not say so), `buffer_reward(x0, cond, config)`, the reward
+/// stored with each sampled trajectory (default: `reward`; a black-box script may store
+/// oracle labels), and `on_epoch_end(metrics, config)`.
+pub const OPTIONAL_HOOKS: &[&str] = &["discount", "priority", "buffer_reward", "on_epoch_end"];
 const OTHER_KEYS: &[&str] = &["config", "name", "description"];
 
 /// A differentiable function of a tensor that a task offers scripts (a reward model, say).
@@ -61,57 +62,6 @@ pub struct Script {
     pub sources: Vec<(PathBuf, String)>,
     limits: Limits,
     priority_arg: LuaTable,
-}
-
-/// Calls a reward hook and checks that it returned one value per sample.
-pub fn call_reward(
-    f: &LuaFunction,
-    cfg: &LuaTable,
-    x0: &Tensor,
-    cond: &Tensor,
-) -> LuaResult<Tensor> {
-    call_reward_hook("reward", f, cfg, x0, cond)
-}
-
-/// `call_reward` for the hook named `name`.
-fn call_reward_hook(
-    name: &str,
-    f: &LuaFunction,
-    cfg: &LuaTable,
-    x0: &Tensor,
-    cond: &Tensor,
-) -> LuaResult<Tensor> {
-    let b = x0.dim(0).map_err(lua_err)?;
-    let r: Value = f.call((
-        LuaTensor::new(x0.clone()),
-        LuaTensor::new(cond.clone()),
-        cfg.clone(),
-    ))?;
-    let t = match r {
-        Value::UserData(u) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
-        other => {
-            return Err(lua_err(format!(
-                "hook `{name}` returned {}, expected a tensor of shape [{b}]",
-                a(other.type_name())
-            )))
-        }
-    };
-    let ok = t.dims() == [b] || t.dims() == [b, 1];
-    if !ok {
-        return Err(lua_err(format!(
-            "hook `{name}` returned a tensor of shape {:?}, expected [{b}] (one reward per sample)",
-            t.dims()
-        )));
-    }
-    if !t.dtype().is_float() {
-        return Err(lua_err(format!(
-            "hook `{name}` returned a tensor of dtype {}, expected a float tensor of shape [{b}] (rewards are real numbers)",
-            format!("{:?}", t.dtype()).to_lowercase()
-        )));
-    }
-    t.reshape(b)
-        .and_then(|t| t.to_dtype(crate::DTYPE))
-        .map_err(lua_err)
 }
 
 impl Script {
@@ -238,6 +188,21 @@ impl Script {
             }
         };
         let (buffer_reward, on_epoch_end) = (optional("buffer_reward")?, optional("on_epoch_end")?);
+        // An absent discount or priority is the built-in library's (lua/sqdf.lua).
+        let default = |name: &str| -> Result<LuaFunction> {
+            let src = super::library::find("sqdf")
+                .ok_or_else(|| anyhow!("lua/sqdf.lua is not built in"))?;
+            let m: LuaTable = lua.load(src).set_name("@lua/sqdf.lua").eval()?;
+            Ok(m.get(name)?)
+        };
+        let discount = match optional("discount")? {
+            Some(f) => f,
+            None => default("discount")?,
+        };
+        let priority = match optional("priority")? {
+            Some(f) => f,
+            None => default("priority")?,
+        };
         let config_table = config.to_lua(&lua)?;
         let mut sources = vec![(path.to_path_buf(), src)];
         sources.extend(required.files());
@@ -248,8 +213,8 @@ impl Script {
             config_table,
             reward: hooks[0].clone(),
             loss: hooks[1].clone(),
-            discount: hooks[2].clone(),
-            priority: hooks[3].clone(),
+            discount,
+            priority,
             buffer_reward,
             on_epoch_end,
             sources,
@@ -529,12 +494,6 @@ fn clip(mut msg: String) -> String {
         msg.push_str(&format!("... ({} more bytes cut)", total - cut));
     }
     msg
-}
-
-/// A Lua type name with its article: "a number", "an integer".
-fn a(type_name: &str) -> String {
-    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
-    format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
 fn hook_names() -> String {

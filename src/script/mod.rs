@@ -8,6 +8,7 @@ pub mod config_values;
 pub mod context;
 pub mod experiment;
 pub mod library;
+pub mod reward_hook;
 pub mod sandbox;
 pub mod tensor;
 pub mod trajectories;

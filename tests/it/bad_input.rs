@@ -57,9 +57,9 @@ fn script_mistakes_are_reported_with_file_and_line() {
     );
     expect_error(
         "missing_hook",
-        &good.replace("priority = sqdf.priority,", ""),
+        &good.replace("loss = sqdf.loss,", ""),
         dir,
-        &["missing_hook.lua", "missing hook `priority`"],
+        &["missing_hook.lua", "missing hook `loss`"],
     );
     expect_error(
         "unknown_key",

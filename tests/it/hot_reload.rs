@@ -181,3 +181,26 @@ fn after_a_burst_of_saves_the_last_version_on_disk_runs() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(t.maybe_reload(), ReloadOutcome::NoChange);
 }
+
+#[test]
+fn discount_and_priority_default_to_lua_sqdf() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_weights(dir.path());
+    let src = common::standard_script(&w, "gamma = 0.5, sampling = \"priority\"")
+        .replace("  discount = sqdf.discount,\n", "")
+        .replace("  priority = sqdf.priority,\n", "");
+    assert!(!src.contains("discount =") && !src.contains("priority ="));
+    let path = common::write_script(dir.path(), "exp.lua", &src);
+    let (mut t, _) = common::trainer(&path, &dir.path().join("run"), &[]);
+    // gamma^k, k = 0 for the last step (lua/sqdf.lua's discount, Eq. 15).
+    let steps = t.models.sampler.steps();
+    let want: Vec<f64> = (0..steps).map(|k| 0.5f64.powi(k as i32)).collect();
+    assert_eq!(t.discounts(), want.as_slice());
+    t.run_epoch().unwrap();
+    // max(r, 0) * gamma^k for every stored state (lua/sqdf.lua's priority).
+    for r in t.buffer.all_states().collect::<Vec<StateRef>>() {
+        let k = steps - 1 - r.i;
+        let want = (t.buffer.reward(r.slot) as f64).max(0.0) * 0.5f64.powi(k as i32);
+        assert!((t.buffer.priority(r) - want).abs() < 1e-12);
+    }
+}
