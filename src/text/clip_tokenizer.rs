@@ -9,9 +9,12 @@
 //!    become syllables), whitespace runs become one space, each character is lowercased on
 //!    its own (so a final capital sigma becomes `σ`, not the `ς` of context-aware
 //!    lowercasing);
-//! 3. pre-tokenise with CLIP's regex
-//!    `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
-//!    (whitespace between the pieces is dropped);
+//! 3. pre-tokenise with CLIP's regex without its special-token alternatives,
+//!    `'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` (whitespace between
+//!    the pieces is dropped). transformers keeps the alternatives but then splits every
+//!    piece again with GPT-2's regex (its `ByteLevel` pre-tokenizer), which cuts a
+//!    `<|endoftext|>` that only lowercasing produced into `<|`, `endoftext`, `|>`, and
+//!    leaves every other piece whole: the same pieces;
 //! 4. map each word's UTF-8 bytes to printable characters with GPT-2's
 //!    [`bytes_to_unicode`] table and append `</w>` to the word's last symbol;
 //! 5. apply merges, always the adjacent pair of lowest rank (its line in `merges.txt`),
@@ -57,9 +60,8 @@ pub const MAX_LEN: usize = 77;
 pub const MAX_MERGES: usize = 49152 - 256 - 2;
 /// The end-of-word marker appended to a word's last symbol.
 const END_OF_WORD: &str = "</w>";
-/// CLIP's pre-tokenisation pattern.
-const PATTERN: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// CLIP's pre-tokenisation pattern for text without special tokens (see the module doc).
+const PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// GPT-2's reversible map from bytes to printable characters: the printable Latin-1 bytes
 /// (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) map to themselves, the other 68 bytes in order to
