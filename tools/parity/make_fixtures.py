@@ -310,12 +310,14 @@ def unet():
 
     state = get_peft_model_state_dict(m)
     lora_dir = os.path.join(OUT, "lora")
+    meta = lcfg.to_dict()
+    meta["target_modules"] = sorted(meta["target_modules"])  # a set: its order varies by run
     # PEFT keys (`unet.<module>.lora_A.weight`), alpha in diffusers' adapter metadata.
     diffusers.StableDiffusionPipeline.save_lora_weights(
         lora_dir,
         unet_lora_layers=state,
         weight_name="peft.safetensors",
-        unet_lora_adapter_metadata=lcfg.to_dict(),
+        unet_lora_adapter_metadata=meta,
     )
     # What diffusers' LoRA training scripts save: the state converted to diffusers' names
     # (`unet.<module>.lora.down.weight` / `.lora.up.weight`), here with the same metadata.
@@ -323,7 +325,7 @@ def unet():
         lora_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(state),
         weight_name="diffusers.safetensors",
-        unet_lora_adapter_metadata=lcfg.to_dict(),
+        unet_lora_adapter_metadata=meta,
     )
     # kohya (`lora_unet_<module_with_underscores>.lora_down.weight`, `.alpha`) by diffusers'
     # converter, which writes alpha = rank for every module; kohya's own trainer writes the
