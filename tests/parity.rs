@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sqdf::diffusion::{DdimSampler, NoiseSchedule, Spacing};
+use sqdf::diffusion::{DdimSampler, Spacing};
 use sqdf::lora_files::{expected_adapters, load_lora, merge::merge_kohya_file, LoraFormat};
 use sqdf::models::clip::{self, ClipConfig, ClipTextConfig};
 use sqdf::models::vae;
@@ -127,7 +127,11 @@ fn clip_text_encoder_saved_by_transformers_5_matches() {
         &r["last_hidden_state"],
         "last_hidden_state",
     );
-    assert_close(&text.pooled(&input).unwrap(), &r["pooler_output"], "pooler_output");
+    assert_close(
+        &text.pooled(&input).unwrap(),
+        &r["pooler_output"],
+        "pooler_output",
+    );
 }
 
 /// The sd15 path end to end for text: prompts -> sqdf's tokenizer -> sqdf's encoder
@@ -149,7 +153,11 @@ fn prompt_states_match_transformers_end_to_end() {
         .collect();
     let states = parts::text_states(&text, &tokenizer(), &prompts, &DEV).unwrap();
     let r = io("clip_text_io.safetensors");
-    assert_close(&states, &r["last_hidden_state"], "text states of the prompts");
+    assert_close(
+        &states,
+        &r["last_hidden_state"],
+        "text states of the prompts",
+    );
 }
 
 /// A whole `CLIPModel` as transformers 5 saves it (config.json with text_config /
@@ -158,8 +166,8 @@ fn prompt_states_match_transformers_end_to_end() {
 #[test]
 fn clip_model_image_and_text_embeds_match() {
     let dir = fixtures().join("clip");
-    let cfg = ClipConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-        .unwrap();
+    let cfg =
+        ClipConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let weights = dir.join("model.safetensors");
     let r = io("clip_io.safetensors");
     let vision = clip::load_vision(&weights, &cfg.vision_config, &DEV, DType::F32).unwrap();
@@ -196,9 +204,12 @@ fn eps_of(unet: &UNet2DConditionModel, r: &HashMap<String, Tensor>) -> Tensor {
 #[test]
 fn unet_eps_matches_diffusers() {
     let (cfg, tensors) = unet_base();
-    let unet =
-        UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, DType::F32, &DEV), &cfg, None)
-            .unwrap();
+    let unet = UNet2DConditionModel::new(
+        VarBuilder::from_tensors(tensors, DType::F32, &DEV),
+        &cfg,
+        None,
+    )
+    .unwrap();
     let r = io("unet_io.safetensors");
     assert_close(&eps_of(&unet, &r), &r["eps"], "eps");
 }
@@ -224,7 +235,11 @@ fn eps_with_lora_file(file: &str, format: LoraFormat) -> Tensor {
     let path = fixtures().join("lora").join(file);
     let loaded = load_lora(&path, &expected_adapters(&varmap), &DEV).unwrap();
     assert_eq!(loaded.format, format);
-    assert_eq!((loaded.rank, loaded.alpha), (2, 4.0), "{file}: rank and alpha");
+    assert_eq!(
+        (loaded.rank, loaded.alpha),
+        (2, 4.0),
+        "{file}: rank and alpha"
+    );
     let loaded = loaded.rescale_to(LORA.alpha).unwrap();
     sqdf::tensor_io::set_vars(&varmap, &loaded.tensors, &path).unwrap();
     eps_of(&unet, &io("unet_io.safetensors"))
@@ -235,7 +250,11 @@ fn eps_with_lora_file(file: &str, format: LoraFormat) -> Tensor {
 #[test]
 fn unet_with_a_peft_lora_file_matches_peft() {
     let eps = eps_with_lora_file("peft.safetensors", LoraFormat::Peft);
-    assert_close(&eps, &io("unet_io.safetensors")["eps_lora"], "eps with LoRA");
+    assert_close(
+        &eps,
+        &io("unet_io.safetensors")["eps_lora"],
+        "eps with LoRA",
+    );
 }
 
 /// The same adapter as diffusers' training scripts save it (`convert_state_dict_to_diffusers`:
@@ -243,7 +262,11 @@ fn unet_with_a_peft_lora_file_matches_peft() {
 #[test]
 fn unet_with_a_diffusers_named_lora_file_matches_peft() {
     let eps = eps_with_lora_file("diffusers.safetensors", LoraFormat::Peft);
-    assert_close(&eps, &io("unet_io.safetensors")["eps_lora"], "eps with LoRA");
+    assert_close(
+        &eps,
+        &io("unet_io.safetensors")["eps_lora"],
+        "eps with LoRA",
+    );
 }
 
 /// The same adapter in kohya's format (diffusers' `convert_state_dict_to_kohya`), merged
@@ -260,7 +283,11 @@ fn unet_with_a_merged_kohya_lora_matches_peft() {
     )
     .unwrap();
     let r = io("unet_io.safetensors");
-    assert_close(&eps_of(&unet, &r), &r["eps_lora"], "eps with merged kohya LoRA");
+    assert_close(
+        &eps_of(&unet, &r),
+        &r["eps_lora"],
+        "eps with merged kohya LoRA",
+    );
 }
 
 // ------------------------------------------------------------------------------------
@@ -274,7 +301,11 @@ fn vae_decode_matches_diffusers() {
     let cfg = vae::config_from_dir(&l.dir).unwrap();
     let dec = vae::load(&l.path(layout::VAE), &cfg, &DEV, DType::F32).unwrap();
     let r = io("vae_io.safetensors");
-    assert_close(&dec.decode(&r["latents"]).unwrap(), &r["image"], "decoded image");
+    assert_close(
+        &dec.decode(&r["latents"]).unwrap(),
+        &r["image"],
+        "decoded image",
+    );
 }
 
 // ------------------------------------------------------------------------------------
@@ -307,8 +338,16 @@ fn ddim_steps_match_diffusers() {
                 .add(&step.sigma.broadcast_mul(&get("noise")).unwrap())
                 .unwrap();
             let e = eta as u32;
-            assert_close(&prev, &get(&format!("eta{e}.prev_sample")), &format!("{name} η={e} prev_sample"));
-            assert_close(&step.x0, &get(&format!("eta{e}.x0")), &format!("{name} η={e} x0"));
+            assert_close(
+                &prev,
+                &get(&format!("eta{e}.prev_sample")),
+                &format!("{name} η={e} prev_sample"),
+            );
+            assert_close(
+                &step.x0,
+                &get(&format!("eta{e}.x0")),
+                &format!("{name} η={e} x0"),
+            );
         }
     }
 }
@@ -338,7 +377,6 @@ fn lcm_consistency_output_matches_diffusers() {
     let cond = Tensor::zeros(t.len(), DType::U32, &DEV).unwrap();
     let x0 = model.x0(&r["sample"], &t, &cond).unwrap();
     assert_close(&x0, &r["denoised"], "LCM denoised");
-    let _: &NoiseSchedule = &model.schedule;
 }
 
 // ------------------------------------------------------------------------------------
@@ -360,8 +398,7 @@ fn fixture_sizes() -> random_weights::Sizes {
 }
 
 fn json(path: &Path) -> serde_json::Map<String, serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -431,13 +468,22 @@ fn random_weight_folders_are_in_the_reference_format() {
                 .map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(&k).to_string(), v))
                 .collect()
         };
-        let (a, b) = (strip(shapes(&ours.path(rel))), strip(shapes(&theirs.path(rel))));
+        let (a, b) = (
+            strip(shapes(&ours.path(rel))),
+            strip(shapes(&theirs.path(rel))),
+        );
         let mut missing: Vec<_> = b.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
         missing.sort();
-        assert!(missing.is_empty(), "{rel}: keys missing or of another shape: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{rel}: keys missing or of another shape: {missing:?}"
+        );
         let mut extra: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
         extra.sort();
-        assert!(extra.is_empty(), "{rel}: keys the reference does not have: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "{rel}: keys the reference does not have: {extra:?}"
+        );
     }
     let clip_cfg = |l: &Path| l.join("clip-vit-large-patch14/config.json");
     let reference = json(&fixtures().join("clip/config.json"));

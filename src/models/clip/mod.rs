@@ -38,7 +38,9 @@ pub fn load_vision(
     dtype: DType,
 ) -> anyhow::Result<ClipVision> {
     let prefix = tower_prefix(path, vision::VISION_PREFIX, vision::VISION_PROBE_KEY)?;
-    weights::build_checked(path, device, dtype, |vb| ClipVision::new_at(vb, cfg, prefix))
+    weights::build_checked(path, device, dtype, |vb| {
+        ClipVision::new_at(vb, cfg, prefix)
+    })
 }
 
 /// The text tower, and `text_projection.weight` when `with_projection`, in `dtype` on
@@ -67,10 +69,12 @@ fn tower_prefix(
 ) -> anyhow::Result<Option<&'static str>> {
     let prefixed = format!("{prefix}.{probe}");
     let found = weights::which_keys(path, &[&prefixed, probe])?;
-    Ok(match found.iter().any(|k| k == probe) && !found.contains(&prefixed) {
-        true => None,
-        false => Some(prefix),
-    })
+    Ok(
+        match found.iter().any(|k| k == probe) && !found.contains(&prefixed) {
+            true => None,
+            false => Some(prefix),
+        },
+    )
 }
 
 /// x / ||x|| along the last dimension, in f32 for half-precision input (CLIP embeddings

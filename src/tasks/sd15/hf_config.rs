@@ -119,7 +119,13 @@ pub fn vae_encoder_params(cfg: &AutoencoderKLConfig) -> Vec<(String, Vec<usize>)
     let chans = &cfg.block_out_channels;
     let last = *chans.last().expect("validated: not empty");
     let l2 = 2 * cfg.latent_channels;
-    conv(&mut p, "encoder.conv_in".into(), chans[0], cfg.in_channels, 3);
+    conv(
+        &mut p,
+        "encoder.conv_in".into(),
+        chans[0],
+        cfg.in_channels,
+        3,
+    );
     let mut resnets = Vec::new();
     let mut prev = chans[0];
     for (i, &c) in chans.iter().enumerate() {
@@ -128,7 +134,13 @@ pub fn vae_encoder_params(cfg: &AutoencoderKLConfig) -> Vec<(String, Vec<usize>)
             resnets.push((format!("encoder.down_blocks.{i}.resnets.{j}"), inp, c));
         }
         if i + 1 < chans.len() {
-            conv(&mut p, format!("encoder.down_blocks.{i}.downsamplers.0.conv"), c, c, 3);
+            conv(
+                &mut p,
+                format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+                c,
+                c,
+                3,
+            );
         }
         prev = c;
     }
