@@ -439,6 +439,21 @@ fn assert_config_covers(ours: &Path, reference: &Path, skip: &[&str]) {
 fn random_weight_folders_are_in_the_reference_format() {
     let dir = tempfile::tempdir().unwrap();
     let ours = random_weights::write(dir.path(), &fixture_sizes(), 3, DType::F32).unwrap();
+    // ... and stays a folder sqdf's own loaders read (configs with the added keys, the
+    // VAE file with its encoder, the CLIP file with logit_scale).
+    let tok = ClipTokenizer::from_dir(&ours.dir.join("tokenizer")).unwrap();
+    parts::Sd15Parts::load(&ours, vec!["a cat".into()], &tok, &DEV, DType::F32).unwrap();
+    let unet_cfg = task::unet_config(&ours).unwrap();
+    task::load_unet_tensors(&ours, &unet_cfg, &DEV, DType::F32).unwrap();
+    let text_cfg = parts::text_encoder_config(&ours).unwrap();
+    clip::load_text(
+        &ours.path(layout::TEXT_ENCODER),
+        &text_cfg,
+        &DEV,
+        DType::F32,
+        false,
+    )
+    .unwrap();
     let theirs = sd();
     // Versions and dtype are the writer's; `_name_or_path` is where it was loaded from.
     // The special tokens' ids are those of the tokenizer each folder has (checked below).
@@ -451,7 +466,6 @@ fn random_weight_folders_are_in_the_reference_format() {
         "eos_token_id",
         "pad_token_id",
     ];
-    let tok = ClipTokenizer::from_dir(&ours.dir.join("tokenizer")).unwrap();
     let text_cfg = json(&ours.dir.join("text_encoder/config.json"));
     let id = |k: &str| text_cfg[k].as_u64().unwrap() as u32;
     assert_eq!(
