@@ -529,3 +529,72 @@ fn transformers_5_text_encoder_has_root_keys_and_its_config_parses() {
     let cfg: ClipTextConfig = parts::text_encoder_config(&sd()).unwrap();
     assert_eq!((cfg.hidden_size, cfg.num_hidden_layers), (32, 2));
 }
+
+// ------------------------------------------------------------------------------------
+// The digits UNet and `sqdf export`
+
+fn digits_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/unet.safetensors")
+}
+
+/// The shipped digits UNet (class embedding, cross-attention at the coarsest level, three
+/// levels) through sqdf's loader, against diffusers' `UNet2DConditionModel` with the same
+/// file loaded strictly: ε for prompts 3, 7 and the null prompt at t = 999, 479, 19.
+/// (Made from models/digits/unet.safetensors: retraining that model means regenerating.)
+#[test]
+fn digits_unet_matches_diffusers() {
+    let (net, _, _) = sqdf::tasks::digits::process::load_unet(&digits_model(), &DEV, "-").unwrap();
+    let r = io("digits_io.safetensors");
+    let eps = net
+        .eps(&r["sample"], &r["timestep"], &ids(&r["prompt"]))
+        .unwrap();
+    assert_close(&eps, &r["eps"], "digits eps");
+}
+
+/// `sqdf export` writes configs with every key diffusers writes for this UNet and its
+/// scheduler, and the exported network, read back from the folder, gives diffusers' ε
+/// with `encoder_hidden_states = prompt_embeds[c]`, `class_labels = c`.
+#[test]
+fn exported_digits_folder_is_diffusers_and_gives_its_eps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("digits");
+    sqdf::cli::export::export_digits(&digits_model(), &out).unwrap();
+    let skip = ["_diffusers_version"];
+    assert_config_covers(
+        &out.join("unet/config.json"),
+        &fixtures().join("digits/unet/config.json"),
+        &skip,
+    );
+    assert_config_covers(
+        &out.join("scheduler/scheduler_config.json"),
+        &fixtures().join("digits/scheduler/scheduler_config.json"),
+        &skip,
+    );
+    let cfg: UNetConfig =
+        serde_json::from_str(&std::fs::read_to_string(out.join("unet/config.json")).unwrap())
+            .unwrap();
+    let weights =
+        candle_core::safetensors::load(out.join("unet/diffusion_pytorch_model.safetensors"), &DEV)
+            .unwrap();
+    let unet = UNet2DConditionModel::new(
+        VarBuilder::from_tensors(weights, DType::F32, &DEV),
+        &cfg,
+        None,
+    )
+    .unwrap();
+    let prompts = candle_core::safetensors::load(out.join("prompt_embeds.safetensors"), &DEV)
+        .unwrap()
+        .remove("prompt_embeds")
+        .unwrap();
+    let r = io("digits_io.safetensors");
+    let c = ids(&r["prompt"]);
+    let eps = unet
+        .forward_with_class(
+            &r["sample"],
+            &r["timestep"],
+            &prompts.index_select(&c, 0).unwrap(),
+            Some(&c),
+        )
+        .unwrap();
+    assert_close(&eps, &r["eps"], "exported digits eps");
+}

@@ -433,6 +433,46 @@ def ddim():
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The digits UNet sqdf ships (models/digits/unet.safetensors), in diffusers' class: its
+# config from the file's metadata, its weights loaded strictly (every key, every shape);
+# ε on recorded inputs, the context of prompt c being the file's prompt_embeddings[c].
+
+DIGITS = "models/digits/unet.safetensors"
+
+
+def digits():
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(DIGITS, "pt") as f:
+        cfg = json.loads(f.metadata()["config"])["unet"]
+    w = load_file(DIGITS)
+    prompts = w.pop("prompt_embeddings")
+    m = UNet2DConditionModel(**cfg).eval()
+    m.load_state_dict(w, strict=True)
+    d = os.path.join(OUT, "digits")
+    m.save_config(os.path.join(d, "unet"))
+    DDIMScheduler(
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="trailing",
+        steps_offset=0,
+    ).save_config(os.path.join(d, "scheduler"))
+    x = randn(3, 1, 28, 28, seed=71)
+    t = torch.tensor([999.0, 479.0, 19.0])
+    c = torch.tensor([3, 7, 10])
+    with torch.no_grad():
+        eps = m(x, t, encoder_hidden_states=prompts[c], class_labels=c).sample
+    save_tensors(
+        "digits_io.safetensors",
+        {"sample": x, "timestep": t, "prompt": c.to(torch.float32), "eps": eps},
+    )
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -444,6 +484,7 @@ def main():
     unet()
     vae()
     ddim()
+    digits()
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
         json.dump(
             {
