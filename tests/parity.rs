@@ -352,6 +352,49 @@ fn ddim_steps_match_diffusers() {
     }
 }
 
+/// Trailing spacing with 3 steps (3 does not divide 1000): the grid is diffusers'
+/// (999, 666, 332), and the first and last steps agree; the middle one differs as
+/// documented at `Spacing::Trailing`: diffusers steps 666 -> 333, sqdf to the next grid
+/// point 332. Checked by value: sqdf's middle step is diffusers' formula with ᾱ(332).
+#[test]
+fn ddim_trailing_3_steps_differs_from_diffusers_only_where_documented() {
+    let r = io("ddim_io.safetensors");
+    let get = |k: &str| r[&format!("trailing3.{k}")].clone();
+    let schedule = task::schedule();
+    let s = DdimSampler::new(&schedule, 3, 0.0, Spacing::Trailing, 1.0);
+    assert_eq!(s.timesteps(), timesteps(&get("timesteps")));
+    assert_eq!(s.timesteps(), &[999, 666, 332]);
+    let step = s.step(&get("sample"), &get("eps"), &[0, 1, 2]).unwrap();
+    let theirs = get("eta0.prev_sample");
+    for i in [0, 2] {
+        assert_close(
+            &step.mean.get(i).unwrap(),
+            &theirs.get(i).unwrap(),
+            &format!("trailing3 step {i}"),
+        );
+    }
+    // Step 1 with η = 0: sqrt(ᾱ_prev) x0 + sqrt(1 - ᾱ_prev) ε; diffusers takes ᾱ(333).
+    let (x0, eps) = (step.x0.get(1).unwrap(), get("eps").get(1).unwrap());
+    let at = |t: usize| {
+        let a = schedule.alpha_bar(t);
+        ((&x0 * a.sqrt()).unwrap() + (&eps * (1.0 - a).sqrt()).unwrap()).unwrap()
+    };
+    assert_close(
+        &at(333),
+        &theirs.get(1).unwrap(),
+        "diffusers' step 666 -> 333",
+    );
+    assert_close(
+        &step.mean.get(1).unwrap(),
+        &at(332),
+        "sqdf's step 666 -> 332",
+    );
+    let gap = flat(&(step.mean.get(1).unwrap() - theirs.get(1).unwrap()).unwrap())
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    assert!(gap > 1e-4, "the steps to 332 and 333 differ ({gap})");
+}
+
 /// A denoiser that answers a recorded ε.
 struct Fixed(Tensor);
 
