@@ -7,6 +7,7 @@ pub mod bench_methods;
 pub mod bench_peer;
 pub mod compare;
 pub mod eval;
+pub mod export;
 
 use crate::run_log::RunLog;
 use crate::script::config::parse_override;
@@ -153,6 +154,8 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write the digits UNet as a diffusers folder (unet/, scheduler/, prompt_embeds).
+    Export(export::ExportArgs),
     /// Run a comparison file (scripts/compare/*.lua: methods x seeds) and write its report:
     /// report.md (mean ± std over seeds) and the plots of the paper's Fig. 3 and Fig. 4.
     Compare {
@@ -332,6 +335,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             println!("{}", dir.join("report.md").display());
             Ok(())
         }
+        Command::Export(args) => export::run(args),
         Command::RandomWeights {
             out,
             size,

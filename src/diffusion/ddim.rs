@@ -17,6 +17,18 @@ pub enum Spacing {
     Leading { offset: usize },
     /// "trailing": the first step starts at the last training timestep (999, 979, ..., 19),
     /// so x_T really is pure noise. The framework's own models use it.
+    ///
+    /// The grid is diffusers' (round(1000 - i * 1000/T) - 1), but when T does not divide
+    /// the training steps the step differs: sqdf steps from τ_i to the next grid point
+    /// τ_{i+1}, while diffusers' `DDIMScheduler.step` steps to t - 1000 // T, which is then
+    /// not a grid point. For T = 3 the grid is 999, 666, 332; diffusers steps 666 -> 333 and
+    /// then calls the model at 332 on a sample made for 333; sqdf steps 666 -> 332. (T = 7:
+    /// 999 -> 857 where the grid goes on at 856, and so at every step.) sqdf keeps each step a
+    /// Gaussian from one state of its chain to the next, at the ᾱ the next model call
+    /// assumes: the policy's per-step likelihoods, KLs and discounts are defined between
+    /// consecutive states. Where T divides 1000 (SD's 50 steps: 999, 979, ..., 19) both
+    /// step to the next grid point and agree exactly (`tests/parity.rs` checks 50 steps of
+    /// both spacings against diffusers); leading spacing always agrees.
     Trailing,
 }
 

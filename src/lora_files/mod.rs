@@ -37,7 +37,8 @@ pub const LORA_B: &str = ".lora_B.weight";
 /// The on-disk layout of a LoRA file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoraFormat {
-    /// diffusers/PEFT: `unet.<module>.lora_A.weight`, `unet.<module>.lora_B.weight`.
+    /// diffusers/PEFT: `unet.<module>.lora_A.weight`, `unet.<module>.lora_B.weight` (or
+    /// diffusers' `unet.<module>.lora.down.weight`, `unet.<module>.lora.up.weight`).
     Peft,
     /// kohya: `lora_unet_<module_with_underscores>.lora_down.weight`, `.lora_up.weight`, `.alpha`.
     Kohya,
@@ -128,7 +129,7 @@ pub fn load_lora_tensors(
 pub fn detect_format(source: &str, tensors: &HashMap<String, Tensor>) -> Result<LoraFormat> {
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
-    let is_peft = |k: &str| k.ends_with(LORA_A) || k.ends_with(LORA_B);
+    let is_peft = |k: &str| peft::peft_name(k).is_some();
     let is_kohya = |k: &str| k.starts_with("lora_") && k.contains('.') && !is_peft(k);
     let peft = keys.iter().find(|k| is_peft(k));
     let kohya = keys.iter().find(|k| is_kohya(k));

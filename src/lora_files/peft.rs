@@ -1,6 +1,9 @@
 //! The diffusers/PEFT LoRA format: `unet.<module>.lora_A.weight` [r, in(, k, k)] and
 //! `unet.<module>.lora_B.weight` [out, r(, 1, 1)], what `pipe.load_lora_weights(path)`
-//! (`StableDiffusionLoraLoaderMixin`) reads and `save_lora_weights` writes.
+//! (`StableDiffusionLoraLoaderMixin`) reads and `save_lora_weights` writes. diffusers'
+//! LoRA training scripts pass the state through `convert_state_dict_to_diffusers` first,
+//! which renames A and B to `.lora.down.weight` and `.lora.up.weight`; those names are read
+//! as A and B (tests/parity.rs loads both files diffusers 0.42 writes).
 //!
 //! How diffusers learns alpha (read in diffusers' `loaders/lora_pipeline.py`,
 //! `loaders/peft.py::load_lora_adapter`, `utils/peft_utils.py::get_peft_kwargs` and
@@ -122,6 +125,23 @@ fn parse_metadata(source: &str, metadata: &HashMap<String, String>) -> Result<Op
     }))
 }
 
+/// diffusers' names for A and B (`convert_state_dict_to_diffusers`).
+pub const DIFFUSERS_DOWN: &str = ".lora.down.weight";
+pub const DIFFUSERS_UP: &str = ".lora.up.weight";
+
+/// `key` with A and B named as PEFT names them (`.lora_A.weight`, `.lora_B.weight`), or
+/// None when it is neither.
+pub(crate) fn peft_name(key: &str) -> Option<String> {
+    if key.ends_with(LORA_A) || key.ends_with(LORA_B) {
+        return Some(key.to_string());
+    }
+    if let Some(m) = key.strip_suffix(DIFFUSERS_DOWN) {
+        return Some(format!("{m}{LORA_A}"));
+    }
+    key.strip_suffix(DIFFUSERS_UP)
+        .map(|m| format!("{m}{LORA_B}"))
+}
+
 /// Reads diffusers/PEFT tensors (keys with or without the `unet.` prefix) into our names.
 pub(crate) fn from_peft(
     source: &str,
@@ -135,10 +155,12 @@ pub(crate) fn from_peft(
     let mut out = HashMap::new();
     let mut rank = None;
     for key in keys {
-        if !(key.ends_with(LORA_A) || key.ends_with(LORA_B)) {
-            bail!("{source}: key `{key}` is not a LoRA A/B weight (`*.lora_A.weight`, `*.lora_B.weight`); LoRA biases, DoRA and other extras are not supported");
-        }
-        let name = key.strip_prefix(PEFT_UNET_PREFIX).unwrap_or(key);
+        let Some(canonical) = peft_name(key) else {
+            bail!("{source}: key `{key}` is not a LoRA A/B weight (`*.lora_A.weight`, `*.lora_B.weight`, or diffusers' `*.lora.down.weight`, `*.lora.up.weight`); LoRA biases, DoRA and other extras are not supported");
+        };
+        let name = canonical
+            .strip_prefix(PEFT_UNET_PREFIX)
+            .unwrap_or(&canonical);
         if name.starts_with("text_encoder") {
             bail!("{source}: key `{key}` adapts the text encoder; sqdf's LoRA covers the UNet only (a file trained with text-encoder adapters describes another model)");
         }
@@ -146,7 +168,7 @@ pub(crate) fn from_peft(
             bail!("{source}: key `{key}` maps to no adapter of the model (`{name}`)");
         }
         let t = fit(source, key, &tensors[key], name, &shapes)?;
-        if key.ends_with(LORA_A) {
+        if name.ends_with(LORA_A) {
             rank.get_or_insert(t.dims()[0]);
         }
         out.insert(name.to_string(), t);

@@ -1,20 +1,30 @@
 //! CLIP's byte-level BPE tokenizer, as in SD-1.5's `tokenizer/` folder (`vocab.json` +
-//! `merges.txt`, no `tokenizer.json`), following OpenAI's `simple_tokenizer.py` and
-//! transformers' `CLIPTokenizer`:
+//! `merges.txt`, no `tokenizer.json`), following transformers' `CLIPTokenizer` (5.x: what
+//! `CLIPTokenizer.from_pretrained(folder)` builds, a `tokenizers` pipeline):
 //!
-//! 1. clean: whitespace runs become one space, the ends are trimmed, the text is
-//!    lowercased (ftfy's mojibake repair and BERT's control-character cleanup, which
-//!    transformers runs first, are not done);
-//! 2. pre-tokenise with CLIP's regex
-//!    `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
-//!    (a literal `<|startoftext|>` / `<|endoftext|>` in the text is that special token);
-//! 3. map each word's UTF-8 bytes to printable characters with GPT-2's
+//! 1. special tokens: a literal `<|startoftext|>` / `<|endoftext|>` in the raw text, matched
+//!    exactly (case-sensitive, before any normalisation), is that token; `<|ENDOFTEXT|>` is
+//!    ordinary text (lowercased below, then byte-pair encoded like any other word);
+//! 2. normalise the rest: Unicode NFC (a decomposed "e\u{301}" becomes "é", Hangul jamo
+//!    become syllables), whitespace runs become one space, each character is lowercased on
+//!    its own (so a final capital sigma becomes `σ`, not the `ς` of context-aware
+//!    lowercasing);
+//! 3. pre-tokenise with CLIP's regex without its special-token alternatives,
+//!    `'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` (whitespace between
+//!    the pieces is dropped). transformers keeps the alternatives but then splits every
+//!    piece again with GPT-2's regex (its `ByteLevel` pre-tokenizer), which cuts a
+//!    `<|endoftext|>` that only lowercasing produced into `<|`, `endoftext`, `|>`, and
+//!    leaves every other piece whole: the same pieces;
+//! 4. map each word's UTF-8 bytes to printable characters with GPT-2's
 //!    [`bytes_to_unicode`] table and append `</w>` to the word's last symbol;
-//! 4. apply merges, always the adjacent pair of lowest rank (its line in `merges.txt`),
+//! 5. apply merges, always the adjacent pair of lowest rank (its line in `merges.txt`),
 //!    all its occurrences left to right, until no pair has a rank;
-//! 5. look each symbol up in `vocab.json`; a symbol the vocabulary lacks becomes the
+//! 6. look each symbol up in `vocab.json`; a symbol the vocabulary lacks becomes the
 //!    unknown token, which for CLIP is `<|endoftext|>` (transformers' `unk_token`). With
 //!    the real vocabulary this cannot happen: every byte has a token.
+//!
+//! (transformers 4's slow tokenizer also ran ftfy's mojibake repair when ftfy was installed;
+//! transformers 5 does not, and neither does this.)
 //!
 //! `encode` puts `<|startoftext|>` first and `<|endoftext|>` last (ids read from the
 //! vocabulary: 49406 and 49407 in the real one). `encode_padded` truncates to `max_len`
@@ -25,8 +35,10 @@
 //! 49152 - 256 - 2 = 48894 merges are used, as transformers and OpenAI do (the rest of a
 //! longer file is ignored).
 //!
-//! Not checked here: encodings with the real SD-1.5/CLIP ViT-L/14 vocabulary, which is not
-//! available offline. Reference values from other implementations' tests:
+//! Checked against transformers 5.25 on hard prompts (accents, jamo, Greek, full-width
+//! forms, special tokens in any case) with a small BPE vocabulary, in `tests/parity.rs`
+//! (fixtures from `tools/parity/make_fixtures.py`). The real SD-1.5 vocabulary is not in
+//! the repository; reference values from other implementations' tests:
 //! `"a photo of a cat"` -> `[49406, 320, 1125, 539, 320, 2368, 49407]`,
 //! `"Hello, world!"` -> `[49406, 3306, 267, 1002, 256, 49407]`; the ignored test
 //! `real_vocab_reference_encodings` in `tests/clip_tokenizer.rs` checks them when
@@ -36,6 +48,7 @@ use anyhow::{anyhow, bail, Result};
 use regex::Regex;
 use std::collections::HashMap;
 use std::path::Path;
+use unicode_normalization::UnicodeNormalization;
 
 /// The start-of-text token.
 pub const BOS_TOKEN: &str = "<|startoftext|>";
@@ -47,9 +60,8 @@ pub const MAX_LEN: usize = 77;
 pub const MAX_MERGES: usize = 49152 - 256 - 2;
 /// The end-of-word marker appended to a word's last symbol.
 const END_OF_WORD: &str = "</w>";
-/// CLIP's pre-tokenisation pattern.
-const PATTERN: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// CLIP's pre-tokenisation pattern for text without special tokens (see the module doc).
+const PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// GPT-2's reversible map from bytes to printable characters: the printable Latin-1 bytes
 /// (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) map to themselves, the other 68 bytes in order to
@@ -180,32 +192,57 @@ impl ClipTokenizer {
         self.encoder.get(token).copied()
     }
 
-    /// The cleaned text: whitespace runs -> one space, trimmed, lowercased.
+    /// The normalised text, as transformers' normaliser: NFC, whitespace runs -> one space,
+    /// trimmed, every character lowercased on its own (no final-sigma rule).
     pub fn clean(text: &str) -> String {
-        text.split_whitespace()
+        let composed: String = text.nfc().collect();
+        composed
+            .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
-            .to_lowercase()
+            .chars()
+            .flat_map(char::to_lowercase)
+            .collect()
     }
 
     /// The BPE symbols of `text` (no start/end tokens): `"a photo"` -> `["a</w>", "photo</w>"]`
-    /// with a vocabulary that has those merges.
+    /// with a vocabulary that has those merges. Exact `<|startoftext|>` / `<|endoftext|>`
+    /// in `text` are kept as those tokens; everything between them is normalised apart.
     pub fn tokens(&self, text: &str) -> Vec<String> {
-        let text = Self::clean(text);
         let mut out = Vec::new();
-        for m in self.pattern.find_iter(&text) {
-            let word = m.as_str();
-            if word == BOS_TOKEN || word == EOS_TOKEN {
-                out.push(word.to_string());
-                continue;
+        let mut rest = text;
+        loop {
+            let next = [BOS_TOKEN, EOS_TOKEN]
+                .iter()
+                .filter_map(|s| rest.find(s).map(|i| (i, *s)))
+                .min();
+            let (plain, special) = match next {
+                Some((i, s)) => (&rest[..i], Some(s)),
+                None => (rest, None),
+            };
+            self.plain_tokens(plain, &mut out);
+            match special {
+                Some(s) => {
+                    out.push(s.to_string());
+                    rest = &rest[plain.len() + s.len()..];
+                }
+                None => break,
             }
-            let mapped: Vec<String> = word
+        }
+        out
+    }
+
+    /// BPE symbols of text without special tokens: normalised, pre-tokenised, merged.
+    fn plain_tokens(&self, text: &str, out: &mut Vec<String>) {
+        let text = Self::clean(text);
+        for m in self.pattern.find_iter(&text) {
+            let mapped: Vec<String> = m
+                .as_str()
                 .bytes()
                 .map(|b| self.byte_encoder[b as usize].to_string())
                 .collect();
             out.extend(self.bpe(mapped));
         }
-        out
     }
 
     /// Token ids of `text`: `<|startoftext|>`, the text's tokens, `<|endoftext|>`; no

@@ -29,18 +29,24 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use std::path::Path;
 
 /// The vision tower and `visual_projection` from a CLIP checkpoint (safetensors, or a
-/// PyTorch `.pth`/`.bin`), in `dtype` on `device`.
+/// PyTorch `.pth`/`.bin`), in `dtype` on `device`. The tower's keys may sit under
+/// `vision_model.` or at the root (see [`ClipVision::new_at`]).
 pub fn load_vision(
     path: &Path,
     cfg: &ClipVisionConfig,
     device: &Device,
     dtype: DType,
 ) -> anyhow::Result<ClipVision> {
-    weights::build_checked(path, device, dtype, |vb| ClipVision::new(vb, cfg))
+    let prefix = tower_prefix(path, vision::VISION_PREFIX, vision::VISION_PROBE_KEY)?;
+    weights::build_checked(path, device, dtype, |vb| {
+        ClipVision::new_at(vb, cfg, prefix)
+    })
 }
 
-/// The text tower (`text_model.*`), and `text_projection.weight` when `with_projection`,
-/// in `dtype` on `device`.
+/// The text tower, and `text_projection.weight` when `with_projection`, in `dtype` on
+/// `device`. The tower's keys may sit under `text_model.` (SD-1.5, a whole CLIP,
+/// transformers 5's `CLIPTextModelWithProjection`) or at the root (transformers 5's
+/// `CLIPTextModel`).
 pub fn load_text(
     path: &Path,
     cfg: &ClipTextConfig,
@@ -48,9 +54,27 @@ pub fn load_text(
     dtype: DType,
     with_projection: bool,
 ) -> anyhow::Result<ClipText> {
+    let prefix = tower_prefix(path, text::TEXT_PREFIX, text::TEXT_PROBE_KEY)?;
     weights::build_checked(path, device, dtype, |vb| {
-        ClipText::new(vb, cfg, with_projection)
+        ClipText::new_at(vb, cfg, with_projection, prefix)
     })
+}
+
+/// `Some(prefix)` unless the file holds the tower at its root (`probe` without the prefix
+/// and not with it). A file with neither is left to the loader to report, under the prefix.
+fn tower_prefix(
+    path: &Path,
+    prefix: &'static str,
+    probe: &str,
+) -> anyhow::Result<Option<&'static str>> {
+    let prefixed = format!("{prefix}.{probe}");
+    let found = weights::which_keys(path, &[&prefixed, probe])?;
+    Ok(
+        match found.iter().any(|k| k == probe) && !found.contains(&prefixed) {
+            true => None,
+            false => Some(prefix),
+        },
+    )
 }
 
 /// x / ||x|| along the last dimension, in f32 for half-precision input (CLIP embeddings

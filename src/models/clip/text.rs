@@ -1,11 +1,22 @@
-//! CLIP's text tower (transformers' `CLIPTextModel`, `text_model.*`, optionally with
+//! CLIP's text tower (transformers' `CLIPTextModel`, optionally with
 //! `text_projection.weight`): SD-1.5's text encoder, and the text side of a CLIP score.
+//!
+//! Its keys sit under `text_model.` in SD-1.5's file, in a whole CLIP checkpoint and in
+//! what transformers 5 saves for `CLIPTextModelWithProjection`; transformers 5's
+//! `CLIPTextModel.save_pretrained` writes them at the root (`embeddings.*`, `encoder.*`,
+//! `final_layer_norm.*`), its model having no `text_model` submodule. Both load
+//! ([`ClipText::new_at`], `load_text`).
 
 use super::config::ClipTextConfig;
 use super::encoder::{causal_mask, ClipEncoder, ClipLayerNorm, EncoderDims};
 use crate::nn::{linear_no_bias, Linear};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
+
+/// Where SD-1.5's and a whole CLIP checkpoint's text tower keys sit.
+pub const TEXT_PREFIX: &str = "text_model";
+/// A key every text tower has, relative to the tower.
+pub const TEXT_PROBE_KEY: &str = "embeddings.token_embedding.weight";
 
 #[derive(Debug, Clone)]
 pub struct ClipText {
@@ -21,6 +32,18 @@ impl ClipText {
     /// `vb` at the checkpoint's root: reads `text_model.*`, and `text_projection.weight`
     /// when `with_projection` (a full CLIP checkpoint; SD-1.5's text encoder has none).
     pub fn new(vb: VarBuilder, cfg: &ClipTextConfig, with_projection: bool) -> Result<Self> {
+        Self::new_at(vb, cfg, with_projection, Some(TEXT_PREFIX))
+    }
+
+    /// As `new`, with the tower's keys under `prefix.` (`Some("text_model")`) or at the
+    /// root (`None`, transformers 5's `CLIPTextModel`); `text_projection.weight` is always
+    /// at the root.
+    pub fn new_at(
+        vb: VarBuilder,
+        cfg: &ClipTextConfig,
+        with_projection: bool,
+        prefix: Option<&str>,
+    ) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("ClipTextConfig: {e}")))?;
         let dims = EncoderDims {
@@ -32,7 +55,10 @@ impl ClipText {
             act: cfg.hidden_act,
         };
         let h = cfg.hidden_size;
-        let tm = vb.pp("text_model");
+        let tm = match prefix {
+            Some(p) => vb.pp(p),
+            None => vb.clone(),
+        };
         let emb = tm.pp("embeddings");
         // transformers' init (only used when building a fresh, random model).
         let normal = Init::Randn {

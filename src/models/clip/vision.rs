@@ -62,6 +62,11 @@ impl ClipVisionEmbeddings {
     }
 }
 
+/// Where a CLIP checkpoint's vision tower keys sit.
+pub const VISION_PREFIX: &str = "vision_model";
+/// A key every vision tower has, relative to the tower.
+pub const VISION_PROBE_KEY: &str = "embeddings.patch_embedding.weight";
+
 /// The vision tower: pixels normalised as CLIP expects (see `rewards::clip_preprocess`)
 /// [B, 3, image_size, image_size] -> image embeddings [B, projection_dim].
 #[derive(Debug, Clone)]
@@ -78,6 +83,14 @@ pub struct ClipVision {
 impl ClipVision {
     /// `vb` at the checkpoint's root: reads `vision_model.*` and `visual_projection.weight`.
     pub fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        Self::new_at(vb, cfg, Some(VISION_PREFIX))
+    }
+
+    /// As `new`, with the tower's keys under `prefix.` (`Some("vision_model")`, what
+    /// transformers 5 writes for `CLIPVisionModelWithProjection` and `CLIPModel`) or at the
+    /// root (`None`, as its `CLIPVisionModel` writes them); `visual_projection.weight` is
+    /// always at the root.
+    pub fn new_at(vb: VarBuilder, cfg: &ClipVisionConfig, prefix: Option<&str>) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("ClipVisionConfig: {e}")))?;
         let dims = EncoderDims {
@@ -88,7 +101,10 @@ impl ClipVision {
             eps: cfg.layer_norm_eps,
             act: cfg.hidden_act,
         };
-        let vm = vb.pp("vision_model");
+        let vm = match prefix {
+            Some(p) => vb.pp(p),
+            None => vb.clone(),
+        };
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             cfg: cfg.clone(),

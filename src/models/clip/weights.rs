@@ -53,6 +53,35 @@ pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tenso
     Ok(out)
 }
 
+/// Which of `names` the file at `path` holds, reading only a safetensors file's header (a
+/// PyTorch file is read whole). A missing or malformed file is an error naming it.
+pub fn which_keys(path: &Path, names: &[&str]) -> Result<Vec<String>> {
+    if is_pickle(path) {
+        return Ok(read_tensors(path, names)?.into_keys().collect());
+    }
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("weight file {} not found", path.display()),
+        _ => anyhow!("cannot read weight file {}: {e}", path.display()),
+    })?;
+    let bad = |e: String| anyhow!("{} is not a valid safetensors file: {e}", path.display());
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(bad(format!("a {len}-byte header")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    Ok(names
+        .iter()
+        .filter(|n| header.contains_key(**n))
+        .map(|n| n.to_string())
+        .collect())
+}
+
 /// Builds a frozen model from `path` in `dtype` on `device`, after checking that the file
 /// holds every parameter `build` asks for with the shape it expects.
 pub fn build_checked<M>(

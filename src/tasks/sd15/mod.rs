@@ -5,6 +5,7 @@
 //! with the real key names (`random_weights.rs`); run for real on a GPU.
 
 pub mod evaluate;
+pub mod hf_config;
 pub mod layout;
 pub mod lcm;
 pub mod parts;

@@ -1,7 +1,16 @@
 //! A complete sd15 weight folder with random weights and the real key names, file names
 //! and config files: the tests load it through the real loaders (no public weights are
 //! available offline), and `sqdf bench-sd15` times SD-1.5-sized updates with it.
+//!
+//! The folder is also one the reference libraries read as it is: each config.json has every
+//! key diffusers 0.42 / transformers 5.25 `save_pretrained` writes for such a model (same
+//! values), and each weight file their keys and shapes (the VAE file holds a random
+//! encoder, the CLIP file `logit_scale`), so `UNet2DConditionModel.from_pretrained`,
+//! `AutoencoderKL.from_pretrained`, `CLIPTextModel.from_pretrained` and
+//! `CLIPModel.from_pretrained` load them without missing or unexpected keys
+//! (tests/parity.rs compares with the files those libraries wrote).
 
+use super::hf_config;
 use super::layout::{self, Layout};
 use crate::models::clip::{ClipConfig, ClipText, ClipTextConfig, ClipVision, ClipVisionConfig};
 use crate::models::vae::{AutoencoderKLConfig, VaeDecoder};
@@ -140,24 +149,31 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
     let unet = expected_params(|vb| UNet2DConditionModel::new(vb, &sizes.unet, None))?;
     let unet_tensors = random(&unet, "", rng, dtype)?;
     save(&l.dir.join(layout::UNET), &unet_tensors)?;
-    save_json(&l.dir.join("unet/config.json"), &sizes.unet)?;
+    save_json(
+        &l.dir.join("unet/config.json"),
+        &hf_config::unet(&sizes.unet),
+    )?;
 
-    // The real VAE file holds the encoder too; one of its keys stands in for it.
-    let vae = expected_params(|vb| VaeDecoder::new(vb, &sizes.vae))?;
-    let mut vae_tensors = random(&vae, "", rng, dtype)?;
-    vae_tensors.insert(
-        "encoder.conv_in.weight".into(),
-        Tensor::zeros((8, 3, 3, 3), dtype, &Device::Cpu)?,
-    );
-    save(&l.dir.join(layout::VAE), &vae_tensors)?;
-    save_json(&l.dir.join("vae/config.json"), &sizes.vae)?;
+    // The real VAE file holds the encoder too (sqdf does not use it; diffusers needs it).
+    let mut vae = expected_params(|vb| VaeDecoder::new(vb, &sizes.vae))?;
+    vae.extend(hf_config::vae_encoder_params(&sizes.vae));
+    save(&l.dir.join(layout::VAE), &random(&vae, "", rng, dtype)?)?;
+    let image_size = sizes.unet.sample_size * sizes.vae.upscale();
+    save_json(
+        &l.dir.join("vae/config.json"),
+        &hf_config::vae(&sizes.vae, image_size),
+    )?;
 
     let text = expected_params(|vb| ClipText::new(vb, &sizes.text, false))?;
     save(
         &l.dir.join(layout::TEXT_ENCODER),
         &random(&text, "", rng, dtype)?,
     )?;
-    save_json(&l.dir.join("text_encoder/config.json"), &sizes.text)?;
+    let ids = (TOKENIZER_BOS, TOKENIZER_EOS);
+    save_json(
+        &l.dir.join("text_encoder/config.json"),
+        &hf_config::clip_text(&sizes.text, ids, dtype, true),
+    )?;
 
     let mut clip = random(
         &expected_params(|vb| ClipVision::new(vb, &sizes.clip.vision_config))?,
@@ -171,10 +187,16 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
         rng,
         dtype,
     )?);
+    // CLIPModel's temperature, at transformers' initial value ln(1 / 0.07).
+    clip.insert(
+        "logit_scale".into(),
+        Tensor::new(hf_config::LOGIT_SCALE_INIT as f32, &Device::Cpu)?.to_dtype(dtype)?,
+    );
     save(&l.dir.join(layout::CLIP), &clip)?;
+    let clip_ids = (TOKENIZER_BOS, TOKENIZER_EOS);
     save_json(
         &l.dir.join("clip-vit-large-patch14/config.json"),
-        &sizes.clip,
+        &hf_config::clip(&sizes.clip, clip_ids, dtype),
     )?;
 
     let head = expected_params(|vb| AestheticHead::new(vb, sizes.clip.projection_dim))?;
@@ -232,6 +254,11 @@ fn lcm_lora(
     }
     Ok(out)
 }
+
+/// The start and end tokens' ids in the vocabulary `write_tokenizer` makes (the config
+/// files name them: transformers pools the text tower at the first end token).
+pub const TOKENIZER_BOS: u32 = 512;
+pub const TOKENIZER_EOS: u32 = 513;
 
 /// A byte-level vocabulary without merges (every byte, with and without `</w>`, then the
 /// two special tokens): any prompt encodes, one token per byte.
