@@ -18,6 +18,7 @@ mod hot_reload;
 mod kl;
 mod lora_files;
 mod lua_tensor_ops;
+mod parity;
 mod readme;
 mod replay;
 mod resume;

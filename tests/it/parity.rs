@@ -24,7 +24,7 @@ const DEV: Device = Device::Cpu;
 const RTOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+    crate::common::repo_root().join("tests/fixtures/parity")
 }
 
 /// The SD folder (diffusers layout) the fixtures hold.
