@@ -11,7 +11,7 @@
 //!   step ending at ᾱ_0, as sqdf samples the model (src/tasks/digits/process.rs);
 //! - `README.md`: how to call it.
 //!
-//! `tests/parity.rs` checks that the exported folder matches what diffusers writes and that
+//! `tests/it/parity.rs` checks that the exported folder matches what diffusers writes and that
 //! the network gives diffusers' ε.
 
 use crate::models::class_conditional::ClassConditionalUNet;

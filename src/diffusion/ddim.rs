@@ -27,7 +27,7 @@ pub enum Spacing {
     /// Gaussian from one state of its chain to the next, at the ᾱ the next model call
     /// assumes: the policy's per-step likelihoods, KLs and discounts are defined between
     /// consecutive states. Where T divides 1000 (SD's 50 steps: 999, 979, ..., 19) both
-    /// step to the next grid point and agree exactly (`tests/parity.rs` checks 50 steps of
+    /// step to the next grid point and agree exactly (`tests/it/parity.rs` checks 50 steps of
     /// both spacings against diffusers); leading spacing always agrees.
     Trailing,
 }

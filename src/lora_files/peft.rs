@@ -3,7 +3,7 @@
 //! (`StableDiffusionLoraLoaderMixin`) reads and `save_lora_weights` writes. diffusers'
 //! LoRA training scripts pass the state through `convert_state_dict_to_diffusers` first,
 //! which renames A and B to `.lora.down.weight` and `.lora.up.weight`; those names are read
-//! as A and B (tests/parity.rs loads both files diffusers 0.42 writes).
+//! as A and B (tests/it/parity.rs loads both files diffusers 0.42 writes).
 //!
 //! How diffusers learns alpha (read in diffusers' `loaders/lora_pipeline.py`,
 //! `loaders/peft.py::load_lora_adapter`, `utils/peft_utils.py::get_peft_kwargs` and

@@ -36,12 +36,12 @@
 //! longer file is ignored).
 //!
 //! Checked against transformers 5.25 on hard prompts (accents, jamo, Greek, full-width
-//! forms, special tokens in any case) with a small BPE vocabulary, in `tests/parity.rs`
+//! forms, special tokens in any case) with a small BPE vocabulary, in `tests/it/parity.rs`
 //! (fixtures from `tools/parity/make_fixtures.py`). The real SD-1.5 vocabulary is not in
 //! the repository; reference values from other implementations' tests:
 //! `"a photo of a cat"` -> `[49406, 320, 1125, 539, 320, 2368, 49407]`,
 //! `"Hello, world!"` -> `[49406, 3306, 267, 1002, 256, 49407]`; the ignored test
-//! `real_vocab_reference_encodings` in `tests/clip_tokenizer.rs` checks them when
+//! `real_vocab_reference_encodings` in `tests/it/clip_tokenizer.rs` checks them when
 //! `SQDF_CLIP_TOKENIZER_DIR` points at a real `tokenizer/` folder.
 
 use anyhow::{anyhow, bail, Result};

@@ -1,4 +1,4 @@
-"""Reference fixtures for tests/parity.rs, made by the libraries sqdf's SD-1.5 path follows.
+"""Reference fixtures for tests/it/parity.rs, made by the libraries sqdf's SD-1.5 path follows.
 
 Tiny random models are built in diffusers' / transformers' / peft's own classes, saved with
 their own `save_pretrained` (and diffusers' LoRA writers), and run on recorded inputs; the

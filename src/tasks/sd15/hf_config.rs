@@ -1,7 +1,7 @@
 //! The config.json files diffusers 0.42 and transformers 5.25 write with `save_pretrained`,
 //! for the models sqdf builds: every key those libraries write (the ones sqdf's configs do
 //! not model at their defaults, which are the only values sqdf's models implement), so a
-//! folder sqdf writes loads in those libraries as it is. tests/parity.rs compares them
+//! folder sqdf writes loads in those libraries as it is. tests/it/parity.rs compares them
 //! with the files the libraries wrote.
 
 use crate::models::clip::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};

@@ -8,7 +8,7 @@
 //! encoder, the CLIP file `logit_scale`), so `UNet2DConditionModel.from_pretrained`,
 //! `AutoencoderKL.from_pretrained`, `CLIPTextModel.from_pretrained` and
 //! `CLIPModel.from_pretrained` load them without missing or unexpected keys
-//! (tests/parity.rs compares with the files those libraries wrote).
+//! (tests/it/parity.rs compares with the files those libraries wrote).
 
 use super::hf_config;
 use super::layout::{self, Layout};
