@@ -1,6 +1,7 @@
 //! Tasks: a pretrained model to fine-tune with everything around it (reference copy,
 //! consistency model, sampler, conditions, evaluation). `gmm2d` is the paper's toy.
 
+pub mod ddpm_process;
 pub mod digits;
 pub mod gmm2d;
 pub mod sd15;

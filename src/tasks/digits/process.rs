@@ -1,34 +1,14 @@
 //! The digits model's diffusion process (DDPM's schedule, the trailing DDIM grid) and its
 //! UNet weight file: what training, distillation and the task all build on.
 
-use crate::diffusion::{BetaSchedule, DdimSampler, NoiseSchedule, Spacing};
 use crate::models::class_conditional::{ClassConditionalConfig, ClassConditionalUNet};
+pub use crate::tasks::ddpm_process::{distillation_grid, sampler, schedule};
 use crate::tensor_io::{check_params, expected_params, read, WeightFile};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// DDPM's linear β over 1000 training steps (the digits are pixel-space, as in DDPM).
-pub fn schedule() -> NoiseSchedule {
-    NoiseSchedule::new(BetaSchedule::DDPM, 1000)
-}
-
-/// The timesteps the consistency model was distilled on (the 50-step grid).
-pub fn distillation_grid() -> Vec<usize> {
-    sampler(&schedule(), 50, 0.0).timesteps().to_vec()
-}
-
-pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
-    DdimSampler::new(
-        schedule,
-        steps,
-        eta,
-        Spacing::Trailing,
-        schedule.alpha_bar(0),
-    )
-}
 
 pub fn model_config(path: &Path, file: &WeightFile) -> Result<ClassConditionalConfig> {
     match file.metadata.get("config") {

@@ -9,7 +9,6 @@ mod pretrain;
 use super::{cond_tensor, Task, TaskModels, TrainCommand};
 use crate::data::GaussianMixture;
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{BetaSchedule, DdimSampler, NoiseSchedule, Spacing};
 use crate::eval::scatter::{scatter_png, Panel};
 use crate::eval::toy::toy_metrics;
 use crate::models::{ConsistencyModel, Denoiser, ToyMlp, ToyMlpConfig};
@@ -31,28 +30,9 @@ pub const CONSISTENCY_FILE: &str = "consistency.safetensors";
 /// Evaluation noise is seeded apart from training noise: before and after see the same x_T.
 pub(crate) const EVAL_SEED: u64 = 0xe7a1;
 
+pub use crate::tasks::ddpm_process::{distillation_grid, sampler, schedule};
+
 pub struct Gmm2d;
-
-/// DDPM's linear β over 1000 training steps.
-pub fn schedule() -> NoiseSchedule {
-    NoiseSchedule::new(BetaSchedule::DDPM, 1000)
-}
-
-/// The timesteps the consistency model was distilled on (the 50-step grid).
-pub fn distillation_grid() -> Vec<usize> {
-    sampler(&schedule(), 50, 0.0).timesteps().to_vec()
-}
-
-/// The T-step grid, trailing (x_T at t = 999), ending at ᾱ_0 so the last step's σ > 0.
-pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler {
-    DdimSampler::new(
-        schedule,
-        steps,
-        eta,
-        Spacing::Trailing,
-        schedule.alpha_bar(0),
-    )
-}
 
 fn model_config(path: &Path, file: &WeightFile) -> Result<ToyMlpConfig> {
     match file.metadata.get("config") {
