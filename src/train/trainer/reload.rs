@@ -150,11 +150,20 @@ pub enum Reload {
 }
 
 /// Current contents of the files a script was loaded from, None if one cannot be read.
+/// A file larger than this is not read to be compared: it differs from any script that ran
+/// (a script's whole source lives in its Lua state, whose memory is bounded), and the load
+/// that follows refuses it by its size.
+const MAX_COMPARED: u64 = 1 << 30;
+
 pub fn disk_sources(script: &Script) -> Vec<Option<String>> {
     script
         .sources
         .iter()
-        .map(|(p, _)| std::fs::read_to_string(p).ok())
+        .map(|(p, _)| match std::fs::metadata(p) {
+            Ok(m) if m.len() > MAX_COMPARED => Some(format!("\0{} bytes", m.len())),
+            Ok(_) => std::fs::read_to_string(p).ok(),
+            Err(_) => None,
+        })
         .collect()
 }
 
