@@ -3,8 +3,11 @@
 
 use super::config::RunConfig;
 use super::context::LossContext;
+use super::limits::Limits;
+use super::messages::show_bytes;
+use super::require::{strip_bom, Required};
 use super::reward_hook::{a, call_reward, call_reward_hook};
-use super::sandbox::{new_state, show_bytes, strip_bom, Limits, SandboxOptions};
+use super::sandbox::{new_state, SandboxOptions};
 use super::tensor::{LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
@@ -112,7 +115,7 @@ impl Script {
         overrides: &[(String, Json)],
         lua: Lua,
         limits: &Limits,
-        required: &super::sandbox::Required,
+        required: &Required,
     ) -> Result<Script> {
         let value: Value = lua
             .load(strip_bom(&src))

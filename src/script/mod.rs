@@ -8,9 +8,15 @@ pub mod config_values;
 pub mod context;
 pub mod experiment;
 pub mod library;
+pub mod limits;
+pub mod messages;
+pub mod patterns;
+pub mod print_caps;
+pub mod require;
 pub mod reward_hook;
 pub mod sandbox;
 pub mod tensor;
+pub mod tensor_memory;
 pub mod trajectories;
 pub mod watcher;
 

@@ -9,7 +9,9 @@
 //! count that the last handle releases: a view keeps the charge of the tensor it views, a
 //! tensor in an autograd graph those of its inputs (the graph holds them).
 
-use super::sandbox::{show_bytes, Charge, Limits};
+use super::limits::Limits;
+use super::messages::{lua_err, show_bytes};
+use super::tensor_memory::Charge;
 use crate::rng::SharedRng;
 use candle_core::{DType, Device, Shape, Tensor};
 use mlua::prelude::*;
@@ -52,11 +54,6 @@ fn conv_err(from: &'static str, to: &str) -> LuaError {
         to: "Tensor".into(),
         message: Some(format!("expected {to}, got {from}")),
     }
-}
-
-/// A candle error as a Lua error (Lua adds the script's file:line).
-pub fn lua_err(e: impl std::fmt::Display) -> LuaError {
-    LuaError::RuntimeError(e.to_string())
 }
 
 /// The run's device and RNG, which tensor constructors in Lua use.
