@@ -16,7 +16,12 @@ pub mod require;
 pub mod reward_hook;
 pub mod sandbox;
 pub mod tensor;
+pub mod tensor_arithmetic;
+pub mod tensor_checks;
 pub mod tensor_memory;
+pub mod tensor_methods;
+pub mod tensor_module;
+pub mod tensor_tables;
 pub mod trajectories;
 pub mod watcher;
 

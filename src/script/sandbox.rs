@@ -21,8 +21,9 @@ use super::messages::{lua_err, GIB, KIB, MIB};
 use super::patterns::check_pattern;
 use super::print_caps::{PrintCaps, RunPrint};
 use super::require::{install_require, Required};
-use super::tensor::{self, lock_rng, TensorEnv};
+use super::tensor::{lock_rng, TensorEnv};
 use super::tensor_memory::TensorMemory;
+use super::tensor_module;
 use crate::run_log::RunLog;
 use mlua::prelude::*;
 use mlua::{StdLib, Value, Variadic};
@@ -171,7 +172,7 @@ pub fn new_state(opts: &SandboxOptions) -> anyhow::Result<(Lua, Limits, Required
     );
     lua.set_app_data(limits.clone());
     lua.set_app_data(opts.tensors.clone());
-    g.set("tensor", tensor::module(&lua)?)?;
+    g.set("tensor", tensor_module::module(&lua)?)?;
 
     let log = opts.log.clone();
     g.set(
