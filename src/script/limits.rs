@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const HOOK_EVERY: u32 = 10_000;
 
 /// The caps of one call, and those of single ops, as `SandboxOptions` sets them.
-pub struct Caps {
+pub(super) struct Caps {
     pub time_limit: Duration,
     pub instruction_budget: u64,
     pub model_calls: u64,
@@ -160,7 +160,7 @@ unsafe fn location(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> Strin
 #[derive(Clone)]
 pub struct Limits(Arc<LimitsInner>);
 
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing a script does can panic while these are held; never poison the sandbox.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -180,7 +180,7 @@ impl Drop for Paused<'_> {
 }
 
 impl Limits {
-    pub fn new(caps: Caps, tensors: TensorMemory, print: PrintCaps) -> Self {
+    pub(super) fn new(caps: Caps, tensors: TensorMemory, print: PrintCaps) -> Self {
         Limits(Arc::new(LimitsInner {
             caps,
             what: Mutex::new("top-level code".into()),
@@ -197,7 +197,7 @@ impl Limits {
     }
 
     /// Sets the hook that checks these limits in `lua` (whose app data must hold them).
-    pub fn install_hook(&self, lua: &Lua) -> LuaResult<()> {
+    pub(super) fn install_hook(&self, lua: &Lua) -> LuaResult<()> {
         let inner = Arc::as_ptr(&self.0) as *mut std::ffi::c_void;
         // SAFETY: the pointer stays valid while the state lives (its app data holds the
         // Arc); the hook is plain C (see `limits_hook`).
@@ -350,7 +350,7 @@ impl Limits {
     }
 
     /// Steps a string pattern function may take in the worst case.
-    pub fn pattern_cost(&self) -> u64 {
+    pub(super) fn pattern_cost(&self) -> u64 {
         self.0.caps.pattern_cost
     }
 
@@ -359,7 +359,7 @@ impl Limits {
     }
 
     /// Writes a printed line to the log within the print caps (print_caps.rs).
-    pub fn print(&self, log: &RunLog, line: String) {
+    pub(super) fn print(&self, log: &RunLog, line: String) {
         self.0.print.print(log, line, || self.what());
     }
 }

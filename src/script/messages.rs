@@ -32,7 +32,7 @@ pub fn show_bytes(b: u64) -> String {
     }
 }
 
-pub fn show_duration(d: Duration) -> String {
+pub(super) fn show_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 1.0 && s.fract() == 0.0 {
         format!("{s} s")

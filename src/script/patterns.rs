@@ -84,7 +84,7 @@ fn skip_set(p: &[u8], mut i: usize) -> usize {
 }
 
 /// Refuses a call of `string.<kind>` whose worst case on its subject is over the cap.
-pub fn check_pattern(
+pub(super) fn check_pattern(
     lua: &Lua,
     limits: &Limits,
     kind: &str,

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 /// What the run's scripts printed so far, shared by every version of the script.
 #[derive(Default)]
-pub struct RunPrint {
+pub(super) struct RunPrint {
     bytes: AtomicU64,
     noted: AtomicBool,
 }
 
 /// The print caps of one Lua state, and what the current call printed.
-pub struct PrintCaps {
+pub(super) struct PrintCaps {
     per_call: u64,
     per_run: u64,
     printed_call: AtomicU64,
@@ -24,7 +24,7 @@ pub struct PrintCaps {
 }
 
 impl PrintCaps {
-    pub fn new(per_call: u64, per_run: u64, run: Arc<RunPrint>) -> Self {
+    pub(super) fn new(per_call: u64, per_run: u64, run: Arc<RunPrint>) -> Self {
         PrintCaps {
             per_call,
             per_run,
@@ -35,14 +35,14 @@ impl PrintCaps {
     }
 
     /// A new call's allowance.
-    pub fn new_call(&self) {
+    pub(super) fn new_call(&self) {
         self.printed_call.store(0, Ordering::Relaxed);
         self.call_noted.store(false, Ordering::Relaxed);
     }
 
     /// Writes a printed line to the log within the per-call and per-run caps; a note says
     /// once when output was cut (`what`: the call in progress).
-    pub fn print(&self, log: &RunLog, line: String, what: impl FnOnce() -> String) {
+    pub(super) fn print(&self, log: &RunLog, line: String, what: impl FnOnce() -> String) {
         let n = line.len() as u64 + 1;
         let used_call = self.printed_call.load(Ordering::Relaxed);
         let used_run = self.run.bytes.load(Ordering::Relaxed);

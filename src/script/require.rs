@@ -29,7 +29,7 @@ pub fn strip_bom(src: &str) -> &str {
 
 /// `require "name"` (or "dir.name"): `<script dir>/name.lua`, else the built-in library.
 /// A module must resolve, symlinks followed, to a file inside the script's folder.
-pub fn install_require(lua: &Lua, script_dir: &Path, required: Required) -> LuaResult<()> {
+pub(super) fn install_require(lua: &Lua, script_dir: &Path, required: Required) -> LuaResult<()> {
     let dir = script_dir.to_path_buf();
     let loaded = lua.create_table()?;
     let f = lua.create_function(move |lua, name: String| {

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Charge {
 }
 
 /// The tensor memory of one Lua state: its caps and the bytes its tensors hold alive.
-pub struct TensorMemory {
+pub(super) struct TensorMemory {
     /// Bytes of tensors the script's own operations may hold alive at once.
     limit: u64,
     /// Bytes of one tensor a script makes.
@@ -53,7 +53,7 @@ pub struct TensorMemory {
 }
 
 impl TensorMemory {
-    pub fn new(limit: u64, max_bytes: u64) -> Self {
+    pub(super) fn new(limit: u64, max_bytes: u64) -> Self {
         TensorMemory {
             limit,
             max_bytes,
@@ -62,14 +62,14 @@ impl TensorMemory {
     }
 
     /// Bytes of tensors the script's operations hold alive.
-    pub fn bytes(&self) -> u64 {
+    pub(super) fn bytes(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
     }
 
     /// Checks that `bytes` more of tensors fit: under the per-tensor cap (`one` is the
     /// largest single new tensor) and, after a full collection of Lua's garbage if needed
     /// (Lua does not see tensor memory), under the live limit.
-    pub fn admit(&self, lua: &Lua, bytes: u64, one: u64, what: &str) -> LuaResult<()> {
+    pub(super) fn admit(&self, lua: &Lua, bytes: u64, one: u64, what: &str) -> LuaResult<()> {
         if one > self.max_bytes {
             return Err(lua_err(format!(
                 "{what}: a tensor of {} is over the sandbox's cap of {} per tensor",
@@ -94,7 +94,7 @@ impl TensorMemory {
     }
 
     /// A charge of `bytes` on the live count, keeping `parents` (and `storage`) alive.
-    pub fn charge(
+    pub(super) fn charge(
         &self,
         bytes: u64,
         parents: Vec<Arc<Charge>>,
