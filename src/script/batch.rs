@@ -1,7 +1,7 @@
 //! A batch of buffer states as Lua sees it (`batch.x`, `batch.k`, ...).
 
-use super::sandbox::Charge;
 use super::tensor::LuaTensor;
+use super::tensor_memory::Charge;
 use crate::diffusion::DdimSampler;
 use crate::replay::{ReplayBuffer, StateRef};
 use anyhow::Result;

@@ -5,9 +5,10 @@
 
 use super::batch::Batch;
 use super::config::X0Estimator;
+use super::limits::Limits;
+use super::messages::lua_err;
 use super::reward_hook::call_reward;
-use super::sandbox::Limits;
-use super::tensor::{lock_rng, lua_err, run, run_lua, LuaTensor, Op};
+use super::tensor::{lock_rng, run, run_lua, LuaTensor, Op};
 use crate::diffusion::kl::{gaussian_kl, KlForm};
 use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::{per_sample, tweedie, Step};

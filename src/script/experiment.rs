@@ -1,10 +1,16 @@
 //! An experiment script: the table it returns (`config` and the hooks), loaded into its own
-//! sandboxed state, with every hook call checked for the type and shape it must return.
+//! sandboxed state, with every hook call checked for the type and shape it must return
+//! (the table's keys in script_table.rs, what hooks return in hook_results.rs).
 
 use super::config::RunConfig;
 use super::context::LossContext;
+use super::hook_results::{check_stat, discount_value, loss_output, priority_value, LossOutput};
+use super::limits::Limits;
+use super::messages::{describe_with, show_bytes};
+use super::require::{strip_bom, Required};
 use super::reward_hook::{a, call_reward, call_reward_hook};
-use super::sandbox::{new_state, show_bytes, strip_bom, Limits, SandboxOptions};
+use super::sandbox::{new_state, SandboxOptions};
+use super::script_table::{check_keys, hook_names};
 use super::tensor::{LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
@@ -14,37 +20,20 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// `describe` as `experiment::describe`, where the CLI names it.
+pub use super::messages::describe;
+/// The hooks as `experiment::REQUIRED_HOOKS` and `OPTIONAL_HOOKS`, where the tests name them.
+pub use super::script_table::{OPTIONAL_HOOKS, REQUIRED_HOOKS};
+
 /// Seed of the RNG a script's top-level code draws from while it loads: every load of the
 /// same source (a reload, a resume) builds the same values.
 pub const LOAD_SEED: u64 = 0x10ad;
-
-/// Hooks every script must define, with what they receive and return.
-pub const REQUIRED_HOOKS: &[(&str, &str)] = &[
-    ("reward", "function(x0, cond, config) -> tensor [B]"),
-    (
-        "loss",
-        "function(batch, ctx) -> scalar tensor[, table of numbers to log]",
-    ),
-];
-/// Hooks a script may define: `discount(k, config)` and `priority(state, config)` (default:
-/// lua/sqdf.lua's, γ^k and max(r, 0) γ^k, Eq. 15 and Appendix E.1; methods that neither
-/// discount nor prioritise need not say so), `buffer_reward(x0, cond, config)`, the reward
-/// stored with each sampled trajectory (default: `reward`; a black-box script may store
-/// oracle labels), and `on_epoch_end(metrics, config)`.
-pub const OPTIONAL_HOOKS: &[&str] = &["discount", "priority", "buffer_reward", "on_epoch_end"];
-const OTHER_KEYS: &[&str] = &["config", "name", "description"];
 
 /// A differentiable function of a tensor that a task offers scripts (a reward model, say).
 /// A reward the task offers scripts: x0 [B, ...] and, for rewards that read the prompt
 /// (a CLIP score), the condition ids [B].
 pub type TensorFn =
     std::sync::Arc<dyn Fn(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor> + Send + Sync>;
-
-/// What `loss` returned: the scalar to minimise and the numbers it asked to log.
-pub struct LossOutput {
-    pub loss: Tensor,
-    pub stats: BTreeMap<String, f64>,
-}
 
 pub struct Script {
     pub path: PathBuf,
@@ -112,14 +101,14 @@ impl Script {
         overrides: &[(String, Json)],
         lua: Lua,
         limits: &Limits,
-        required: &super::sandbox::Required,
+        required: &Required,
     ) -> Result<Script> {
         let value: Value = lua
             .load(strip_bom(&src))
             .set_name(format!("@{origin}"))
             .eval()
             .map_err(|e| {
-                let msg = describe_with(&e, limits);
+                let msg = describe_with(&e, limits.lua_memory());
                 if msg.starts_with(origin) {
                     anyhow!("{msg}")
                 } else {
@@ -133,27 +122,7 @@ impl Script {
                 a(value.type_name())
             )
         };
-        for pair in table.clone().pairs::<Value, Value>() {
-            let (k, _) = pair?;
-            let key = match &k {
-                Value::String(s) => s.to_str()?.to_string(),
-                other => bail!(
-                    "{origin}: the returned table has a non-string key ({})",
-                    other.type_name()
-                ),
-            };
-            let key = clip(key);
-            let known = REQUIRED_HOOKS.iter().any(|(h, _)| *h == key)
-                || OPTIONAL_HOOKS.contains(&key.as_str())
-                || OTHER_KEYS.contains(&key.as_str());
-            if !known {
-                bail!(
-                    "{origin}: unknown key `{key}` in the returned table; expected config, {}, {}",
-                    hook_names(),
-                    OPTIONAL_HOOKS.join(", ")
-                );
-            }
-        }
+        check_keys(origin, &table)?;
         let cfg_table: Option<LuaTable> = match table.get::<Value>("config")? {
             Value::Nil => None,
             Value::Table(t) => Some(t),
@@ -249,7 +218,7 @@ impl Script {
             None => anyhow!(
                 "{}: hook `{hook}` failed: {}",
                 self.origin(),
-                describe_with(&e, &self.limits)
+                describe_with(&e, self.limits.lua_memory())
             ),
         }
     }
@@ -268,15 +237,7 @@ impl Script {
                     .discount
                     .call((k, self.config_table.clone()))
                     .map_err(|e| self.fail("discount", e))?;
-                match v {
-                    Value::Integer(i) => Ok(i as f64),
-                    Value::Number(n) if n.is_finite() => Ok(n),
-                    other => bail!(
-                        "{}: hook `discount` returned {} for k = {k}, expected a finite number",
-                        self.origin(),
-                        show(&other)
-                    ),
-                }
+                discount_value(&self.path, k, v)
             })
             .collect()
     }
@@ -294,15 +255,7 @@ impl Script {
             .priority
             .call((s.clone(), self.config_table.clone()))
             .map_err(|e| self.fail("priority", e))?;
-        match v {
-            Value::Integer(i) if i >= 0 => Ok(i as f64),
-            Value::Number(n) if n.is_finite() && n >= 0.0 => Ok(n),
-            other => bail!(
-                "{}: hook `priority` returned {} (reward {reward}, k {k}), expected a finite number >= 0",
-                self.origin(),
-                show(&other)
-            ),
-        }
+        priority_value(&self.path, reward, k, v)
     }
 
     /// reward(x0, cond): one reward per sample.
@@ -335,59 +288,12 @@ impl Script {
             .loss
             .call((batch, ctx))
             .map_err(|e| self.fail("loss", e))?;
-        let mut it = out.into_iter();
-        let loss = match it.next() {
-            Some(Value::UserData(u)) if u.is::<LuaTensor>() => u.borrow::<LuaTensor>()?.0.clone(),
-            other => bail!(
-                "{}: hook `loss` returned {}, expected a scalar tensor",
-                self.origin(),
-                other.as_ref().map(show).unwrap_or_else(|| "nothing".into())
-            ),
-        };
-        if loss.elem_count() != 1 {
-            bail!(
-                "{}: hook `loss` returned a tensor of shape {:?}, expected a scalar (reduce it with :mean())",
-                self.origin(),
-                loss.dims()
-            );
-        }
-        let loss = loss.reshape(())?;
-        let mut stats = BTreeMap::new();
-        match it.next() {
-            None | Some(Value::Nil) => {}
-            Some(Value::Table(t)) => {
-                for pair in t.pairs::<String, Value>() {
-                    let (k, v) = pair?;
-                    check_stat(&self.origin(), "loss", stats.len() + 1, &k)?;
-                    let x = match v {
-                        Value::Integer(i) => i as f64,
-                        Value::Number(n) => n,
-                        Value::UserData(u) if u.is::<LuaTensor>() => {
-                            let t = u.borrow::<LuaTensor>()?.0.clone();
-                            t.to_dtype(candle_core::DType::F64)?
-                                .mean_all()?
-                                .to_scalar::<f64>()?
-                        }
-                        other => bail!(
-                            "{}: hook `loss`: stat `{k}` is {}, expected a number",
-                            self.origin(),
-                            show(&other)
-                        ),
-                    };
-                    stats.insert(k, x);
-                }
-            }
-            Some(other) => bail!(
-                "{}: hook `loss` returned {} as its second value, expected a table of numbers",
-                self.origin(),
-                show(&other)
-            ),
-        }
+        let output = loss_output(&self.origin(), out)?;
         // The userdata Lua holds (step means, x0, rewards...) keep the whole autograd graph of
         // this update alive; Lua sees only their few bytes, so its collector would wait tens
         // of updates. Collect now: the Lua heap is small, the graphs are not.
         self.lua.gc_collect()?;
-        Ok(LossOutput { loss, stats })
+        Ok(output)
     }
 
     /// on_epoch_end(metrics, config): extra numbers to log, if the hook exists.
@@ -460,109 +366,5 @@ struct Call<'a>(&'a Limits);
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         self.0.pause();
-    }
-}
-
-/// Entries a hook may return in a table of numbers to log (`loss`'s stats,
-/// `on_epoch_end`), and the length of their names: they go into every metrics line.
-const MAX_STATS: usize = 256;
-const MAX_STAT_NAME: usize = 100;
-
-fn check_stat(origin: &str, hook: &str, n: usize, key: &str) -> Result<()> {
-    if n > MAX_STATS {
-        bail!("{origin}: hook `{hook}` returned more than {MAX_STATS} numbers to log");
-    }
-    if key.len() > MAX_STAT_NAME {
-        bail!(
-            "{origin}: hook `{hook}`: the name of a number to log is longer than {MAX_STAT_NAME} bytes"
-        );
-    }
-    Ok(())
-}
-
-/// Bytes of an error message kept in the log (a script's error can be any string).
-const MAX_MESSAGE: usize = 8 << 10;
-
-fn clip(mut msg: String) -> String {
-    if msg.len() > MAX_MESSAGE {
-        let total = msg.len();
-        let mut cut = MAX_MESSAGE;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        msg.truncate(cut);
-        msg.push_str(&format!("... ({} more bytes cut)", total - cut));
-    }
-    msg
-}
-
-fn hook_names() -> String {
-    REQUIRED_HOOKS
-        .iter()
-        .map(|(h, _)| *h)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::Nil => "nil".into(),
-        Value::Boolean(b) => format!("{b}"),
-        Value::Integer(i) => format!("{i}"),
-        Value::Number(n) => format!("{n}"),
-        Value::String(s) => {
-            let text = s.to_string_lossy();
-            if text.chars().count() > 80 {
-                let head: String = text.chars().take(80).collect();
-                format!("the string {head:?}... ({} bytes)", text.len())
-            } else {
-                format!("the string {text:?}")
-            }
-        }
-        Value::UserData(u) if u.is::<LuaTensor>() => match u.borrow::<LuaTensor>() {
-            Ok(t) => format!("a tensor of shape {:?}", t.0.dims()),
-            Err(_) => "a tensor".into(),
-        },
-        other => format!("a {}", other.type_name()),
-    }
-}
-
-/// `describe`, with a Lua memory error said as the sandbox's limit.
-fn describe_with(e: &LuaError, limits: &Limits) -> String {
-    let msg = clip(describe(e));
-    if is_memory_error(e) {
-        format!(
-            "Lua memory limit of {} exceeded ({msg})",
-            show_bytes(limits.lua_memory() as u64)
-        )
-    } else {
-        msg
-    }
-}
-
-fn is_memory_error(e: &LuaError) -> bool {
-    match e {
-        LuaError::MemoryError(_) => true,
-        LuaError::CallbackError { cause, .. } | LuaError::WithContext { cause, .. } => {
-            is_memory_error(cause)
-        }
-        _ => false,
-    }
-}
-
-/// A Lua error as one readable message: `file:line: message`, then the Lua traceback.
-pub fn describe(e: &LuaError) -> String {
-    match e {
-        LuaError::CallbackError { traceback, cause } => {
-            let inner = describe(cause);
-            if inner.contains("stack traceback") {
-                inner
-            } else {
-                format!("{inner}\n{traceback}")
-            }
-        }
-        LuaError::RuntimeError(m) | LuaError::SyntaxError { message: m, .. } => m.clone(),
-        LuaError::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
-        other => other.to_string(),
     }
 }

@@ -1,7 +1,8 @@
 //! Calling a reward hook (`reward`, `buffer_reward`, a reward a loss asks for through
 //! `ctx:reward`) and checking what it returned: one float per sample.
 
-use super::tensor::{lua_err, LuaTensor};
+use super::messages::lua_err;
+use super::tensor::LuaTensor;
 use candle_core::Tensor;
 use mlua::prelude::*;
 use mlua::Value;

@@ -3,7 +3,8 @@
 //! state i with the action taken from it, so a loss can walk any steps it likes.
 
 use super::batch::Batch;
-use super::tensor::{lua_err, LuaTensor, Op};
+use super::messages::lua_err;
+use super::tensor::{LuaTensor, Op};
 use crate::diffusion::DdimSampler;
 use crate::replay::{ReplayBuffer, StateRef};
 use anyhow::Result;
