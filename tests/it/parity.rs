@@ -641,3 +641,50 @@ fn exported_digits_folder_is_diffusers_and_gives_its_eps() {
         .unwrap();
     assert_close(&eps, &r["eps"], "exported digits eps");
 }
+
+// ------------------------------------------------------------------------------------
+// The LAION aesthetic head
+
+/// The aesthetic head as the LAION predictor's `.pth` is (torch.save of an `nn.Sequential`
+/// state dict, `layers.{0,2,4,6,7}`, hidden widths 1024, 128, 64, 16, 1, dropouts between,
+/// no activations; input width 16 here, f16 weights), read by sqdf's loader: scores of
+/// random embeddings L2-normalised by sqdf against torch's head on LAION's `normalized`.
+/// Then the reward end to end (`AestheticReward::score`: [-1, 1] images at the fixture
+/// CLIP's 28 x 28, so the resize is the identity -> CLIP normalisation -> vision tower and
+/// projection -> normalised -> head) against transformers' `CLIPModel` and torch's head.
+#[test]
+fn aesthetic_head_pth_matches_torch() {
+    use sqdf::rewards::aesthetic::{AestheticHead, AestheticReward};
+    let r = io("aesthetic_io.safetensors");
+    let in_dim = r["embeds"].dim(1).unwrap();
+    let head = AestheticHead::load(
+        &fixtures().join("aesthetic/head.pth"),
+        in_dim,
+        &DEV,
+        DType::F32,
+    )
+    .expect("torch.save's .pth of the head loads");
+    let normalized = clip::l2_normalize(&r["embeds"]).unwrap();
+    assert_close(
+        &head.forward(&normalized).unwrap(),
+        &r["scores"],
+        "aesthetic scores",
+    );
+
+    let dir = fixtures().join("clip");
+    let cfg =
+        ClipConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vision = clip::load_vision(
+        &dir.join("model.safetensors"),
+        &cfg.vision_config,
+        &DEV,
+        DType::F32,
+    )
+    .unwrap();
+    let reward = AestheticReward::new(vision, head).unwrap();
+    assert_close(
+        &reward.score(&r["images"]).unwrap(),
+        &r["image_scores"],
+        "aesthetic reward of images",
+    );
+}

@@ -476,6 +476,76 @@ def digits():
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The LAION aesthetic head ("improved aesthetic predictor": an nn.Sequential of Linear
+# in -> 1024 -> 128 -> 64 -> 16 -> 1 with dropouts at 1, 3, 5 and no activations), saved as
+# its .pth is (torch.save of the state dict, keys `layers.N.*`). The input width is the
+# fixture CLIP's projection_dim (16) rather than ViT-L/14's 768, and the weights are f16
+# (computed in f32), to keep the file at ~300 KB; the hidden widths are the real ones.
+
+
+class AestheticMLP(torch.nn.Module):
+    def __init__(self, in_dim):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(in_dim, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def aesthetic():
+    clip = CLIPModel.from_pretrained(os.path.join(OUT, "clip")).eval()
+    in_dim = clip.config.projection_dim
+    torch.manual_seed(81)
+    head = AestheticMLP(in_dim).eval()
+    # Weights N(0, 1.5² / fan_in) and biases N(0, 0.1²): under torch's default init the
+    # five layers shrink the input so much that the score hardly depends on it.
+    g = gen(82)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(1.5 * torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    head.half()
+    os.makedirs(os.path.join(OUT, "aesthetic"))
+    torch.save(head.state_dict(), os.path.join(OUT, "aesthetic", "head.pth"))
+    head.float()  # the f16 values, exactly, computed in f32
+
+    def normalized(e):  # LAION's `normalized`: x / ||x||_2 along the last axis
+        return e / e.norm(dim=-1, keepdim=True)
+
+    embeds = randn(4, in_dim, seed=83)
+    # The reward end to end at the fixture CLIP's own size (28 x 28, so CLIP's resize is
+    # the identity): [-1, 1] images -> [0, 1] (clamped) -> CLIP normalisation -> image
+    # embedding -> normalised -> head.
+    images = 0.7 * randn(2, 3, 28, 28, seed=84)
+    pixels = ((images * 0.5 + 0.5).clamp(0, 1) - CLIP_MEAN) / CLIP_STD
+    with torch.no_grad():
+        scores = head(normalized(embeds)).squeeze(1)
+        image_embeds = clip.get_image_features(pixel_values=pixels)
+        if not torch.is_tensor(image_embeds):
+            image_embeds = image_embeds.pooler_output
+        image_scores = head(normalized(image_embeds)).squeeze(1)
+    save_tensors(
+        "aesthetic_io.safetensors",
+        {"embeds": embeds, "scores": scores, "images": images, "image_scores": image_scores},
+    )
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -488,6 +558,7 @@ def main():
     vae()
     ddim()
     digits()
+    aesthetic()
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
         json.dump(
             {
