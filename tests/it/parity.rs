@@ -643,7 +643,7 @@ fn exported_digits_folder_is_diffusers_and_gives_its_eps() {
 }
 
 // ------------------------------------------------------------------------------------
-// The LAION aesthetic head
+// The LAION aesthetic head and CLIP's preprocessing
 
 /// The aesthetic head as the LAION predictor's `.pth` is (torch.save of an `nn.Sequential`
 /// state dict, `layers.{0,2,4,6,7}`, hidden widths 1024, 128, 64, 16, 1, dropouts between,
@@ -687,4 +687,32 @@ fn aesthetic_head_pth_matches_torch() {
         &r["image_scores"],
         "aesthetic reward of images",
     );
+}
+
+/// sqdf's differentiable CLIP preprocessing ([-1, 1] -> [0, 1] clamped, shortest side to
+/// S with an antialiased triangle filter, CLIPImageProcessor's long side and centre crop,
+/// CLIP's mean and std) against the torch formula its doc states (`interpolate(mode =
+/// "bilinear", antialias = True)`, PIL's triangle filter), not against
+/// CLIPImageProcessor's 8-bit bicubic, a documented difference. Upscaling 48 x 48 and
+/// 60 x 50 to 224 (a grid of rows and columns compared) and downscaling 50 x 40 and
+/// 33 x 43 to 24 (every pixel; non-integer factors, crops along rows and along columns).
+#[test]
+fn clip_preprocess_matches_torch_antialiased_bilinear() {
+    use sqdf::rewards::clip_preprocess::clip_preprocess;
+    let r = io("clip_preprocess_io.safetensors");
+    for name in ["up48x48", "up60x50", "down50x40", "down33x43"] {
+        let get = |k: &str| r[&format!("{name}.{k}")].clone();
+        let size = flat(&get("size"))[0] as usize;
+        let mut ours = clip_preprocess(&get("image"), size).unwrap();
+        assert_eq!(ours.dims(), &[1, 3, size, size], "{name}: shape");
+        if let Some(grid) = r.get(&format!("{name}.grid")) {
+            let g = ids(grid);
+            ours = ours
+                .index_select(&g, 2)
+                .unwrap()
+                .index_select(&g, 3)
+                .unwrap();
+        }
+        assert_close(&ours, &get("pixels"), &format!("{name}: CLIP pixels"));
+    }
 }

@@ -546,6 +546,48 @@ def aesthetic():
     )
 
 
+# ---------------------------------------------------------------------------------------
+# CLIP's preprocessing as sqdf documents it (src/rewards/clip_preprocess.rs): [-1, 1] ->
+# [0, 1] clamped, resize the shortest side to S with an antialiased triangle (bilinear)
+# filter on the float image -- torch's `interpolate(mode="bilinear", antialias=True)`,
+# PIL's filter -- then CLIPImageProcessor's geometry (long side int(S * long / short),
+# crop offset (n - S) // 2), then CLIP's mean and std. Not CLIPImageProcessor itself: that
+# resizes an 8-bit PIL image with a bicubic filter, a documented difference.
+# At S = 224 only a grid of rows and columns is kept (the full outputs are 600 KB each).
+
+PRE_CASES = [  # name, (h, w), S
+    ("up48x48", (48, 48), 224),
+    ("up60x50", (60, 50), 224),  # long side 268, crop rows 22..246
+    ("down50x40", (50, 40), 24),  # 40 -> 24 (x 0.6), long side 30, crop rows 3..27
+    ("down33x43", (33, 43), 24),  # 33 -> 24, long side 31, crop columns 3..27
+]
+PRE_GRID = list(range(0, 224, 15)) + [223]
+
+
+def preprocess():
+    out = {}
+    for i, (name, (h, w), size) in enumerate(PRE_CASES):
+        img = 0.7 * randn(1, 3, h, w, seed=91 + i)
+        x = (img * 0.5 + 0.5).clamp(0, 1)
+        short, long = min(h, w), max(h, w)
+        n = int(size * long / short)
+        nh, nw = (n, size) if h >= w else (size, n)
+        x = torch.nn.functional.interpolate(
+            x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+        )
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, :, top : top + size, left : left + size]
+        x = (x - CLIP_MEAN) / CLIP_STD
+        out[f"{name}.image"] = img
+        if size == 224:
+            g = torch.tensor(PRE_GRID)
+            x = x[:, :, g][:, :, :, g]
+            out[f"{name}.grid"] = g.to(torch.float32)
+        out[f"{name}.pixels"] = x
+        out[f"{name}.size"] = torch.tensor([float(size)])
+    save_tensors("clip_preprocess_io.safetensors", out)
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -559,6 +601,7 @@ def main():
     ddim()
     digits()
     aesthetic()
+    preprocess()
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
         json.dump(
             {
