@@ -716,3 +716,91 @@ fn clip_preprocess_matches_torch_antialiased_bilinear() {
         assert_close(&ours, &get("pixels"), &format!("{name}: CLIP pixels"));
     }
 }
+
+// ------------------------------------------------------------------------------------
+// The LoRA files sqdf writes, as diffusers reads them
+
+/// Keys, shapes, dtypes and values of two safetensors files agree (values to RTOL), and
+/// so does their metadata.
+fn assert_same_file(ours: &Path, reference: &Path) {
+    let (a, b) = (
+        sqdf::tensor_io::read(ours, &DEV).unwrap(),
+        sqdf::tensor_io::read(reference, &DEV).unwrap(),
+    );
+    let what = reference.file_name().unwrap().to_string_lossy().to_string();
+    assert_eq!(a.metadata, b.metadata, "{what}: metadata");
+    let mut ka: Vec<_> = a.tensors.keys().collect();
+    let mut kb: Vec<_> = b.tensors.keys().collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb, "{what}: keys");
+    for (k, t) in &b.tensors {
+        assert_eq!(a.tensors[k].dtype(), t.dtype(), "{what}: dtype of {k}");
+        assert_close(&a.tensors[k], t, &format!("{what}: {k}"));
+    }
+}
+
+/// sqdf's `save_peft` and `save_kohya` (what a run writes beside its checkpoint,
+/// train::lora_export) on known adapters (rank 2, trained alpha 4) write the files that
+/// make_fixtures.py loaded into diffusers' UNet with `lora_state_dict` +
+/// `load_lora_into_unet` (what `pipe.load_lora_weights` runs) without a missing or
+/// unexpected key, and that gave the trained model's ε there: same keys, shapes, values
+/// (B scaled by alpha/rank in the PEFT file, alpha in kohya's) and metadata. And sqdf,
+/// reading back its own files, gives diffusers' ε.
+#[test]
+fn lora_files_sqdf_writes_are_what_diffusers_loaded() {
+    use sqdf::lora_files::{save_kohya, save_peft};
+    let r = io("lora_export_io.safetensors");
+    let adapters: HashMap<String, Tensor> = r
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("adapter.")?.to_string(), v.clone())))
+        .collect();
+    let (cfg, tensors) = unet_base();
+    let trained = VarMap::new();
+    let lora = LoraBuilder::new(LORA, VarBuilder::from_varmap(&trained, DType::F32, &DEV));
+    let _unet = UNet2DConditionModel::new(
+        VarBuilder::from_tensors(tensors, DType::F32, &DEV),
+        &cfg,
+        Some(&lora),
+    )
+    .unwrap();
+    // The fixture's adapters are exactly the model's (names and shapes).
+    sqdf::tensor_io::set_vars(&trained, &adapters, Path::new("lora_export_io")).unwrap();
+    assert_eq!(expected_adapters(&trained).len(), adapters.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let unet_io = io("unet_io.safetensors");
+    for (file, format, eps) in [
+        ("sqdf_peft.safetensors", LoraFormat::Peft, "eps_peft"),
+        ("sqdf_kohya.safetensors", LoraFormat::Kohya, "eps_kohya"),
+    ] {
+        let ours = dir.path().join(file);
+        match format {
+            LoraFormat::Peft => save_peft(&ours, &trained, &LORA).unwrap(),
+            LoraFormat::Kohya => save_kohya(&ours, &trained, &LORA).unwrap(),
+        }
+        assert_same_file(&ours, &fixtures().join("lora").join(file));
+
+        let (cfg, tensors) = unet_base();
+        let varmap = VarMap::new();
+        let lora = LoraBuilder::new(LORA, VarBuilder::from_varmap(&varmap, DType::F32, &DEV));
+        let unet = UNet2DConditionModel::new(
+            VarBuilder::from_tensors(tensors, DType::F32, &DEV),
+            &cfg,
+            Some(&lora),
+        )
+        .unwrap();
+        let loaded = load_lora(&ours, &expected_adapters(&varmap), &DEV).unwrap();
+        assert_eq!(loaded.format, format, "{file}");
+        let loaded = loaded.rescale_to(LORA.alpha).unwrap();
+        sqdf::tensor_io::set_vars(&varmap, &loaded.tensors, &ours).unwrap();
+        assert_close(
+            &eps_of(&unet, &unet_io),
+            &r[eps],
+            &format!("eps with {file} (diffusers loaded it)"),
+        );
+    }
+    // Both files mean the trained model, as diffusers found.
+    assert_close(&r["eps_peft"], &r["eps_trained"], "diffusers: PEFT file");
+    assert_close(&r["eps_kohya"], &r["eps_trained"], "diffusers: kohya file");
+}

@@ -588,6 +588,140 @@ def preprocess():
     save_tensors("clip_preprocess_io.safetensors", out)
 
 
+# ---------------------------------------------------------------------------------------
+# The LoRA files sqdf writes (src/lora_files: `save_peft`, `save_kohya`), read by diffusers.
+# Random adapters (rank 2, trained alpha 4) on the fixture UNet's modules, under sqdf's
+# VarMap names (`<module>.lora_A.weight`, peft's names without the `unet.` prefix), are
+# written here in sqdf's two layouts:
+#   lora/sqdf_peft.safetensors:  `unet.<m>.lora_A.weight` = A, `unet.<m>.lora_B.weight` =
+#       (alpha/rank) B, no `lora_adapter_metadata` (the scale folded into B), sqdf's keys;
+#   lora/sqdf_kohya.safetensors: `lora_unet_<m_>.lora_down.weight` = A, `.lora_up.weight` =
+#       B, `.alpha` = 4 (0-d f32), kohya's `ss_network_*` metadata;
+# each is loaded into a fresh UNet by diffusers' own path (`lora_state_dict` +
+# `load_lora_into_unet`, what `pipe.load_lora_weights` runs), which must warn of no
+# missing or unexpected key and give the trained model's ε. tests/it/parity.rs writes the
+# same adapters with sqdf's real writers and compares the files and the ε.
+
+LORA_RANK, LORA_ALPHA = 2, 4
+
+
+def save_file_sorted_metadata(tensors, path, metadata):
+    """`save_file` with the metadata entries in sorted order: safetensors writes them in
+    a hash map's order, which varies from run to run. Only the header's bytes move."""
+    save_file(tensors, path, metadata=metadata)
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        rest = {k: v for k, v in header.items() if k != "__metadata__"}
+        text = json.dumps({"__metadata__": header["__metadata__"], **rest}, separators=(",", ":"))
+        text = text.encode("utf-8")
+        assert len(text) <= n, "the re-serialised header is longer"
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
+class _Warnings(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+def lora_export():
+    import logging
+
+    from diffusers import StableDiffusionPipeline
+
+    r = load_unet_io()
+    x, t, ctx = r["sample"], r["timestep"], r["encoder_hidden_states"]
+    unet_dir = os.path.join(SD, "unet")
+    trained = UNet2DConditionModel.from_pretrained(unet_dir).eval()
+    lcfg = LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+    )
+    trained.add_adapter(lcfg)
+    names = sorted(get_peft_model_state_dict(trained))
+    adapters = {}
+    for j, k in enumerate(names):
+        shape = get_peft_model_state_dict(trained)[k].shape
+        scale = 0.1 if "lora_A" in k else 0.05
+        adapters[k] = scale * randn(*shape, seed=1000 + j)
+    trained.load_state_dict(
+        {f"{k.replace('.lora_A.weight', '.lora_A.default.weight').replace('.lora_B.weight', '.lora_B.default.weight')}": v for k, v in adapters.items()},
+        strict=False,
+    )
+    assert all(torch.equal(get_peft_model_state_dict(trained)[k], v) for k, v in adapters.items())
+    with torch.no_grad():
+        eps_trained = trained(x, t, encoder_hidden_states=ctx).sample
+
+    lora_dir = os.path.join(OUT, "lora")
+    scale = LORA_ALPHA / LORA_RANK
+    peft_file = {}
+    for k, v in adapters.items():
+        peft_file[f"unet.{k}"] = v * scale if k.endswith(".lora_B.weight") else v
+    save_file_sorted_metadata(
+        {k: v.contiguous() for k, v in peft_file.items()},
+        os.path.join(lora_dir, "sqdf_peft.safetensors"),
+        {
+            "format": "pt",
+            "sqdf.rank": str(LORA_RANK),
+            "sqdf.trained_alpha": str(LORA_ALPHA),  # Rust's f64 Display of 4.0: "4"
+            "sqdf.note": "lora_B holds (trained_alpha/rank) * B: the file means W + B A (alpha = rank)",
+        },
+    )
+    kohya_file = {}
+    for k, v in adapters.items():
+        m, suffix = k.rsplit(".lora_", 1)
+        kn = "lora_unet_" + m.replace(".", "_")
+        kohya_file[f"{kn}.lora_down.weight" if suffix == "A.weight" else f"{kn}.lora_up.weight"] = v
+        kohya_file[f"{kn}.alpha"] = torch.tensor(float(LORA_ALPHA))
+    save_file_sorted_metadata(
+        {k: v.contiguous() for k, v in kohya_file.items()},
+        os.path.join(lora_dir, "sqdf_kohya.safetensors"),
+        {
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(LORA_RANK),
+            "ss_network_alpha": str(LORA_ALPHA),
+        },
+    )
+
+    io = {f"adapter.{k}": v for k, v in adapters.items()}
+    io["eps_trained"] = eps_trained
+    handler = _Warnings()
+    for name in ["diffusers", "peft"]:
+        logging.getLogger(name).addHandler(handler)
+    for fmt in ["peft", "kohya"]:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir).eval()
+        state, alphas, meta = StableDiffusionPipeline.lora_state_dict(
+            lora_dir, weight_name=f"sqdf_{fmt}.safetensors", return_lora_metadata=True
+        )
+        StableDiffusionPipeline.load_lora_into_unet(
+            state, alphas, unet, adapter_name="sqdf", metadata=meta
+        )
+        assert not handler.records, f"diffusers warned loading sqdf's {fmt} file: {handler.records}"
+        loaded = get_peft_model_state_dict(unet, adapter_name="sqdf")
+        assert sorted(loaded) == names, f"{fmt}: adapters loaded differ from the file's"
+        with torch.no_grad():
+            eps = unet(x, t, encoder_hidden_states=ctx).sample
+        # The file means the trained model (rank 2, alpha 4).
+        torch.testing.assert_close(eps, eps_trained, rtol=0, atol=1e-5)
+        io[f"eps_{fmt}"] = eps
+    for name in ["diffusers", "peft"]:
+        logging.getLogger(name).removeHandler(handler)
+    save_tensors("lora_export_io.safetensors", io)
+
+
+def load_unet_io():
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(OUT, "unet_io.safetensors"))
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -602,6 +736,7 @@ def main():
     digits()
     aesthetic()
     preprocess()
+    lora_export()
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
         json.dump(
             {
