@@ -25,7 +25,7 @@ import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -645,16 +645,14 @@ def lora_export():
         target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
     )
     trained.add_adapter(lcfg)
-    names = sorted(get_peft_model_state_dict(trained))
+    shapes = {k: v.shape for k, v in get_peft_model_state_dict(trained).items()}
+    names = sorted(shapes)
     adapters = {}
     for j, k in enumerate(names):
-        shape = get_peft_model_state_dict(trained)[k].shape
         scale = 0.1 if "lora_A" in k else 0.05
-        adapters[k] = scale * randn(*shape, seed=1000 + j)
-    trained.load_state_dict(
-        {f"{k.replace('.lora_A.weight', '.lora_A.default.weight').replace('.lora_B.weight', '.lora_B.default.weight')}": v for k, v in adapters.items()},
-        strict=False,
-    )
+        adapters[k] = scale * randn(*shapes[k], seed=1000 + j)
+    # peft's parameter names carry the adapter's name: `<m>.lora_A.default.weight`.
+    set_peft_model_state_dict(trained, adapters)
     assert all(torch.equal(get_peft_model_state_dict(trained)[k], v) for k, v in adapters.items())
     with torch.no_grad():
         eps_trained = trained(x, t, encoder_hidden_states=ctx).sample
