@@ -641,3 +641,166 @@ fn exported_digits_folder_is_diffusers_and_gives_its_eps() {
         .unwrap();
     assert_close(&eps, &r["eps"], "exported digits eps");
 }
+
+// ------------------------------------------------------------------------------------
+// The LAION aesthetic head and CLIP's preprocessing
+
+/// The aesthetic head as the LAION predictor's `.pth` is (torch.save of an `nn.Sequential`
+/// state dict, `layers.{0,2,4,6,7}`, hidden widths 1024, 128, 64, 16, 1, dropouts between,
+/// no activations; input width 16 here, f16 weights), read by sqdf's loader: scores of
+/// random embeddings L2-normalised by sqdf against torch's head on LAION's `normalized`.
+/// Then the reward end to end (`AestheticReward::score`: [-1, 1] images at the fixture
+/// CLIP's 28 x 28, so the resize is the identity -> CLIP normalisation -> vision tower and
+/// projection -> normalised -> head) against transformers' `CLIPModel` and torch's head.
+#[test]
+fn aesthetic_head_pth_matches_torch() {
+    use sqdf::rewards::aesthetic::{AestheticHead, AestheticReward};
+    let r = io("aesthetic_io.safetensors");
+    let in_dim = r["embeds"].dim(1).unwrap();
+    let head = AestheticHead::load(
+        &fixtures().join("aesthetic/head.pth"),
+        in_dim,
+        &DEV,
+        DType::F32,
+    )
+    .expect("torch.save's .pth of the head loads");
+    let normalized = clip::l2_normalize(&r["embeds"]).unwrap();
+    assert_close(
+        &head.forward(&normalized).unwrap(),
+        &r["scores"],
+        "aesthetic scores",
+    );
+
+    let dir = fixtures().join("clip");
+    let cfg =
+        ClipConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vision = clip::load_vision(
+        &dir.join("model.safetensors"),
+        &cfg.vision_config,
+        &DEV,
+        DType::F32,
+    )
+    .unwrap();
+    let reward = AestheticReward::new(vision, head).unwrap();
+    assert_close(
+        &reward.score(&r["images"]).unwrap(),
+        &r["image_scores"],
+        "aesthetic reward of images",
+    );
+}
+
+/// sqdf's differentiable CLIP preprocessing ([-1, 1] -> [0, 1] clamped, shortest side to
+/// S with an antialiased triangle filter, CLIPImageProcessor's long side and centre crop,
+/// CLIP's mean and std) against the torch formula its doc states (`interpolate(mode =
+/// "bilinear", antialias = True)`, PIL's triangle filter), not against
+/// CLIPImageProcessor's 8-bit bicubic, a documented difference. Upscaling 48 x 48 and
+/// 60 x 50 to 224 (a grid of rows and columns compared) and downscaling 50 x 40 and
+/// 33 x 43 to 24 (every pixel; non-integer factors, crops along rows and along columns).
+#[test]
+fn clip_preprocess_matches_torch_antialiased_bilinear() {
+    use sqdf::rewards::clip_preprocess::clip_preprocess;
+    let r = io("clip_preprocess_io.safetensors");
+    for name in ["up48x48", "up60x50", "down50x40", "down33x43"] {
+        let get = |k: &str| r[&format!("{name}.{k}")].clone();
+        let size = flat(&get("size"))[0] as usize;
+        let mut ours = clip_preprocess(&get("image"), size).unwrap();
+        assert_eq!(ours.dims(), &[1, 3, size, size], "{name}: shape");
+        if let Some(grid) = r.get(&format!("{name}.grid")) {
+            let g = ids(grid);
+            ours = ours
+                .index_select(&g, 2)
+                .unwrap()
+                .index_select(&g, 3)
+                .unwrap();
+        }
+        assert_close(&ours, &get("pixels"), &format!("{name}: CLIP pixels"));
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The LoRA files sqdf writes, as diffusers reads them
+
+/// Keys, shapes, dtypes and values of two safetensors files agree (values to RTOL), and
+/// so does their metadata.
+fn assert_same_file(ours: &Path, reference: &Path) {
+    let (a, b) = (
+        sqdf::tensor_io::read(ours, &DEV).unwrap(),
+        sqdf::tensor_io::read(reference, &DEV).unwrap(),
+    );
+    let what = reference.file_name().unwrap().to_string_lossy().to_string();
+    assert_eq!(a.metadata, b.metadata, "{what}: metadata");
+    let mut ka: Vec<_> = a.tensors.keys().collect();
+    let mut kb: Vec<_> = b.tensors.keys().collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb, "{what}: keys");
+    for (k, t) in &b.tensors {
+        assert_eq!(a.tensors[k].dtype(), t.dtype(), "{what}: dtype of {k}");
+        assert_close(&a.tensors[k], t, &format!("{what}: {k}"));
+    }
+}
+
+/// sqdf's `save_peft` and `save_kohya` (what a run writes beside its checkpoint,
+/// train::lora_export) on known adapters (rank 2, trained alpha 4) write the files that
+/// make_fixtures.py loaded into diffusers' UNet with `lora_state_dict` +
+/// `load_lora_into_unet` (what `pipe.load_lora_weights` runs) without a missing or
+/// unexpected key, and that gave the trained model's ε there: same keys, shapes, values
+/// (B scaled by alpha/rank in the PEFT file, alpha in kohya's) and metadata. And sqdf,
+/// reading back its own files, gives diffusers' ε.
+#[test]
+fn lora_files_sqdf_writes_are_what_diffusers_loaded() {
+    use sqdf::lora_files::{save_kohya, save_peft};
+    let r = io("lora_export_io.safetensors");
+    let adapters: HashMap<String, Tensor> = r
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("adapter.")?.to_string(), v.clone())))
+        .collect();
+    let (cfg, tensors) = unet_base();
+    let trained = VarMap::new();
+    let lora = LoraBuilder::new(LORA, VarBuilder::from_varmap(&trained, DType::F32, &DEV));
+    let _unet = UNet2DConditionModel::new(
+        VarBuilder::from_tensors(tensors, DType::F32, &DEV),
+        &cfg,
+        Some(&lora),
+    )
+    .unwrap();
+    // The fixture's adapters are exactly the model's (names and shapes).
+    sqdf::tensor_io::set_vars(&trained, &adapters, Path::new("lora_export_io")).unwrap();
+    assert_eq!(expected_adapters(&trained).len(), adapters.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let unet_io = io("unet_io.safetensors");
+    for (file, format, eps) in [
+        ("sqdf_peft.safetensors", LoraFormat::Peft, "eps_peft"),
+        ("sqdf_kohya.safetensors", LoraFormat::Kohya, "eps_kohya"),
+    ] {
+        let ours = dir.path().join(file);
+        match format {
+            LoraFormat::Peft => save_peft(&ours, &trained, &LORA).unwrap(),
+            LoraFormat::Kohya => save_kohya(&ours, &trained, &LORA).unwrap(),
+        }
+        assert_same_file(&ours, &fixtures().join("lora").join(file));
+
+        let (cfg, tensors) = unet_base();
+        let varmap = VarMap::new();
+        let lora = LoraBuilder::new(LORA, VarBuilder::from_varmap(&varmap, DType::F32, &DEV));
+        let unet = UNet2DConditionModel::new(
+            VarBuilder::from_tensors(tensors, DType::F32, &DEV),
+            &cfg,
+            Some(&lora),
+        )
+        .unwrap();
+        let loaded = load_lora(&ours, &expected_adapters(&varmap), &DEV).unwrap();
+        assert_eq!(loaded.format, format, "{file}");
+        let loaded = loaded.rescale_to(LORA.alpha).unwrap();
+        sqdf::tensor_io::set_vars(&varmap, &loaded.tensors, &ours).unwrap();
+        assert_close(
+            &eps_of(&unet, &unet_io),
+            &r[eps],
+            &format!("eps with {file} (diffusers loaded it)"),
+        );
+    }
+    // Both files mean the trained model, as diffusers found.
+    assert_close(&r["eps_peft"], &r["eps_trained"], "diffusers: PEFT file");
+    assert_close(&r["eps_kohya"], &r["eps_trained"], "diffusers: kohya file");
+}

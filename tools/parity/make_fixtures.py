@@ -25,7 +25,7 @@ import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -476,6 +476,250 @@ def digits():
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The LAION aesthetic head ("improved aesthetic predictor": an nn.Sequential of Linear
+# in -> 1024 -> 128 -> 64 -> 16 -> 1 with dropouts at 1, 3, 5 and no activations), saved as
+# its .pth is (torch.save of the state dict, keys `layers.N.*`). The input width is the
+# fixture CLIP's projection_dim (16) rather than ViT-L/14's 768, and the weights are f16
+# (computed in f32), to keep the file at ~300 KB; the hidden widths are the real ones.
+
+
+class AestheticMLP(torch.nn.Module):
+    def __init__(self, in_dim):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(in_dim, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def aesthetic():
+    clip = CLIPModel.from_pretrained(os.path.join(OUT, "clip")).eval()
+    in_dim = clip.config.projection_dim
+    torch.manual_seed(81)
+    head = AestheticMLP(in_dim).eval()
+    # Weights N(0, 1.5² / fan_in) and biases N(0, 0.1²): under torch's default init the
+    # five layers shrink the input so much that the score hardly depends on it.
+    g = gen(82)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(1.5 * torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    head.half()
+    os.makedirs(os.path.join(OUT, "aesthetic"))
+    torch.save(head.state_dict(), os.path.join(OUT, "aesthetic", "head.pth"))
+    head.float()  # the f16 values, exactly, computed in f32
+
+    def normalized(e):  # LAION's `normalized`: x / ||x||_2 along the last axis
+        return e / e.norm(dim=-1, keepdim=True)
+
+    embeds = randn(4, in_dim, seed=83)
+    # The reward end to end at the fixture CLIP's own size (28 x 28, so CLIP's resize is
+    # the identity): [-1, 1] images -> [0, 1] (clamped) -> CLIP normalisation -> image
+    # embedding -> normalised -> head.
+    images = 0.7 * randn(2, 3, 28, 28, seed=84)
+    pixels = ((images * 0.5 + 0.5).clamp(0, 1) - CLIP_MEAN) / CLIP_STD
+    with torch.no_grad():
+        scores = head(normalized(embeds)).squeeze(1)
+        image_embeds = clip.get_image_features(pixel_values=pixels)
+        if not torch.is_tensor(image_embeds):
+            image_embeds = image_embeds.pooler_output
+        image_scores = head(normalized(image_embeds)).squeeze(1)
+    save_tensors(
+        "aesthetic_io.safetensors",
+        {"embeds": embeds, "scores": scores, "images": images, "image_scores": image_scores},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# CLIP's preprocessing as sqdf documents it (src/rewards/clip_preprocess.rs): [-1, 1] ->
+# [0, 1] clamped, resize the shortest side to S with an antialiased triangle (bilinear)
+# filter on the float image -- torch's `interpolate(mode="bilinear", antialias=True)`,
+# PIL's filter -- then CLIPImageProcessor's geometry (long side int(S * long / short),
+# crop offset (n - S) // 2), then CLIP's mean and std. Not CLIPImageProcessor itself: that
+# resizes an 8-bit PIL image with a bicubic filter, a documented difference.
+# At S = 224 only a grid of rows and columns is kept (the full outputs are 600 KB each).
+
+PRE_CASES = [  # name, (h, w), S
+    ("up48x48", (48, 48), 224),
+    ("up60x50", (60, 50), 224),  # long side 268, crop rows 22..246
+    ("down50x40", (50, 40), 24),  # 40 -> 24 (x 0.6), long side 30, crop rows 3..27
+    ("down33x43", (33, 43), 24),  # 33 -> 24, long side 31, crop columns 3..27
+]
+PRE_GRID = list(range(0, 224, 15)) + [223]
+
+
+def preprocess():
+    out = {}
+    for i, (name, (h, w), size) in enumerate(PRE_CASES):
+        img = 0.7 * randn(1, 3, h, w, seed=91 + i)
+        x = (img * 0.5 + 0.5).clamp(0, 1)
+        short, long = min(h, w), max(h, w)
+        n = int(size * long / short)
+        nh, nw = (n, size) if h >= w else (size, n)
+        x = torch.nn.functional.interpolate(
+            x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+        )
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, :, top : top + size, left : left + size]
+        x = (x - CLIP_MEAN) / CLIP_STD
+        out[f"{name}.image"] = img
+        if size == 224:
+            g = torch.tensor(PRE_GRID)
+            x = x[:, :, g][:, :, :, g]
+            out[f"{name}.grid"] = g.to(torch.float32)
+        out[f"{name}.pixels"] = x
+        out[f"{name}.size"] = torch.tensor([float(size)])
+    save_tensors("clip_preprocess_io.safetensors", out)
+
+
+# ---------------------------------------------------------------------------------------
+# The LoRA files sqdf writes (src/lora_files: `save_peft`, `save_kohya`), read by diffusers.
+# Random adapters (rank 2, trained alpha 4) on the fixture UNet's modules, under sqdf's
+# VarMap names (`<module>.lora_A.weight`, peft's names without the `unet.` prefix), are
+# written here in sqdf's two layouts:
+#   lora/sqdf_peft.safetensors:  `unet.<m>.lora_A.weight` = A, `unet.<m>.lora_B.weight` =
+#       (alpha/rank) B, no `lora_adapter_metadata` (the scale folded into B), sqdf's keys;
+#   lora/sqdf_kohya.safetensors: `lora_unet_<m_>.lora_down.weight` = A, `.lora_up.weight` =
+#       B, `.alpha` = 4 (0-d f32), kohya's `ss_network_*` metadata;
+# each is loaded into a fresh UNet by diffusers' own path (`lora_state_dict` +
+# `load_lora_into_unet`, what `pipe.load_lora_weights` runs), which must warn of no
+# missing or unexpected key and give the trained model's ε. tests/it/parity.rs writes the
+# same adapters with sqdf's real writers and compares the files and the ε.
+
+LORA_RANK, LORA_ALPHA = 2, 4
+
+
+def save_file_sorted_metadata(tensors, path, metadata):
+    """`save_file` with the metadata entries in sorted order: safetensors writes them in
+    a hash map's order, which varies from run to run. Only the header's bytes move."""
+    save_file(tensors, path, metadata=metadata)
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        rest = {k: v for k, v in header.items() if k != "__metadata__"}
+        text = json.dumps({"__metadata__": header["__metadata__"], **rest}, separators=(",", ":"))
+        text = text.encode("utf-8")
+        assert len(text) <= n, "the re-serialised header is longer"
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
+class _Warnings(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+def lora_export():
+    import logging
+
+    from diffusers import StableDiffusionPipeline
+
+    r = load_unet_io()
+    x, t, ctx = r["sample"], r["timestep"], r["encoder_hidden_states"]
+    unet_dir = os.path.join(SD, "unet")
+    trained = UNet2DConditionModel.from_pretrained(unet_dir).eval()
+    lcfg = LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+    )
+    trained.add_adapter(lcfg)
+    shapes = {k: v.shape for k, v in get_peft_model_state_dict(trained).items()}
+    names = sorted(shapes)
+    adapters = {}
+    for j, k in enumerate(names):
+        scale = 0.1 if "lora_A" in k else 0.05
+        adapters[k] = scale * randn(*shapes[k], seed=1000 + j)
+    # peft's parameter names carry the adapter's name: `<m>.lora_A.default.weight`.
+    set_peft_model_state_dict(trained, adapters)
+    assert all(torch.equal(get_peft_model_state_dict(trained)[k], v) for k, v in adapters.items())
+    with torch.no_grad():
+        eps_trained = trained(x, t, encoder_hidden_states=ctx).sample
+
+    lora_dir = os.path.join(OUT, "lora")
+    scale = LORA_ALPHA / LORA_RANK
+    peft_file = {}
+    for k, v in adapters.items():
+        peft_file[f"unet.{k}"] = v * scale if k.endswith(".lora_B.weight") else v
+    save_file_sorted_metadata(
+        {k: v.contiguous() for k, v in peft_file.items()},
+        os.path.join(lora_dir, "sqdf_peft.safetensors"),
+        {
+            "format": "pt",
+            "sqdf.rank": str(LORA_RANK),
+            "sqdf.trained_alpha": str(LORA_ALPHA),  # Rust's f64 Display of 4.0: "4"
+            "sqdf.note": "lora_B holds (trained_alpha/rank) * B: the file means W + B A (alpha = rank)",
+        },
+    )
+    kohya_file = {}
+    for k, v in adapters.items():
+        m, suffix = k.rsplit(".lora_", 1)
+        kn = "lora_unet_" + m.replace(".", "_")
+        kohya_file[f"{kn}.lora_down.weight" if suffix == "A.weight" else f"{kn}.lora_up.weight"] = v
+        kohya_file[f"{kn}.alpha"] = torch.tensor(float(LORA_ALPHA))
+    save_file_sorted_metadata(
+        {k: v.contiguous() for k, v in kohya_file.items()},
+        os.path.join(lora_dir, "sqdf_kohya.safetensors"),
+        {
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(LORA_RANK),
+            "ss_network_alpha": str(LORA_ALPHA),
+        },
+    )
+
+    io = {f"adapter.{k}": v for k, v in adapters.items()}
+    io["eps_trained"] = eps_trained
+    handler = _Warnings()
+    for name in ["diffusers", "peft"]:
+        logging.getLogger(name).addHandler(handler)
+    for fmt in ["peft", "kohya"]:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir).eval()
+        state, alphas, meta = StableDiffusionPipeline.lora_state_dict(
+            lora_dir, weight_name=f"sqdf_{fmt}.safetensors", return_lora_metadata=True
+        )
+        StableDiffusionPipeline.load_lora_into_unet(
+            state, alphas, unet, adapter_name="sqdf", metadata=meta
+        )
+        assert not handler.records, f"diffusers warned loading sqdf's {fmt} file: {handler.records}"
+        loaded = get_peft_model_state_dict(unet, adapter_name="sqdf")
+        assert sorted(loaded) == names, f"{fmt}: adapters loaded differ from the file's"
+        with torch.no_grad():
+            eps = unet(x, t, encoder_hidden_states=ctx).sample
+        # The file means the trained model (rank 2, alpha 4).
+        torch.testing.assert_close(eps, eps_trained, rtol=0, atol=1e-5)
+        io[f"eps_{fmt}"] = eps
+    for name in ["diffusers", "peft"]:
+        logging.getLogger(name).removeHandler(handler)
+    save_tensors("lora_export_io.safetensors", io)
+
+
+def load_unet_io():
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(OUT, "unet_io.safetensors"))
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -488,6 +732,9 @@ def main():
     vae()
     ddim()
     digits()
+    aesthetic()
+    preprocess()
+    lora_export()
     with open(os.path.join(OUT, "VERSIONS.json"), "w") as f:
         json.dump(
             {
