@@ -245,3 +245,28 @@ fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+#[test]
+fn a_comparison_file_runs_in_the_sandbox_with_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("loop.lua");
+    std::fs::write(
+        &f,
+        "while true do pcall(function() while true do end end) end\nreturn {}\n",
+    )
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        sqdf::cli::compare::plan::load(&f, false).err().unwrap()
+    );
+    assert!(
+        e.contains("loop.lua: top-level code: instruction budget") && e.contains("exceeded"),
+        "{e}"
+    );
+    std::fs::write(&f, "local f = io.open('/etc/passwd')\nreturn {}\n").unwrap();
+    let e = format!(
+        "{:#}",
+        sqdf::cli::compare::plan::load(&f, false).err().unwrap()
+    );
+    assert!(e.contains("loop.lua:1:"), "{e}");
+}

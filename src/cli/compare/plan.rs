@@ -13,9 +13,14 @@
 //! `equal_reward` (optional) is the reward level of the report's equal-reward table.
 
 use super::summary::row_name;
+use crate::run_log::RunLog;
 use crate::script::config::lua_to_json;
+use crate::script::messages::describe_with;
+use crate::script::require::strip_bom;
+use crate::script::sandbox::new_state;
+use crate::script::{SandboxOptions, TensorEnv};
 use anyhow::{anyhow, bail, Context, Result};
-use mlua::{Lua, LuaOptions, StdLib, Value};
+use mlua::Value;
 use serde_json::{Map, Value as Json};
 use std::path::{Path, PathBuf};
 
@@ -95,17 +100,32 @@ fn seeds(j: &Json, at: &str) -> Result<Option<Vec<u64>>> {
 pub fn load(path: &Path, quick: bool) -> Result<Plan> {
     let at = path.display().to_string();
     let src = std::fs::read_to_string(path).with_context(|| format!("reading {at}"))?;
-    let lua = Lua::new_with(
-        StdLib::MATH | StdLib::STRING | StdLib::TABLE,
-        LuaOptions::default(),
-    )?;
-    let v: Value = lua
-        .load(&src)
-        .set_name(format!("@{at}"))
-        .eval()
-        .map_err(|e| anyhow!("{}", crate::script::experiment::describe(&e)))?;
-    let j = lua_to_json(&v, &at)?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    // The experiment scripts' sandbox and limits: a comparison file cannot hang or exhaust
+    // `sqdf compare` either.
+    let opts = SandboxOptions::new(
+        dir,
+        RunLog::stderr(),
+        TensorEnv {
+            device: candle_core::Device::Cpu,
+            rng: crate::rng::shared(crate::script::experiment::LOAD_SEED),
+        },
+    );
+    let (lua, limits, _) = new_state(&opts)?;
+    limits.begin("top-level code");
+    let read = (|| -> Result<Json> {
+        let v: Value = lua
+            .load(strip_bom(&src))
+            .set_name(format!("@{at}"))
+            .eval()
+            .map_err(|e| anyhow!("{}", describe_with(&e, limits.lua_memory())))?;
+        lua_to_json(&v, &at)
+    })();
+    limits.pause();
+    let j = read.map_err(|e| match limits.tripped() {
+        Some(m) => anyhow!("{at}: top-level code: {m}"),
+        None => e,
+    })?;
     let q = if quick {
         j.get("quick")
             .cloned()
