@@ -7,6 +7,8 @@ pub mod channel;
 pub mod checkpoint;
 pub mod conv;
 pub mod conv_direct;
+pub mod conv_gemm;
+pub mod conv_op;
 pub mod conv_unfold;
 pub mod cpu;
 pub mod flops;
