@@ -9,6 +9,7 @@ pub mod conv;
 pub mod conv_direct;
 pub mod conv_gemm;
 pub mod conv_op;
+pub mod conv_planes;
 pub mod conv_unfold;
 pub mod cpu;
 pub mod flops;

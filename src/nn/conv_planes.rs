@@ -1,0 +1,119 @@
+//! The layout the direct convolution kernels compute in (`conv_direct.rs`): zero-padded,
+//! flattened planes, where output q = oy·wp + ox reads input q + ky·wp + kx, and the
+//! reshapes in and out of it (padding, the output gradient's planes, the flipped kernel,
+//! the bias gradient's sums).
+
+use rayon::prelude::*;
+
+/// Pixels per register block: 3 vectors of 8.
+pub(super) const PB: usize = 24;
+/// Floats of slack after the last plane: the last block of a plane may read up to PB - 1
+/// floats past it (those results are junk and dropped).
+pub(super) const SLACK: usize = PB + 8;
+
+/// Geometry of a stride-1 convolution over padded, flattened planes.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub p: usize,
+}
+
+impl Geometry {
+    pub fn hp(&self) -> usize {
+        self.h + 2 * self.p
+    }
+    pub fn wp(&self) -> usize {
+        self.w + 2 * self.p
+    }
+    pub fn ho(&self) -> usize {
+        self.hp() + 1 - self.k
+    }
+    pub fn wo(&self) -> usize {
+        self.wp() + 1 - self.k
+    }
+    /// Floats per padded plane in a padded buffer.
+    pub fn plane(&self) -> usize {
+        self.hp() * self.wp()
+    }
+    /// Output positions q computed per plane (rounded up to whole register blocks).
+    pub(super) fn span(&self) -> usize {
+        let n = (self.ho() - 1) * self.wp() + self.wo();
+        n.div_ceil(PB) * PB
+    }
+}
+
+/// x [n planes of h x w] -> zero-padded planes of hp x wp, plus slack at the end.
+pub fn pad_planes(x: &[f32], planes: usize, g: Geometry) -> Vec<f32> {
+    let (h, w, p, wp, plane) = (g.h, g.w, g.p, g.wp(), g.plane());
+    let mut out = vec![0f32; planes * plane + SLACK];
+    out[..planes * plane]
+        .par_chunks_mut(plane)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for y in 0..h {
+                dst[(y + p) * wp + p..][..w].copy_from_slice(&src[y * w..][..w]);
+            }
+        });
+    out
+}
+
+/// dy [B, O, ho, wo] -> planes of `span` floats at row stride wp (the layout `forward`
+/// computes in), junk columns and the tail zero: the kernel gradient's operand.
+pub fn dy_planes(dy: &[f32], planes: usize, g: Geometry) -> Vec<f32> {
+    let (ho, wo, wp, span) = (g.ho(), g.wo(), g.wp(), g.span());
+    let mut out = vec![0f32; planes * span];
+    out.par_chunks_mut(span)
+        .zip(dy.par_chunks(ho * wo))
+        .for_each(|(dst, src)| {
+            for y in 0..ho {
+                dst[y * wp..][..wo].copy_from_slice(&src[y * wo..][..wo]);
+            }
+        });
+    out
+}
+
+/// Σ over positions of dy [B, O, ...] per sample and channel ([B, O], `per_sample`) or
+/// also over the batch ([O]): a bias gradient, summed in eight f32 lanes per plane and
+/// over planes in f64, in a fixed order.
+pub fn channel_sums(dy: &[f32], b: usize, o: usize, per_sample: bool) -> Vec<f32> {
+    let per = dy.len() / (b * o).max(1);
+    let plane: Vec<f64> = dy
+        .par_chunks(per.max(1))
+        .map(|p| {
+            let mut acc = [0f32; 8];
+            let chunks = p.chunks_exact(8);
+            let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+            for ch in chunks {
+                for (a, &v) in acc.iter_mut().zip(ch) {
+                    *a += v;
+                }
+            }
+            acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+        })
+        .collect();
+    if per_sample {
+        return plane.into_iter().map(|v| v as f32).collect();
+    }
+    (0..o)
+        .map(|oi| (0..b).map(|bi| plane[bi * o + oi]).sum::<f64>() as f32)
+        .collect()
+}
+
+/// w [O, C, k, k] -> [C, O, k, k] flipped in both spatial axes: the kernel whose
+/// convolution with dy (padding k - 1 - p) is the input gradient.
+pub fn flip_transpose(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for oi in 0..o {
+        for ci in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    out[((ci * o + oi) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
+                        w[((oi * c + ci) * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+    out
+}
