@@ -6,7 +6,7 @@ use super::process::{distillation_grid, load_unet, sampler, schedule};
 use super::{data, CONSISTENCY_FILE, EVAL_SEED, UNET_FILE};
 use crate::data::mnist::Digits;
 use crate::diffusion::consistency::BoundaryScalings;
-use crate::diffusion::{add_noise, tweedie};
+use crate::diffusion::{add_noise, tweedie, DdimSampler};
 use crate::eval::image_grid::save_grid;
 use crate::models::class_conditional::{ClassConditionalUNet, NULL_PROMPT};
 use crate::models::guidance::Guided;
@@ -21,6 +21,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -167,10 +168,31 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     save_varmap(&path, &target_vars, meta)?;
     drop(student_vars);
 
-    let final_cm = cm(target_net);
+    let rows = measure(&teacher, &cm(target_net), &held, &ode, &out, cmd)?;
+    let card = card(&command, seconds, s.train.steps, final_loss, &rows);
+    std::fs::write(out.join("consistency.md"), card)?;
+    cmd.log.info(format!(
+        "wrote {} and {}",
+        path.display(),
+        out.join("consistency.md").display()
+    ));
+    Ok(())
+}
+
+/// The card's measurement: one-step x0 from held-out digits noised to each t of
+/// `REPORT_T`, by Tweedie and by the consistency model, against the 50-step guided ODE;
+/// draws consistency_grid.png and returns the table rows.
+fn measure(
+    teacher: &Guided,
+    final_cm: &ConsistencyModel,
+    held: &Digits,
+    ode: &DdimSampler,
+    out: &Path,
+    cmd: &TrainCommand,
+) -> Result<Vec<String>> {
     let (mut rows, mut cells) = (Vec::new(), Vec::new());
     for t in REPORT_T {
-        let e = one_step_errors(&teacher, &final_cm, &held, t, CARD_DIGITS)?;
+        let e = one_step_errors(teacher, final_cm, held, t, CARD_DIGITS)?;
         rows.push(format!(
             "| {t} | {} | {:.3} | {:.3} |",
             ode.timestep(50 - t),
@@ -190,7 +212,12 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         10,
         2,
     )?;
-    let card = format!(
+    Ok(rows)
+}
+
+/// consistency.md: how the model was made and what it reaches.
+fn card(command: &str, seconds: f64, steps: usize, final_loss: f64, rows: &[String]) -> String {
+    format!(
         "# digits consistency model (`{CONSISTENCY_FILE}`)\n\n\
          f_ψ(x_t, t) = c_skip(t) x_t + c_out(t) x̂0(ε_ψ(x_t, t)) with LCM's boundary scalings, the one-step x0 estimator of SQDF's soft Q (§4.2.2). It runs without guidance and predicts where the guided (scale {GUIDANCE}) probability-flow ODE ends, as the policy samples with guidance.\n\n\
          ## How it was made\n\
@@ -201,14 +228,6 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
          | t of 50 | training timestep | Tweedie | consistency model |\n|---|---|---|---|\n{rows}\n\n\
          ![one-step estimates](consistency_grid.png)\n\n\
          `consistency_grid.png`: for each t above (top to bottom), three rows: the 50-step ODE solution, Tweedie's one-step x0, the consistency model's.\n",
-        steps = s.train.steps,
         rows = rows.join("\n"),
-    );
-    std::fs::write(out.join("consistency.md"), card)?;
-    cmd.log.info(format!(
-        "wrote {} and {}",
-        path.display(),
-        out.join("consistency.md").display()
-    ));
-    Ok(())
+    )
 }
