@@ -3,7 +3,7 @@
 
 use super::{sampler, schedule, DENOISER_FILE, EVAL_SEED};
 use crate::data::GaussianMixture;
-use crate::eval::toy::toy_metrics;
+use crate::eval::toy::{toy_metrics, ToyMetrics};
 use crate::models::{ToyMlp, ToyMlpConfig};
 use crate::rng::seeded;
 use crate::tasks::{cond_tensor, TrainCommand};
@@ -73,12 +73,34 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     let path = out.join(DENOISER_FILE);
     save_varmap(&path, &varmap, meta)?;
 
-    // Quality: 2,000 samples of the paper's sampler (50 steps, η = 1) against the true mixture.
+    let (m, t) = measure(&model, &grid, device)?;
+    cmd.log.info(format!(
+        "pretrained in {seconds:.0} s: final loss {final_loss:.4}; samples' log-likelihood {:.3} (true data {:.3}), modes {}/9",
+        m.loglik_mean, t.loglik_mean, m.mode_coverage
+    ));
+    let card = card(&command, seconds, &cfg, settings.steps, final_loss, &m, &t)?;
+    std::fs::write(out.join("denoiser.md"), card)?;
+    cmd.log.info(format!(
+        "wrote {} and {}",
+        path.display(),
+        out.join("denoiser.md").display()
+    ));
+    Ok(())
+}
+
+/// The card's figures: the toy metrics of 2,000 samples of the paper's sampler (50 steps,
+/// η = 1) and of as many true mixture samples.
+fn measure(
+    model: &ToyMlp,
+    grid: &GaussianMixture,
+    device: &candle_core::Device,
+) -> Result<(ToyMetrics, ToyMetrics)> {
+    // 2,000 samples of the paper's sampler (50 steps, η = 1) against the true mixture.
     let n = 2000;
     let mut erng = seeded(EVAL_SEED);
     let cond = cond_tensor(&vec![0; n], device)?;
     let (x0, _) = rollout::sample(
-        &model,
+        model,
         &sampler(&schedule(), 50, 1.0),
         &[2],
         &cond,
@@ -90,20 +112,29 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         .iter()
         .map(|p| [p[0] as f64, p[1] as f64])
         .collect();
-    let m = toy_metrics(&pts, &vec![0.0; n], &grid, Some(&grid));
+    let m = toy_metrics(&pts, &vec![0.0; n], grid, Some(grid));
     let truth: Vec<[f64; 2]> = grid
         .sample(n, &mut erng, device)?
         .to_vec2::<f32>()?
         .iter()
         .map(|p| [p[0] as f64, p[1] as f64])
         .collect();
-    let t = toy_metrics(&truth, &vec![0.0; n], &grid, Some(&grid));
-    cmd.log.info(format!(
-        "pretrained in {seconds:.0} s: final loss {final_loss:.4}; samples' log-likelihood {:.3} (true data {:.3}), modes {}/9",
-        m.loglik_mean, t.loglik_mean, m.mode_coverage
-    ));
+    let t = toy_metrics(&truth, &vec![0.0; n], grid, Some(grid));
+    Ok((m, t))
+}
+
+/// denoiser.md: how the model was made and what its samples reach.
+fn card(
+    command: &str,
+    seconds: f64,
+    cfg: &ToyMlpConfig,
+    steps: usize,
+    final_loss: f64,
+    m: &ToyMetrics,
+    t: &ToyMetrics,
+) -> Result<String> {
     let hist: Vec<String> = m.mode_histogram.iter().map(|h| format!("{h:.3}")).collect();
-    let card = format!(
+    Ok(format!(
         "# gmm2d denoiser (`{DENOISER_FILE}`)\n\n\
          The paper's toy (Appendix D.2.1): nine Gaussians on a 3x3 grid from (-4,-4) to (4,4), isotropic variance 0.3.\n\n\
          ## How it was made\n\
@@ -118,7 +149,6 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
          | total variation of the mode histogram to uniform | {tv:.3} | {ttv:.3} |\n\n\
          Mode histogram (grid order, x then y from -4): {hist}.\n",
         config = serde_json::to_string(&cfg)?,
-        steps = settings.steps,
         ll = m.loglik_mean,
         tll = t.loglik_mean,
         cov = m.mode_coverage,
@@ -126,12 +156,5 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
         tv = m.tv_to_optimum.unwrap_or(f64::NAN),
         ttv = t.tv_to_optimum.unwrap_or(f64::NAN),
         hist = hist.join(", "),
-    );
-    std::fs::write(out.join("denoiser.md"), card)?;
-    cmd.log.info(format!(
-        "wrote {} and {}",
-        path.display(),
-        out.join("denoiser.md").display()
-    ));
-    Ok(())
+    ))
 }
