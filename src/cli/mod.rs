@@ -271,36 +271,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             peak,
             json,
         } => {
-            use self::bench_peer as peer_bench;
-            if let Some(dir) = dump {
-                let path = peer_bench::dump(&script, batch, &dir, log.clone())?;
-                println!("{}", path.display());
-            }
-            let mut v = serde_json::Map::new();
-            if peak {
-                let threads = std::env::var("RAYON_NUM_THREADS")
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(rayon::current_num_threads);
-                let (gflops, isa) = peer_bench::peak_gflops(threads);
-                v.insert("peak_gflops".into(), gflops.into());
-                v.insert("peak_isa".into(), isa.into());
-                v.insert("peak_threads".into(), threads.into());
-            }
-            if time {
-                v.insert(
-                    "time".into(),
-                    peer_bench::time(&script, batch, repeats, log)?,
-                );
-            }
-            if !v.is_empty() {
-                let text = serde_json::to_string_pretty(&v)?;
-                match json {
-                    Some(p) => crate::tensor_io::write_file_atomic(&p, text)?,
-                    None => println!("{text}"),
-                }
-            }
-            Ok(())
+            let what = bench_peer::Request {
+                dump,
+                time,
+                repeats,
+                peak,
+                json,
+            };
+            bench_peer::command(&script, batch, what, log)
         }
         Command::BenchMethods { batch, json } => {
             let exe = std::env::current_exe().context("locating the sqdf executable")?;

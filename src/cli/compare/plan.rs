@@ -96,13 +96,9 @@ fn seeds(j: &Json, at: &str) -> Result<Option<Vec<u64>>> {
     }
 }
 
-/// Reads `path`; `quick` applies its `quick` table (fewer seeds, shorter runs).
-pub fn load(path: &Path, quick: bool) -> Result<Plan> {
-    let at = path.display().to_string();
-    let src = std::fs::read_to_string(path).with_context(|| format!("reading {at}"))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // The experiment scripts' sandbox and limits: a comparison file cannot hang or exhaust
-    // `sqdf compare` either.
+/// The table a comparison file returns, as JSON. The file runs in the experiment scripts'
+/// sandbox, under their limits: a comparison file cannot hang or exhaust `sqdf compare`.
+fn read_table(src: &str, at: &str, dir: &Path) -> Result<Json> {
     let opts = SandboxOptions::new(
         dir,
         RunLog::stderr(),
@@ -115,17 +111,25 @@ pub fn load(path: &Path, quick: bool) -> Result<Plan> {
     limits.begin("top-level code");
     let read = (|| -> Result<Json> {
         let v: Value = lua
-            .load(strip_bom(&src))
+            .load(strip_bom(src))
             .set_name(format!("@{at}"))
             .eval()
             .map_err(|e| anyhow!("{}", describe_with(&e, limits.lua_memory())))?;
-        lua_to_json(&v, &at)
+        lua_to_json(&v, at)
     })();
     limits.pause();
-    let j = read.map_err(|e| match limits.tripped() {
+    read.map_err(|e| match limits.tripped() {
         Some(m) => anyhow!("{at}: top-level code: {m}"),
         None => e,
-    })?;
+    })
+}
+
+/// Reads `path`; `quick` applies its `quick` table (fewer seeds, shorter runs).
+pub fn load(path: &Path, quick: bool) -> Result<Plan> {
+    let at = path.display().to_string();
+    let src = std::fs::read_to_string(path).with_context(|| format!("reading {at}"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let j = read_table(&src, &at, dir)?;
     let q = if quick {
         j.get("quick")
             .cloned()
