@@ -57,7 +57,7 @@ fn probabilities(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
         None => scores,
     };
     // The fused softmax has no backward; none is needed: this op writes its own.
-    if scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32 {
+    if super::cpu::is_f32_cpu(&scores) {
         return softmax_rows_cpu(&scores);
     }
     candle_nn::ops::softmax_last_dim(&scores)

@@ -1,23 +1,18 @@
 //! A 2-D convolution, drop-in for `candle_nn::Conv2d` (same weight names, shapes and
-//! init), that is several times faster than candle's on the CPU, forward and backward.
-//!
-//! Measured on one thread ([16, 32, 28, 28], 3x3): candle's conv2d forward takes 24 ms
-//! where im2col + gemm takes 10 ms; candle's backward computes the input
-//! gradient with a direct `conv_transpose2d` loop, 10x slower than its own forward (and
-//! computes it even when the input needs no gradient). Here forward and backward are
-//! im2col + gemm: the input gradient is the output gradient (zeros inserted for the
-//! stride) convolved with the flipped, transposed kernel; the kernel gradient is one gemm
-//! of the output gradient with the im2col columns. A gradient is skipped when its tensor
-//! does not track (a frozen base under LoRA, the data at conv_in). The columns (9x the
-//! input for 3x3) live only inside the op: the graph keeps x and w, as candle's does.
-//!
-//! The custom op has a CPU forward only. On a GPU, `conv_unfold` builds the same im2col
-//! from tensor ops, whose backward is slices and a gemm. Its columns stay in the graph (9x
-//! the input for 3x3), the price of that speed. `SQDF_GPU_CONV=candle` takes candle's path
-//! instead (for comparing the two). f64 on the CPU also takes candle's conv2d.
+//! init), several times faster than candle's on the CPU, forward and backward. `conv2d`
+//! chooses the path: non-overlapping patches (CLIP's patch embedding) as one matmul; half
+//! precision on the CPU through f32; on a GPU `conv_unfold`'s im2col from tensor ops
+//! (`SQDF_GPU_CONV=candle` takes candle's instead, for comparisons; so does f64 on the
+//! CPU); on the CPU in f32 the custom op of `conv_op.rs`, whose forward and backward run the
+//! direct kernels (`conv_direct.rs`) for stride 1 and im2col + gemm (`conv_gemm.rs`)
+//! otherwise. Candle's own backward computes the input gradient with a direct
+//! `conv_transpose2d` loop, 10x slower than its forward, even when the input needs none.
+//! The layer adds its bias, and a resnet's per-sample time embedding, as the direct
+//! kernels store the output.
 
 use super::channel::scale_shift;
-use super::conv_op::{ConvBias, Im2ColConv};
+use super::conv_op::{ConvBias, CpuConv};
+use super::cpu::is_f32_cpu;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
@@ -36,7 +31,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
         let f = |t: &Tensor| t.to_dtype(DType::F32);
         return conv2d(&f(x)?, &f(w)?, padding, stride)?.to_dtype(x.dtype());
     }
-    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    let fast = is_f32_cpu(x) && is_f32_cpu(w);
     if !x.device().is_cpu()
         && w.dim(2)? == w.dim(3)?
         && std::env::var("SQDF_GPU_CONV").map_or(true, |v| v != "candle")
@@ -48,7 +43,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     }
     // Contiguous operands: the op reads them as plain slices.
     x.contiguous()?
-        .apply_op2(&w.contiguous()?, Im2ColConv { padding, stride })
+        .apply_op2(&w.contiguous()?, CpuConv { padding, stride })
 }
 
 /// A convolution whose stride equals its kernel and has no padding (CLIP's patch
@@ -125,21 +120,17 @@ impl Conv2d {
         x: &Tensor,
         bias: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Option<Tensor>> {
-        let op = Im2ColConv {
+        let op = CpuConv {
             padding: self.padding,
             stride: self.stride,
         };
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         let (Some(b), Some(g)) = (&self.bias, op.direct(x.dims(), self.weight.dims())) else {
             return Ok(None);
         };
-        if !(f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(b) && b.rank() == 1) {
+        if !(is_f32_cpu(x) && is_f32_cpu(&self.weight) && is_f32_cpu(b) && b.rank() == 1) {
             return Ok(None);
         }
         let (w, b) = (self.weight.contiguous()?, bias(b)?);
-        if !f32_cpu(&b) {
-            return Ok(None);
-        }
         Ok(Some(x.contiguous()?.apply_op3(&w, &b, ConvBias(op, g))?))
     }
 }

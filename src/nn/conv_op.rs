@@ -1,4 +1,4 @@
-//! The CPU convolution as candle custom ops with their own backward: `Im2ColConv`
+//! The CPU convolution as candle custom ops with their own backward: `CpuConv`
 //! (im2col + gemm, or the direct kernels where they apply) and `ConvBias` (a convolution
 //! plus its bias, or a per-sample bias, added as the output is stored).
 
@@ -10,7 +10,7 @@ use candle_core::{
 };
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Im2ColConv {
+pub(super) struct CpuConv {
     pub(super) padding: usize,
     pub(super) stride: usize,
 }
@@ -20,9 +20,9 @@ fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
     Tensor::from_slice(contiguous(s, l)?, l.shape(), &Device::Cpu)
 }
 
-impl CustomOp2 for Im2ColConv {
+impl CustomOp2 for CpuConv {
     fn name(&self) -> &'static str {
-        "conv2d-im2col"
+        "conv2d-cpu"
     }
 
     fn cpu_fwd(
@@ -70,7 +70,7 @@ impl CustomOp2 for Im2ColConv {
     }
 }
 
-impl Im2ColConv {
+impl CpuConv {
     /// The direct kernels' geometry when they apply: stride 1, square kernel, padding at
     /// most k - 1 (so that the input gradient is a convolution too), an AVX2 + FMA CPU.
     pub(super) fn direct(&self, x: &[usize], w: &[usize]) -> Option<conv_direct::Geometry> {
@@ -189,7 +189,7 @@ impl Im2ColConv {
 
 /// conv2d(x, w) + bias by the direct kernels (their geometry checked by the caller).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ConvBias(pub(super) Im2ColConv, pub(super) conv_direct::Geometry);
+pub(super) struct ConvBias(pub(super) CpuConv, pub(super) conv_direct::Geometry);
 
 impl CustomOp3 for ConvBias {
     fn name(&self) -> &'static str {

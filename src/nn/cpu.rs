@@ -10,6 +10,12 @@ pub fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
+/// Whether `t` is an f32 tensor on the CPU: what this project's CPU kernels take (other
+/// devices and dtypes keep candle's ops).
+pub fn is_f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
 /// The contiguous f32 data of a CPU tensor (copied first only if it is not contiguous),
 /// handed to `f`.
 pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {

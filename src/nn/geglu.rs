@@ -16,7 +16,7 @@ use std::f32::consts::{FRAC_1_SQRT_2, PI};
 
 /// hidden * gelu(gate) for h = [hidden | gate] along the last dimension.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
-    if h.device().is_cpu() && h.dtype() == candle_core::DType::F32 {
+    if super::cpu::is_f32_cpu(h) {
         return h.contiguous()?.apply_op1(Geglu);
     }
     let inner = h.dim(D::Minus1)? / 2;

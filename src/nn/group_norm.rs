@@ -1,9 +1,11 @@
-//! Group norm (torch's `nn.GroupNorm`, names `weight`, `bias`) with candle_nn::GroupNorm's
-//! math, which has a backward, and an affine whose backward is fast (`channel.rs`).
+//! Group norm (torch's `nn.GroupNorm`, names `weight`, `bias`): on the CPU in f32 one fused
+//! op, optionally with the SiLU that follows (`group_norm_cpu.rs`); elsewhere
+//! candle_nn::GroupNorm's math, which has a backward, and an affine whose backward is fast
+//! (`channel.rs`).
 
 use super::channel::scale_shift;
 use super::group_norm_cpu::GroupNormOp;
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
@@ -37,7 +39,7 @@ impl GroupNorm {
     }
 
     fn fused(&self, x: &Tensor, silu: bool) -> Option<GroupNormOp> {
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let f32_cpu = super::cpu::is_f32_cpu;
         (f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(&self.bias) && x.rank() >= 2).then_some(
             GroupNormOp {
                 groups: self.groups,

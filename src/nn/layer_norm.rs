@@ -1,4 +1,5 @@
-//! Layer norm over the last dimension, written from primitives so that it has a backward.
+//! Layer norm over the last dimension, with a backward: one fused op on the CPU in f32
+//! (`layer_norm_cpu.rs`), written from primitives elsewhere.
 //! candle-nn's `LayerNorm` takes the fused `ops::layer_norm` for contiguous input, which is
 //! built without a backward: the gradient silently stops there (docs/design.md; candle #3011).
 
@@ -33,7 +34,7 @@ impl Module for LayerNorm {
             let n = LayerNorm::new(self.weight.to_dtype(up)?, self.bias.to_dtype(up)?, self.eps);
             return n.forward(&x.to_dtype(up)?)?.to_dtype(x.dtype());
         }
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        let f32_cpu = super::cpu::is_f32_cpu;
         if f32_cpu(x) && f32_cpu(&self.weight) && f32_cpu(&self.bias) {
             let op = super::layer_norm_cpu::LayerNormOp { eps: self.eps };
             return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);

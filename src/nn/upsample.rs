@@ -1,5 +1,6 @@
-//! Nearest-neighbour upsampling built from broadcast and index-select, whose backward sums
-//! into the gradient already there. candle's `upsample_nearest2d` backward overwrites it
+//! Nearest-neighbour upsampling whose backward sums into the gradient already there: exact
+//! doubling is one custom op on the CPU in f32 (`Upsample2x`, below) and a broadcast
+//! elsewhere; other sizes are index-selects. candle's `upsample_nearest2d` backward overwrites it
 //! instead (docs/design.md, candle), which would be wrong as soon as its input feeds anything else.
 
 use candle_core::{Result, Tensor};
@@ -7,7 +8,7 @@ use candle_core::{Result, Tensor};
 /// [B, C, H, W] -> [B, C, 2H, 2W], every pixel repeated 2x2 (torch's
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if super::cpu::is_f32_cpu(x) {
         return x.contiguous()?.apply_op1(Upsample2x);
     }
     let (b, c, h, w) = x.dims4()?;
@@ -18,7 +19,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 
 /// [B, C, H, W] -> [B, C, out_h, out_w] with torch's "nearest" rule (source index
 /// floor(i * in / out)); diffusers upsamples to the skip connection's size when the input
-/// is not a multiple of 2^levels. Exact doubling takes the cheaper broadcast path.
+/// is not a multiple of 2^levels. Exact doubling takes `upsample_nearest2x`.
 pub fn upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if out_h == 2 * h && out_w == 2 * w {
