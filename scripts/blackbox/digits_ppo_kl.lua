@@ -5,7 +5,7 @@
 --   cargo run --release -- run scripts/blackbox/digits_ppo_kl.lua
 local ddpo = require("baselines.ddpo")
 
-local SCALE = 10 -- as digits_sqdf.lua
+local SCALE = require("digits_reward").SCALE -- the digits benchmark's reward scale
 
 return {
   config = {

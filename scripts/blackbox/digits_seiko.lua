@@ -6,7 +6,7 @@
 --   cargo run --release -- run scripts/blackbox/digits_seiko.lua
 local seiko = require("baselines.seiko")
 
-local SCALE = 10 -- as digits_sqdf.lua
+local SCALE = require("digits_reward").SCALE -- the digits benchmark's reward scale
 
 return {
   config = {

@@ -157,11 +157,11 @@ impl Script {
             }
         };
         let (buffer_reward, on_epoch_end) = (optional("buffer_reward")?, optional("on_epoch_end")?);
-        // An absent discount or priority is the built-in library's (lua/sqdf.lua).
+        // An absent discount or priority is the built-in library's (lua/sqdf.lua), through
+        // the state's own `require`: loaded once, shared with a script that requires it too.
         let default = |name: &str| -> Result<LuaFunction> {
-            let src = super::library::find("sqdf")
-                .ok_or_else(|| anyhow!("lua/sqdf.lua is not built in"))?;
-            let m: LuaTable = lua.load(src).set_name("@lua/sqdf.lua").eval()?;
+            let require: LuaFunction = lua.globals().get("require")?;
+            let m: LuaTable = require.call("sqdf")?;
             Ok(m.get(name)?)
         };
         let discount = match optional("discount")? {

@@ -45,13 +45,34 @@ impl EpochMetrics {
         serde_json::to_value(self).unwrap_or(Json::Null)
     }
 
-    /// A key for a hook's number that never shadows the framework's own.
+    /// A key for a hook's number that never shadows the framework's own, nor one already
+    /// in `extra`.
     pub fn free_key(&self, k: &str) -> String {
-        match self.to_json().get(k) {
-            Some(_) => format!("hook.{k}"),
-            None => k.to_string(),
+        let field = match k {
+            "queries_used" => self.queries_used.is_some(),
+            _ => Self::FIELDS.contains(&k),
+        };
+        let taken = field || self.extra.contains_key(k);
+        if taken {
+            format!("hook.{k}")
+        } else {
+            k.to_string()
         }
     }
+
+    /// The keys every line has (`queries_used` only in black-box runs).
+    const FIELDS: [&'static str; 10] = [
+        "epoch",
+        "reward_mean",
+        "reward_std",
+        "kl",
+        "loss",
+        "grad_norm",
+        "skipped_steps",
+        "buffer",
+        "seconds",
+        "script_generation",
+    ];
 
     /// The lines of a metrics.jsonl; lines that do not parse (a torn last line) are left out.
     pub fn read_all(path: &Path) -> Result<Vec<EpochMetrics>> {
@@ -147,5 +168,25 @@ impl MetricsWriter {
             crate::tensor_io::write_file_atomic(&self.path, out)?;
         }
         Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EpochMetrics;
+
+    #[test]
+    fn fields_are_the_keys_of_a_line() {
+        let json = EpochMetrics::default().to_json();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut fields = EpochMetrics::FIELDS.to_vec();
+        keys.sort();
+        fields.sort();
+        assert_eq!(keys, fields);
     }
 }

@@ -32,7 +32,6 @@ use std::time::Instant;
 
 mod epoch;
 mod reload;
-pub use reload::{differs, disk_sources, try_reload, ConfigChanges, Reload};
 mod run;
 mod state;
 

@@ -46,6 +46,7 @@ impl Trainer {
         let cond0 = self.task.conditions(1, &mut rng::seeded(0))[0];
         let outcome = try_reload(
             &self.script,
+            &disk,
             &self.opts.overrides,
             &self.sandbox,
             &self.models,
@@ -167,24 +168,21 @@ pub fn disk_sources(script: &Script) -> Vec<Option<String>> {
         .collect()
 }
 
-pub fn differs(script: &Script) -> bool {
-    script
-        .sources
-        .iter()
-        .zip(disk_sources(script))
-        .any(|((_, old), new)| new.as_deref() != Some(old.as_str()))
-}
-
-/// Loads and checks the script on disk against the running one.
+/// Loads and checks the script on disk against the running one; `disk` is what
+/// `disk_sources` read of its files just before (unchanged: nothing to load).
 pub fn try_reload(
     running: &Script,
+    disk: &[Option<String>],
     overrides: &[(String, Json)],
     sandbox: &SandboxOptions,
     models: &Arc<TaskModels>,
     cond: u32,
     oracle: Option<&Rounds>,
 ) -> Reload {
-    if !differs(running) {
+    let same = |(_, old): &(std::path::PathBuf, String), new: &Option<String>| {
+        new.as_deref() == Some(old.as_str())
+    };
+    if running.sources.iter().zip(disk).all(|(o, n)| same(o, n)) {
         return Reload::Unchanged;
     }
     match load_checked(running, overrides, sandbox, models, cond, oracle) {
