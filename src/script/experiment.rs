@@ -7,9 +7,9 @@ use super::context::LossContext;
 use super::hook_results::{check_stat, discount_value, loss_output, priority_value, LossOutput};
 use super::limits::Limits;
 use super::messages::{describe_with, show_bytes};
-use super::require::{strip_bom, Required};
+use super::require::Required;
 use super::reward_hook::{a, call_reward, call_reward_hook};
-use super::sandbox::{new_state, SandboxOptions};
+use super::sandbox::{eval_chunk, new_state, top_level, SandboxOptions};
 use super::script_table::{check_keys, hook_names};
 use super::tensor::{LuaTensor, Op};
 use anyhow::{anyhow, bail, Result};
@@ -81,16 +81,9 @@ impl Script {
             device: opts.tensors.device.clone(),
             rng: crate::rng::shared(LOAD_SEED),
         });
-        limits.begin("top-level code");
-        let loaded = Self::load_in(path, &origin, src, overrides, lua, &limits, &required);
-        limits.pause();
-        loaded.map_err(|e| {
-            // A limit the top level (or a metamethod of its table) exceeded, said as such
-            // whatever error it surfaced as.
-            match limits.tripped() {
-                Some(m) => anyhow!("{origin}: top-level code: {m}"),
-                None => e,
-            }
+        // Reading the returned table (its metamethods) counts as top-level code too.
+        top_level(&limits, &origin, || {
+            Self::load_in(path, &origin, src, overrides, lua, &limits, &required)
         })
     }
 
@@ -103,18 +96,7 @@ impl Script {
         limits: &Limits,
         required: &Required,
     ) -> Result<Script> {
-        let value: Value = lua
-            .load(strip_bom(&src))
-            .set_name(format!("@{origin}"))
-            .eval()
-            .map_err(|e| {
-                let msg = describe_with(&e, limits.lua_memory());
-                if msg.starts_with(origin) {
-                    anyhow!("{msg}")
-                } else {
-                    anyhow!("{origin}: {msg}")
-                }
-            })?;
+        let value = eval_chunk(&lua, limits, origin, &src)?;
         let Value::Table(table) = value else {
             bail!(
                 "{origin} must return a table with `config` and the hooks {}, it returned {}",

@@ -61,7 +61,7 @@ pub(super) fn clip(mut msg: String) -> String {
 
 /// `describe`, clipped, with a Lua memory error said as the sandbox's limit of
 /// `lua_memory` bytes.
-pub fn describe_with(e: &LuaError, lua_memory: usize) -> String {
+pub(super) fn describe_with(e: &LuaError, lua_memory: usize) -> String {
     let msg = clip(describe(e));
     if is_memory_error(e) {
         format!(

@@ -274,3 +274,36 @@ fn as_int(v: &Value) -> Option<i64> {
         _ => None,
     }
 }
+
+/// Runs `f`, a state's top-level code (a script's or a comparison file's), under fresh
+/// limits, paused after. An error whose cause was a tripped limit is reported as that
+/// limit, whatever error it surfaced as (`origin: top-level code: ...`).
+pub fn top_level<T>(
+    limits: &Limits,
+    origin: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    limits.begin("top-level code");
+    let done = f();
+    limits.pause();
+    done.map_err(|e| match limits.tripped() {
+        Some(m) => anyhow::anyhow!("{origin}: top-level code: {m}"),
+        None => e,
+    })
+}
+
+/// Evaluates `src` (a byte order mark skipped) as the chunk `@origin`; its error names
+/// `origin` once, a Lua memory error as the sandbox's limit.
+pub fn eval_chunk(lua: &Lua, limits: &Limits, origin: &str, src: &str) -> anyhow::Result<Value> {
+    lua.load(super::require::strip_bom(src))
+        .set_name(format!("@{origin}"))
+        .eval()
+        .map_err(|e| {
+            let msg = super::messages::describe_with(&e, limits.lua_memory());
+            if msg.starts_with(origin) {
+                anyhow::anyhow!("{msg}")
+            } else {
+                anyhow::anyhow!("{origin}: {msg}")
+            }
+        })
+}

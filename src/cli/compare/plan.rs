@@ -15,12 +15,9 @@
 use super::summary::row_name;
 use crate::run_log::RunLog;
 use crate::script::config::lua_to_json;
-use crate::script::messages::describe_with;
-use crate::script::require::strip_bom;
-use crate::script::sandbox::new_state;
+use crate::script::sandbox::{eval_chunk, new_state, top_level};
 use crate::script::{SandboxOptions, TensorEnv};
 use anyhow::{anyhow, bail, Context, Result};
-use mlua::Value;
 use serde_json::{Map, Value as Json};
 use std::path::{Path, PathBuf};
 
@@ -108,19 +105,9 @@ fn read_table(src: &str, at: &str, dir: &Path) -> Result<Json> {
         },
     );
     let (lua, limits, _) = new_state(&opts)?;
-    limits.begin("top-level code");
-    let read = (|| -> Result<Json> {
-        let v: Value = lua
-            .load(strip_bom(src))
-            .set_name(format!("@{at}"))
-            .eval()
-            .map_err(|e| anyhow!("{}", describe_with(&e, limits.lua_memory())))?;
+    top_level(&limits, at, || {
+        let v = eval_chunk(&lua, &limits, at, src)?;
         lua_to_json(&v, at)
-    })();
-    limits.pause();
-    read.map_err(|e| match limits.tripped() {
-        Some(m) => anyhow!("{at}: top-level code: {m}"),
-        None => e,
     })
 }
 
