@@ -38,6 +38,35 @@ pub fn available() -> bool {
     }
 }
 
+/// The vector instructions a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 + FMA: 16 vectors of 8 floats.
+    Avx2,
+    /// AVX-512F: 32 vectors of 16 floats (`conv_avx512.rs`).
+    Avx512,
+}
+
+impl Isa {
+    /// The widest this CPU has (call only where `available()`).
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if super::conv_avx512::available() {
+            return Isa::Avx512;
+        }
+        Isa::Avx2
+    }
+
+    /// Output channels per register block for o channels: AVX-512 holds 8 x 3 vectors.
+    fn block_of(self, o: usize) -> usize {
+        let widest = if self == Isa::Avx512 { 8 } else { 4 };
+        [8, 4, 2, 1]
+            .into_iter()
+            .find(|&b| b <= widest && o.is_multiple_of(b))
+            .unwrap_or(1)
+    }
+}
+
 /// y [B, O, ho, wo] = conv(x, w) + bias, x given padded ([B, C] planes from `pad_planes`),
 /// w [O, C, k, k], bias [O] or [B, O].
 pub fn forward(
@@ -49,9 +78,24 @@ pub fn forward(
     o: usize,
     g: Geometry,
 ) -> Vec<f32> {
+    forward_isa(Isa::best(), xp, w, bias, b, c, o, g)
+}
+
+/// `forward` with the given instructions (the tests compare both).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_isa(
+    isa: Isa,
+    xp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    b: usize,
+    c: usize,
+    o: usize,
+    g: Geometry,
+) -> Vec<f32> {
     let (ho, wo, wp, plane, k) = (g.ho(), g.wo(), g.wp(), g.plane(), g.k);
     super::flops::add(2 * b * o * c * k * k * ho * wo);
-    let ob = block_of(o);
+    let ob = isa.block_of(o);
     // Weights as [O / ob][C][k][k][ob]: a tap's ob weights are adjacent for the broadcasts.
     let mut wb = vec![0f32; o * c * k * k];
     for oi in 0..o {
@@ -74,7 +118,7 @@ pub fn forward(
                 acc.resize(ob * span, 0.0);
                 // SAFETY: `available()` was checked by the caller; reads stay inside `xp`
                 // (planes plus SLACK) and writes inside `acc`.
-                unsafe { conv_planes(img, wts, acc, ob, c, k, wp, plane, span) };
+                unsafe { conv_planes(isa, img, wts, acc, ob, c, k, wp, plane, span) };
                 for j in 0..ob {
                     // A bias per channel [O], or per sample and channel [B, O].
                     let add = bias.map_or(0.0, |bs| match bs.len() == o {
@@ -101,17 +145,10 @@ thread_local! {
     static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Output channels per register block: 4 where they divide, else 2 or 1.
-fn block_of(o: usize) -> usize {
-    [4, 2, 1]
-        .into_iter()
-        .find(|&b| o.is_multiple_of(b))
-        .unwrap_or(1)
-}
-
 /// acc [ob][span] = sum over c, ky, kx of wts[c][ky][kx][ob] * img[c][q + ky wp + kx].
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_planes(
+    isa: Isa,
     img: &[f32],
     wts: &[f32],
     acc: &mut [f32],
@@ -123,26 +160,47 @@ unsafe fn conv_planes(
     span: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match ob {
-        4 => x86::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
-        2 => x86::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
-        _ => x86::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
+    {
+        use super::conv_avx512 as z;
+        match (isa, ob) {
+            (Isa::Avx512, 8) => z::conv_block::<8>(img, wts, acc, c, k, wp, plane, span),
+            (Isa::Avx512, 4) => z::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
+            (Isa::Avx512, 2) => z::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
+            (Isa::Avx512, _) => z::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
+            (_, 4) => x86::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
+            (_, 2) => x86::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
+            _ => x86::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (img, wts, acc, ob, c, k, wp, plane, span);
+        let _ = (isa, img, wts, acc, ob, c, k, wp, plane, span);
         unreachable!("conv_direct::available() is false off x86_64")
     }
 }
 
 /// dw [O, C, k, k] = sum over b, q of dy[b, o, q] * x[b, c, q + ky wp + kx], x padded and
 /// dy given as padded-stride planes (`dy_planes`), junk columns zero.
-#[allow(clippy::too_many_arguments)]
 pub fn kernel_grad(xp: &[f32], dyq: &[f32], b: usize, c: usize, o: usize, g: Geometry) -> Vec<f32> {
+    kernel_grad_isa(Isa::best(), xp, dyq, b, c, o, g)
+}
+
+/// `kernel_grad` with the given instructions (the tests compare both).
+pub fn kernel_grad_isa(
+    isa: Isa,
+    xp: &[f32],
+    dyq: &[f32],
+    b: usize,
+    c: usize,
+    o: usize,
+    g: Geometry,
+) -> Vec<f32> {
     let (k, wp, plane) = (g.k, g.wp(), g.plane());
     super::flops::add(2 * b * o * c * k * k * g.ho() * g.wo());
     let span = g.span();
-    let ob = block_of(o);
+    // OB x 3 taps of accumulators: 4 channels fit AVX2's registers, and AVX-512's too
+    // (wider blocks would only share fewer dy loads).
+    let ob = Isa::Avx2.block_of(o);
     // One task per (o block, c): dw[o block, c, :, :], over every image.
     let mut parts = vec![0f32; o * c * k * k];
     parts
@@ -155,7 +213,7 @@ pub fn kernel_grad(xp: &[f32], dyq: &[f32], b: usize, c: usize, o: usize, g: Geo
                 let dy = &dyq[(bi * o + blk * ob) * span..][..ob * span];
                 // SAFETY: `available()` was checked by the caller; reads of x stay inside
                 // `xp` (planes plus SLACK).
-                unsafe { kgrad_planes(x, dy, out, ob, k, wp, span) };
+                unsafe { kgrad_planes(isa, x, dy, out, ob, k, wp, span) };
             }
         });
     // parts is [O / ob][C][ob][k][k]: reorder to [O][C][k][k].
@@ -171,7 +229,9 @@ pub fn kernel_grad(xp: &[f32], dyq: &[f32], b: usize, c: usize, o: usize, g: Geo
     dw
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn kgrad_planes(
+    isa: Isa,
     x: &[f32],
     dy: &[f32],
     out: &mut [f32],
@@ -181,14 +241,20 @@ unsafe fn kgrad_planes(
     span: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match ob {
-        4 => x86::kgrad_block::<4>(x, dy, out, k, wp, span),
-        2 => x86::kgrad_block::<2>(x, dy, out, k, wp, span),
-        _ => x86::kgrad_block::<1>(x, dy, out, k, wp, span),
+    {
+        use super::conv_avx512 as z;
+        match (isa, ob) {
+            (Isa::Avx512, 4) => z::kgrad_block::<4>(x, dy, out, k, wp, span),
+            (Isa::Avx512, 2) => z::kgrad_block::<2>(x, dy, out, k, wp, span),
+            (Isa::Avx512, _) => z::kgrad_block::<1>(x, dy, out, k, wp, span),
+            (_, 4) => x86::kgrad_block::<4>(x, dy, out, k, wp, span),
+            (_, 2) => x86::kgrad_block::<2>(x, dy, out, k, wp, span),
+            _ => x86::kgrad_block::<1>(x, dy, out, k, wp, span),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, dy, out, ob, k, wp, span);
+        let _ = (isa, x, dy, out, ob, k, wp, span);
         unreachable!("conv_direct::available() is false off x86_64")
     }
 }

@@ -163,3 +163,91 @@ fn per_sample_bias_matches_a_broadcast_add_and_its_gradients() {
         "per-sample bias",
     );
 }
+
+/// Both instruction sets' forward and kernel gradient against the plain sums in f64, on
+/// shapes whose spans end in a full and in a half AVX-512 block and whose channel counts
+/// fill 8-, 4-, 2- and 1-channel register blocks (AVX-512 only where the CPU has it).
+#[test]
+fn every_instruction_set_matches_the_plain_sums() {
+    use super::{forward_isa, kernel_grad_isa, Isa};
+    if !super::available() {
+        return;
+    }
+    let mut isas = vec![Isa::Avx2];
+    if Isa::best() == Isa::Avx512 {
+        isas.push(Isa::Avx512);
+    } else {
+        eprintln!("no AVX-512F: only the AVX2 kernels are checked on this CPU");
+    }
+    // (b, c, o, h, w, k, p): spans 840 (17.5 blocks of 48), 240, 72, 24 and 48 floats.
+    let cases = [
+        (2, 8, 16, 28, 28, 3, 1),
+        (2, 16, 24, 14, 14, 3, 1),
+        (3, 32, 8, 7, 7, 3, 1),
+        (2, 3, 6, 4, 4, 3, 1),
+        (1, 5, 1, 6, 6, 1, 0),
+        (2, 4, 12, 5, 3, 3, 2),
+    ];
+    for (i, &(b, c, o, h, w, k, p)) in cases.iter().enumerate() {
+        let g = super::Geometry { h, w, k, p };
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut rng = seeded(40 + i as u64);
+        let mut vals = |n: usize| {
+            randn(&mut rng, n, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (x, wt, dy) = (
+            vals(b * c * h * w),
+            vals(o * c * k * k),
+            vals(b * o * ho * wo),
+        );
+        // The plain sums: y[b, o, y, x] and dw[o, c, ky, kx], zero padding.
+        let px = |bi: usize, ci: usize, yy: isize, xx: isize| -> f64 {
+            let (yy, xx) = (yy - p as isize, xx - p as isize);
+            if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                return 0.0;
+            }
+            x[((bi * c + ci) * h + yy as usize) * w + xx as usize] as f64
+        };
+        let mut y_ref = vec![0f64; b * o * ho * wo];
+        let mut dw_ref = vec![0f64; o * c * k * k];
+        for bi in 0..b {
+            for oi in 0..o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let at = ((bi * o + oi) * ho + oy) * wo + ox;
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let xv = px(bi, ci, (oy + ky) as isize, (ox + kx) as isize);
+                                    let wi = ((oi * c + ci) * k + ky) * k + kx;
+                                    y_ref[at] += wt[wi] as f64 * xv;
+                                    dw_ref[wi] += dy[at] as f64 * xv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let xp = super::pad_planes(&x, b * c, g);
+        let dyq = super::dy_planes(&dy, b * o, g);
+        for &isa in &isas {
+            let y = forward_isa(isa, &xp, &wt, None, b, c, o, g);
+            let dw = kernel_grad_isa(isa, &xp, &dyq, b, c, o, g);
+            for (name, got, want) in [("forward", &y, &y_ref), ("kernel grad", &dw, &dw_ref)] {
+                let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+                let err = got
+                    .iter()
+                    .zip(want.iter())
+                    .fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+                assert!(
+                    got.len() == want.len() && err <= 1e-5 * scale,
+                    "case {i}, {isa:?} {name}: max error {err:e} of scale {scale}"
+                );
+            }
+        }
+    }
+}

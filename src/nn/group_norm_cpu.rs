@@ -190,8 +190,10 @@ impl CustomOp3 for GroupNormOp {
         );
         let cpg = c / self.groups;
         let per = cpg * hw;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(per).enumerate().for_each(|(i, yg)| {
+        // Written once, not zeroed first (a memset and fresh pages per call otherwise).
+        let mut y: Vec<f32> = Vec::with_capacity(x.len());
+        let spare = &mut y.spare_capacity_mut()[..x.len()];
+        spare.par_chunks_mut(per).enumerate().for_each(|(i, yg)| {
             let g = i % self.groups;
             let xs = &x[i * per..][..per];
             let (mean, r) = stats(xs, self.eps);
@@ -199,15 +201,19 @@ impl CustomOp3 for GroupNormOp {
                 let ch = g * cpg + j;
                 let a = gamma[ch] * r;
                 let s = beta[ch] - mean * a;
-                let (xc, yc) = (&xs[j * hw..][..hw], &mut yg[j * hw..][..hw]);
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = v * a + s;
+                let (xc, yu) = (&xs[j * hw..][..hw], &mut yg[j * hw..][..hw]);
+                for (o, &v) in yu.iter_mut().zip(xc) {
+                    o.write(v * a + s);
                 }
+                // SAFETY: every element of yu was written just above.
+                let yc = unsafe { &mut *(yu as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
                 if self.silu {
                     silu_in_place(yc);
                 }
             }
         });
+        // SAFETY: the chunks cover all x.len() elements and each was written above.
+        unsafe { y.set_len(x.len()) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -6,6 +6,7 @@ pub mod attention_recompute;
 pub mod channel;
 pub mod checkpoint;
 pub mod conv;
+pub mod conv_avx512;
 pub mod conv_direct;
 pub mod conv_gemm;
 pub mod conv_op;
@@ -26,6 +27,7 @@ pub mod lora;
 pub mod lora_conv;
 pub mod precomputed;
 pub mod simd;
+pub mod simd_avx512;
 pub mod timestep_embedding;
 pub mod upsample;
 

@@ -23,19 +23,41 @@ pub fn erf(x: &[f32], y: &mut [f32]) {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Exp,
     Sigmoid,
     Erf,
 }
 
 fn map(x: &[f32], y: &mut [f32], kind: Kind) {
-    assert_eq!(x.len(), y.len(), "simd map: lengths differ");
+    map_with(widest(), x, y, kind)
+}
+
+/// The vector width this CPU runs the functions at: 16 (AVX-512F), 8 (AVX2 + FMA) or 1.
+fn widest() -> usize {
     #[cfg(target_arch = "x86_64")]
+    if super::conv_avx512::available() {
+        return 16;
+    }
     if super::conv_direct::available() {
+        8
+    } else {
+        1
+    }
+}
+
+/// `map` at a given width, at most `widest()` (the tests check each).
+fn map_with(width: usize, x: &[f32], y: &mut [f32], kind: Kind) {
+    assert_eq!(x.len(), y.len(), "simd map: lengths differ");
+    assert!(width <= widest(), "simd map: width {width} not on this CPU");
+    #[cfg(target_arch = "x86_64")]
+    match width {
+        // SAFETY: AVX-512F was detected (width <= widest()); reads and writes stay in
+        // the slices.
+        16 => return unsafe { super::simd_avx512::map(x, y, kind) },
         // SAFETY: AVX2 and FMA were detected; the kernel reads and writes within the slices.
-        unsafe { x86::map(x, y, kind) };
-        return;
+        8 => return unsafe { x86::map(x, y, kind) },
+        _ => {}
     }
     for (o, &v) in y.iter_mut().zip(x) {
         *o = scalar(v, kind);
@@ -44,7 +66,7 @@ fn map(x: &[f32], y: &mut [f32], kind: Kind) {
 
 /// erf(x) / x for |x| < 1 as a polynomial in x^2 (the Maclaurin series, 2/sqrt(pi) folded
 /// in): relative accuracy where 7.1.26's absolute error would be large beside erf(x).
-const ERF_SERIES: [f32; 11] = {
+pub(super) const ERF_SERIES: [f32; 11] = {
     // 2/√π (-1)^n / (n! (2n + 1)), n = 0..10.
     let c = std::f32::consts::FRAC_2_SQRT_PI;
     [
@@ -62,8 +84,8 @@ const ERF_SERIES: [f32; 11] = {
     ]
 };
 
-const ERF_P: f32 = 0.327_591_1;
-const ERF_A: [f32; 5] = [
+pub(super) const ERF_P: f32 = 0.327_591_1;
+pub(super) const ERF_A: [f32; 5] = [
     0.254_829_6,
     -0.284_496_74,
     1.421_413_8,
@@ -71,7 +93,7 @@ const ERF_A: [f32; 5] = [
     1.061_405_4,
 ];
 
-fn scalar(v: f32, kind: Kind) -> f32 {
+pub(super) fn scalar(v: f32, kind: Kind) -> f32 {
     match kind {
         Kind::Exp => v.exp(),
         Kind::Sigmoid => 1.0 / (1.0 + (-v).exp()),
@@ -187,44 +209,58 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     /// Against the standard library's exp and 1 / (1 + exp(-x)), and erf against values
-    /// from a table (libm's erff), over the range the networks see and beyond.
+    /// from a table (libm's erff), over the range the networks see and beyond, at every
+    /// vector width this CPU has (AVX-512, AVX2, scalar).
     #[test]
     fn vector_functions_match_the_scalar_formulas() {
+        for width in [1, 8, 16].into_iter().filter(|&w| w <= super::widest()) {
+            check_width(width);
+        }
+    }
+
+    fn check_width(width: usize) {
+        let map = |x: &[f32], y: &mut [f32], kind| super::map_with(width, x, y, kind);
+        let exp = |x: &[f32], y: &mut [f32]| map(x, y, super::Kind::Exp);
         let x: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05 + 0.013).collect();
         let mut y = vec![0f32; x.len()];
-        super::exp(&x, &mut y);
+        exp(&x, &mut y);
         for (&v, &e) in x.iter().zip(&y) {
             let r = v.exp();
             if r.is_infinite() {
-                assert!(e.is_infinite(), "exp({v}) = {e}, want inf");
+                assert!(e.is_infinite(), "width {width}: exp({v}) = {e}, want inf");
                 continue;
             }
             assert!(
                 (e - r).abs() <= 3e-7 * r.abs().max(1e-30),
-                "exp({v}) = {e}, want {r}"
+                "width {width}: exp({v}) = {e}, want {r}"
             );
         }
-        super::sigmoid(&x, &mut y);
+        map(&x, &mut y, super::Kind::Sigmoid);
         for (&v, &s) in x.iter().zip(&y) {
             let r = 1.0 / (1.0 + (-v).exp());
             assert!(
                 (s - r).abs() <= 3e-7 * r.max(1e-30),
-                "sigmoid({v}) = {s}, want {r}"
+                "width {width}: sigmoid({v}) = {s}, want {r}"
             );
         }
-        super::erf(&x, &mut y);
+        map(&x, &mut y, super::Kind::Erf);
         for (&v, &e) in x.iter().zip(&y) {
             let r = libm_erf(v as f64) as f32;
             let tol = if v.abs() < 1.0 { 4e-7 * r.abs() } else { 2e-7 };
-            assert!((e - r).abs() <= tol, "erf({v}) = {e}, want {r}");
+            assert!(
+                (e - r).abs() <= tol,
+                "width {width}: erf({v}) = {e}, want {r}"
+            );
         }
         // Tails: exp underflows to (nearly) zero and overflows to infinity, as expf does.
-        let mut t = [0f32; 8];
-        super::exp(
-            &[-200.0, -100.0, 100.0, 0.0, 1.0, -1.0, 88.0, -87.0],
-            &mut t,
-        );
-        assert!(t[0] < 1e-37 && t[1] < 1e-37 && t[2].is_infinite() && t[3] == 1.0);
+        // 16 values, so that every width takes its vector path.
+        let tails = [-200.0, -100.0, 100.0, 0.0, 1.0, -1.0, 88.0, -87.0];
+        let mut t = [0f32; 16];
+        exp(&[tails, tails].concat(), &mut t);
+        for h in [0, 8] {
+            let ok = t[h] < 1e-37 && t[h + 1] < 1e-37 && t[h + 2].is_infinite() && t[h + 3] == 1.0;
+            assert!(ok, "width {width}: exp tails {:?}", &t[h..h + 4]);
+        }
     }
 
     /// erf in f64 by its Maclaurin series (|x| < 3) or the continued fraction of erfc.
