@@ -23,6 +23,7 @@ pub mod init;
 pub mod layer_norm;
 pub mod layer_norm_cpu;
 pub mod linear;
+pub mod linear_cpu;
 pub mod lora;
 pub mod lora_conv;
 pub mod precomputed;
