@@ -3,7 +3,8 @@
 //!
 //! The forward block holds OB output channels x 3 vectors of 16 pixels (48 pixels, up to
 //! 24 accumulators); a plane's `span` is a multiple of 24 (`conv_planes::PB`), so its last
-//! block may be 24 pixels, computed as 2 vectors with the second stored through a mask.
+//! block may be 24 pixels, computed as 2 vectors. The sums are stored straight into the
+//! output through masks that drop each row's junk columns.
 //! The kernel gradient holds OB x 3 taps and reads 16 pixels a step, the last 8 through a
 //! mask. Sums run in the same fixed order whatever the thread count, as in AVX2.
 #![cfg(target_arch = "x86_64")]
@@ -16,17 +17,29 @@ pub fn available() -> bool {
     *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
-/// acc [OB][span] = sum over c, ky, kx of wts[c][ky][kx][OB] * img[c][q + ky wp + kx].
+/// Where a block's sums go: OB output planes of ho x wo floats from `out`, one after the
+/// other, each sum plus its channel's `bias`.
+pub struct Store<'a> {
+    pub out: *mut f32,
+    pub ho: usize,
+    pub wo: usize,
+    pub bias: &'a [f32],
+}
+
+/// out[j][oy][ox] = bias[j] + sum over c, ky, kx of wts[c][ky][kx][j] * img[c][q + ky wp + kx]
+/// at q = oy wp + ox: the sums go from the registers straight into the output (the lanes of
+/// each row's junk columns masked off), with no accumulator planes and no copy after.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `img` holds the c planes plus 40 floats of slack past the last
-/// block's reads (`conv_planes::SLACK`), `acc` holds OB x span floats, span % 24 == 0.
+/// block's reads (`conv_planes::SLACK`); `st.out` has OB x ho x wo writable floats and
+/// `st.bias` OB values; span % 24 == 0.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_block<const OB: usize>(
     img: &[f32],
     wts: &[f32],
-    acc: &mut [f32],
+    st: &Store,
     c: usize,
     k: usize,
     wp: usize,
@@ -35,32 +48,29 @@ pub unsafe fn conv_block<const OB: usize>(
 ) {
     let mut q = 0;
     while q + 48 <= span {
-        conv_pixels::<OB, 3>(img, wts, acc, c, k, wp, plane, span, q, 0xFFFF);
+        conv_pixels::<OB, 3>(img, wts, st, c, k, wp, plane, q);
         q += 48;
     }
     if q < span {
-        // 24 pixels left: one full vector and one half.
-        conv_pixels::<OB, 2>(img, wts, acc, c, k, wp, plane, span, q, 0x00FF);
+        // 24 pixels left: two vectors, the second's upper half junk (masked at the store).
+        conv_pixels::<OB, 2>(img, wts, st, c, k, wp, plane, q);
     }
 }
 
-/// One block of OB channels x U vectors of 16 pixels from q; the last vector is stored
-/// through `last`.
+/// One block of OB channels x U vectors of 16 pixels from q.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn conv_pixels<const OB: usize, const U: usize>(
     img: &[f32],
     wts: &[f32],
-    acc: &mut [f32],
+    st: &Store,
     c: usize,
     k: usize,
     wp: usize,
     plane: usize,
-    span: usize,
     q: usize,
-    last: __mmask16,
 ) {
-    let (ip, wptr, ap) = (img.as_ptr(), wts.as_ptr(), acc.as_mut_ptr());
+    let (ip, wptr) = (img.as_ptr(), wts.as_ptr());
     let mut a = [[_mm512_setzero_ps(); U]; OB];
     for ci in 0..c {
         let base = ip.add(ci * plane + q);
@@ -81,13 +91,25 @@ unsafe fn conv_pixels<const OB: usize, const U: usize>(
             }
         }
     }
-    for j in 0..OB {
-        for u in 0..U {
-            let dst = ap.add(j * span + q + 16 * u);
-            if u + 1 == U {
-                _mm512_mask_storeu_ps(dst, last, a[j][u]);
-            } else {
-                _mm512_storeu_ps(dst, a[j][u]);
+    let (ho, wo, per) = (st.ho, st.wo, st.ho * st.wo);
+    for u in 0..U {
+        let q0 = q + 16 * u;
+        // The output rows these 16 positions touch: lane i of row r (q0 + i in
+        // [r wp, r wp + wo)) goes to out[r wo + q0 + i - r wp].
+        let last = ((q0 + 15) / wp).min(ho.saturating_sub(1));
+        for r in q0 / wp..=last {
+            let lo = (r * wp).saturating_sub(q0);
+            let hi = (r * wp + wo).saturating_sub(q0).min(16);
+            if lo >= hi {
+                continue;
+            }
+            let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16;
+            // Lane 0's address may lie before the plane; masked-off lanes are not touched.
+            let at = q0 as isize - (r * (wp - wo)) as isize;
+            for j in 0..OB {
+                let dst = st.out.wrapping_offset((j * per) as isize + at);
+                let y = _mm512_add_ps(a[j][u], _mm512_set1_ps(st.bias[j]));
+                _mm512_mask_storeu_ps(dst, mask, y);
             }
         }
     }

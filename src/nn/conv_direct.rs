@@ -104,9 +104,42 @@ pub fn forward_isa(
         }
     }
     let span = g.span();
-    // Every output is written exactly once (from the task's accumulators), so the output
-    // is not zeroed first.
+    // A bias per channel [O], or per sample and channel [B, O].
+    let bias_at = |bi: usize, ch: usize| {
+        bias.map_or(0.0, |bs| match bs.len() == o {
+            true => bs[ch],
+            false => bs[bi * o + ch],
+        })
+    };
+    // Every output is written exactly once, so the output is not zeroed first.
     let mut y: Vec<f32> = Vec::with_capacity(b * o * ho * wo);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        y.spare_capacity_mut()
+            .par_chunks_mut(ob * ho * wo)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let (bi, blk) = (task / (o / ob), task % (o / ob));
+                let img = &xp[bi * c * plane..];
+                let wts = &wb[blk * c * k * k * ob..][..c * k * k * ob];
+                let mut adds = [0f32; 8];
+                for (j, a) in adds.iter_mut().take(ob).enumerate() {
+                    *a = bias_at(bi, blk * ob + j);
+                }
+                let st = super::conv_avx512::Store {
+                    out: out.as_mut_ptr().cast(),
+                    ho,
+                    wo,
+                    bias: &adds[..ob],
+                };
+                // SAFETY: AVX-512F was detected (Isa::best); reads stay inside `xp`
+                // (planes plus SLACK), writes inside this task's ob x ho x wo chunk.
+                unsafe { conv_store(&st, img, wts, ob, c, k, wp, plane, span) };
+            });
+        // SAFETY: the chunks cover the whole capacity and every element was written.
+        unsafe { y.set_len(b * o * ho * wo) };
+        return y;
+    }
     y.spare_capacity_mut()
         .par_chunks_mut(ob * ho * wo)
         .enumerate()
@@ -118,13 +151,9 @@ pub fn forward_isa(
                 acc.resize(ob * span, 0.0);
                 // SAFETY: `available()` was checked by the caller; reads stay inside `xp`
                 // (planes plus SLACK) and writes inside `acc`.
-                unsafe { conv_planes(isa, img, wts, acc, ob, c, k, wp, plane, span) };
+                unsafe { conv_planes(img, wts, acc, ob, c, k, wp, plane, span) };
                 for j in 0..ob {
-                    // A bias per channel [O], or per sample and channel [B, O].
-                    let add = bias.map_or(0.0, |bs| match bs.len() == o {
-                        true => bs[blk * ob + j],
-                        false => bs[bi * o + blk * ob + j],
-                    });
+                    let add = bias_at(bi, blk * ob + j);
                     for oy in 0..ho {
                         let src = &acc[j * span + oy * wp..][..wo];
                         let dst = &mut out[(j * ho + oy) * wo..][..wo];
@@ -145,10 +174,33 @@ thread_local! {
     static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// acc [ob][span] = sum over c, ky, kx of wts[c][ky][kx][ob] * img[c][q + ky wp + kx].
+/// The AVX-512 forward of one block of ob channels, stored through `st`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_store(
+    st: &super::conv_avx512::Store,
+    img: &[f32],
+    wts: &[f32],
+    ob: usize,
+    c: usize,
+    k: usize,
+    wp: usize,
+    plane: usize,
+    span: usize,
+) {
+    use super::conv_avx512::conv_block as z;
+    match ob {
+        8 => z::<8>(img, wts, st, c, k, wp, plane, span),
+        4 => z::<4>(img, wts, st, c, k, wp, plane, span),
+        2 => z::<2>(img, wts, st, c, k, wp, plane, span),
+        _ => z::<1>(img, wts, st, c, k, wp, plane, span),
+    }
+}
+
+/// The AVX2 forward: acc [ob][span] = sum over c, ky, kx of wts[c][ky][kx][ob] *
+/// img[c][q + ky wp + kx], at every position q of the padded plane.
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_planes(
-    isa: Isa,
     img: &[f32],
     wts: &[f32],
     acc: &mut [f32],
@@ -160,21 +212,14 @@ unsafe fn conv_planes(
     span: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use super::conv_avx512 as z;
-        match (isa, ob) {
-            (Isa::Avx512, 8) => z::conv_block::<8>(img, wts, acc, c, k, wp, plane, span),
-            (Isa::Avx512, 4) => z::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
-            (Isa::Avx512, 2) => z::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
-            (Isa::Avx512, _) => z::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
-            (_, 4) => x86::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
-            (_, 2) => x86::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
-            _ => x86::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
-        }
+    match ob {
+        4 => x86::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
+        2 => x86::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
+        _ => x86::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, img, wts, acc, ob, c, k, wp, plane, span);
+        let _ = (img, wts, acc, ob, c, k, wp, plane, span);
         unreachable!("conv_direct::available() is false off x86_64")
     }
 }

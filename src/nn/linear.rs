@@ -1,7 +1,7 @@
 //! A linear layer (torch's `nn.Linear`: `weight` [out, in], optional `bias` [out]) for
-//! inputs of any rank. On the CPU in f32 the bias is added inside the matmul
-//! (`linear_cpu.rs`); elsewhere by `scale_shift`, so that its gradient, a sum over batch
-//! and tokens, is a gemm rather than candle's slow leading-dimension sum.
+//! inputs of any rank. On the CPU in f32 it is one op (`linear_cpu.rs`: the bias added
+//! inside the matmul); elsewhere the bias is added by `scale_shift`, so that its gradient, a
+//! sum over batch and tokens, is a gemm rather than candle's slow leading-dimension sum.
 
 use super::channel::scale_shift;
 use super::frozen_map::frozen_map;
@@ -68,14 +68,15 @@ impl Linear {
         let lead: usize = dims[..dims.len() - 1].iter().product();
         super::flops::add(2 * lead * in_dim * self.weight.dim(0)?);
         let x2 = x.reshape((lead, in_dim))?;
-        let fused = match &self.bias {
-            Some(b) => super::linear_cpu::linear_bias(&x2, &self.weight, b)?,
-            None => None,
-        };
-        let y = match (fused, &self.bias) {
-            (Some(y), _) => y,
-            (None, Some(b)) => scale_shift(&x2.matmul(&self.weight.t()?)?, None, Some(b), 1)?,
-            (None, None) => x2.matmul(&self.weight.t()?)?,
+        let y = match super::linear_cpu::linear(&x2, &self.weight, self.bias.as_ref())? {
+            Some(y) => y,
+            None => {
+                let y = x2.matmul(&self.weight.t()?)?;
+                match &self.bias {
+                    Some(b) => scale_shift(&y, None, Some(b), 1)?,
+                    None => y,
+                }
+            }
         };
         let mut out = dims.to_vec();
         *out.last_mut().unwrap() = y.dim(1)?;

@@ -29,6 +29,7 @@ pub mod lora_conv;
 pub mod precomputed;
 pub mod simd;
 pub mod simd_avx512;
+pub mod simd_scalar;
 pub mod timestep_embedding;
 pub mod upsample;
 

@@ -1,11 +1,14 @@
-//! Vectorised exp, sigmoid and erf over f32 slices (AVX2 + FMA, with a scalar fallback),
-//! for the fused CPU ops: libm's scalar `expf` and `erff` were a fifth of a digits UNet
-//! forward (the SiLUs, the softmaxes and GEGLU's GELU).
+//! Vectorised exp, sigmoid and erf over f32 slices (AVX-512F or AVX2 + FMA, with a scalar
+//! fallback), for the fused CPU ops: libm's scalar `expf` and `erff` were a fifth of a
+//! digits UNet forward (the SiLUs, the softmaxes and GEGLU's GELU).
 //!
 //! exp: Cephes' `expf` (x = n ln 2 + r, |r| <= ln 2 / 2, a degree-5 polynomial in r, then
 //! 2^n from the exponent bits), within 2 ulp on [-87, 88], 0 below. erf: Abramowitz & Stegun 7.1.26,
 //! absolute error below 1.5e-7 (about one rounding of a value near 1), and its Maclaurin series
-//! below 1, where erf is small.
+//! below 1, where erf is small (the constants and scalar forms: `simd_scalar.rs`; AVX-512:
+//! `simd_avx512.rs`).
+
+use super::simd_scalar::{scalar, Kind};
 
 /// y[i] = exp(x[i]).
 pub fn exp(x: &[f32], y: &mut [f32]) {
@@ -20,13 +23,6 @@ pub fn sigmoid(x: &[f32], y: &mut [f32]) {
 /// y[i] = erf(x[i]).
 pub fn erf(x: &[f32], y: &mut [f32]) {
     map(x, y, Kind::Erf)
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum Kind {
-    Exp,
-    Sigmoid,
-    Erf,
 }
 
 fn map(x: &[f32], y: &mut [f32], kind: Kind) {
@@ -64,56 +60,9 @@ fn map_with(width: usize, x: &[f32], y: &mut [f32], kind: Kind) {
     }
 }
 
-/// erf(x) / x for |x| < 1 as a polynomial in x^2 (the Maclaurin series, 2/sqrt(pi) folded
-/// in): relative accuracy where 7.1.26's absolute error would be large beside erf(x).
-pub(super) const ERF_SERIES: [f32; 11] = {
-    // 2/√π (-1)^n / (n! (2n + 1)), n = 0..10.
-    let c = std::f32::consts::FRAC_2_SQRT_PI;
-    [
-        c,
-        -c / 3.0,
-        c / 10.0,
-        -c / 42.0,
-        c / 216.0,
-        -c / 1320.0,
-        c / 9360.0,
-        -c / 75600.0,
-        c / 685_440.0,
-        -c / 6_894_720.0,
-        c / 76_204_800.0,
-    ]
-};
-
-pub(super) const ERF_P: f32 = 0.327_591_1;
-pub(super) const ERF_A: [f32; 5] = [
-    0.254_829_6,
-    -0.284_496_74,
-    1.421_413_8,
-    -1.453_152_1,
-    1.061_405_4,
-];
-
-pub(super) fn scalar(v: f32, kind: Kind) -> f32 {
-    match kind {
-        Kind::Exp => v.exp(),
-        Kind::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-        Kind::Erf => {
-            let a = v.abs();
-            let t = 1.0 / (1.0 + ERF_P * a);
-            let poly =
-                t * (ERF_A[0] + t * (ERF_A[1] + t * (ERF_A[2] + t * (ERF_A[3] + t * ERF_A[4]))));
-            if a < 1.0 {
-                let x2 = v * v;
-                return v * ERF_SERIES.iter().rev().fold(0.0, |acc, &c| acc * x2 + c);
-            }
-            (1.0 - poly * (-a * a).exp()).copysign(v)
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{scalar, Kind, ERF_A, ERF_P, ERF_SERIES};
+    use super::super::simd_scalar::{scalar, Kind, ERF_A, ERF_P, ERF_SERIES};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]

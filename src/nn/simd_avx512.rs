@@ -3,7 +3,7 @@
 //! time).
 #![cfg(target_arch = "x86_64")]
 
-use super::simd::{scalar, Kind, ERF_A, ERF_P, ERF_SERIES};
+use super::simd_scalar::{scalar, Kind, ERF_A, ERF_P, ERF_SERIES};
 use std::arch::x86_64::*;
 
 /// y[i] = f(x[i]); the tail past the last 16 goes through a masked step.
