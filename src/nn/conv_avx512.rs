@@ -9,21 +9,13 @@
 //! mask. Sums run in the same fixed order whatever the thread count, as in AVX2.
 #![cfg(target_arch = "x86_64")]
 
+use super::conv_planes::Store;
 use std::arch::x86_64::*;
 
 /// Whether this CPU has AVX-512F (checked once).
 pub fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-}
-
-/// Where a block's sums go: OB output planes of ho x wo floats from `out`, one after the
-/// other, each sum plus its channel's `bias`.
-pub struct Store<'a> {
-    pub out: *mut f32,
-    pub ho: usize,
-    pub wo: usize,
-    pub bias: &'a [f32],
 }
 
 /// out[j][oy][ox] = bias[j] + sum over c, ky, kx of wts[c][ky][kx][j] * img[c][q + ky wp + kx]

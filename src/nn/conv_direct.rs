@@ -1,5 +1,6 @@
-//! Direct stride-1 convolution kernels for the CPU (f32, AVX2 + FMA), the digits UNet's
-//! hot path: 3x3 and 1x1 convolutions with 1 to 64 channels on 7x7 to 28x28 images.
+//! Direct stride-1 convolution kernels for the CPU (f32; AVX2 + FMA here, AVX-512 in
+//! `conv_avx512.rs`), the digits UNet's hot path: 3x3 and 1x1 convolutions with 1 to 64
+//! channels on 7x7 to 28x28 images.
 //!
 //! At these sizes im2col + gemm is bound by memory, not arithmetic: the columns are 9x
 //! the input, freshly allocated and zeroed, and a gemm with 8 output rows cannot keep its
@@ -7,8 +8,9 @@
 //! (row stride `wp = W + 2p`), and the convolution is computed over the *flattened*
 //! padded plane: output q = oy * wp + ox reads input q + ky * wp + kx for every tap, so
 //! one contiguous run of q covers the whole image with unit-stride vector loads (the two
-//! junk columns per row that this computes are dropped). A register block holds OB output
-//! channels x 3 vectors of 8 pixels; each tap is 3 loads, OB broadcasts and 3 OB FMAs.
+//! junk columns per row that this computes are masked off as the sums are stored straight
+//! into the output). A register block holds OB output channels x 3 vectors of 8 pixels;
+//! each tap is 3 loads, OB broadcasts and 3 OB FMAs.
 //!
 //! The three products of a convolution's forward and backward are all this one pattern:
 //! - forward: y = conv(x, w, p);
@@ -19,7 +21,9 @@
 //! on the thread count. Without AVX2 + FMA the callers take the im2col path.
 
 use super::conv_planes::PB;
-pub use super::conv_planes::{channel_sums, dy_planes, flip_transpose, pad_planes, Geometry};
+pub use super::conv_planes::{
+    channel_sums, dy_planes, flip_transpose, pad_planes, Geometry, Store,
+};
 use rayon::prelude::*;
 
 /// Whether this CPU runs the kernels (checked once; the answer never changes).
@@ -113,33 +117,6 @@ pub fn forward_isa(
     };
     // Every output is written exactly once, so the output is not zeroed first.
     let mut y: Vec<f32> = Vec::with_capacity(b * o * ho * wo);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        y.spare_capacity_mut()
-            .par_chunks_mut(ob * ho * wo)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let (bi, blk) = (task / (o / ob), task % (o / ob));
-                let img = &xp[bi * c * plane..];
-                let wts = &wb[blk * c * k * k * ob..][..c * k * k * ob];
-                let mut adds = [0f32; 8];
-                for (j, a) in adds.iter_mut().take(ob).enumerate() {
-                    *a = bias_at(bi, blk * ob + j);
-                }
-                let st = super::conv_avx512::Store {
-                    out: out.as_mut_ptr().cast(),
-                    ho,
-                    wo,
-                    bias: &adds[..ob],
-                };
-                // SAFETY: AVX-512F was detected (Isa::best); reads stay inside `xp`
-                // (planes plus SLACK), writes inside this task's ob x ho x wo chunk.
-                unsafe { conv_store(&st, img, wts, ob, c, k, wp, plane, span) };
-            });
-        // SAFETY: the chunks cover the whole capacity and every element was written.
-        unsafe { y.set_len(b * o * ho * wo) };
-        return y;
-    }
     y.spare_capacity_mut()
         .par_chunks_mut(ob * ho * wo)
         .enumerate()
@@ -147,63 +124,33 @@ pub fn forward_isa(
             let (bi, blk) = (task / (o / ob), task % (o / ob));
             let img = &xp[bi * c * plane..];
             let wts = &wb[blk * c * k * k * ob..][..c * k * k * ob];
-            ACC.with_borrow_mut(|acc| {
-                acc.resize(ob * span, 0.0);
-                // SAFETY: `available()` was checked by the caller; reads stay inside `xp`
-                // (planes plus SLACK) and writes inside `acc`.
-                unsafe { conv_planes(img, wts, acc, ob, c, k, wp, plane, span) };
-                for j in 0..ob {
-                    let add = bias_at(bi, blk * ob + j);
-                    for oy in 0..ho {
-                        let src = &acc[j * span + oy * wp..][..wo];
-                        let dst = &mut out[(j * ho + oy) * wo..][..wo];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            d.write(s + add);
-                        }
-                    }
-                }
-            });
+            let mut adds = [0f32; 8];
+            for (j, a) in adds.iter_mut().take(ob).enumerate() {
+                *a = bias_at(bi, blk * ob + j);
+            }
+            let st = Store {
+                out: out.as_mut_ptr().cast(),
+                ho,
+                wo,
+                bias: &adds[..ob],
+            };
+            // SAFETY: `available()` was checked by the caller (and AVX-512F by Isa::best);
+            // reads stay inside `xp` (planes plus SLACK), writes inside this task's
+            // ob x ho x wo chunk.
+            unsafe { conv_store(isa, &st, img, wts, ob, c, k, wp, plane, span) };
         });
     // SAFETY: the chunks cover the whole capacity and every element was written above.
     unsafe { y.set_len(b * o * ho * wo) };
     y
 }
 
-thread_local! {
-    /// Each thread's accumulator planes, kept between calls (no allocation per task).
-    static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The AVX-512 forward of one block of ob channels, stored through `st`.
-#[cfg(target_arch = "x86_64")]
+/// One block of ob output channels over a whole plane, stored through `st`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_store(
-    st: &super::conv_avx512::Store,
+    isa: Isa,
+    st: &Store,
     img: &[f32],
     wts: &[f32],
-    ob: usize,
-    c: usize,
-    k: usize,
-    wp: usize,
-    plane: usize,
-    span: usize,
-) {
-    use super::conv_avx512::conv_block as z;
-    match ob {
-        8 => z::<8>(img, wts, st, c, k, wp, plane, span),
-        4 => z::<4>(img, wts, st, c, k, wp, plane, span),
-        2 => z::<2>(img, wts, st, c, k, wp, plane, span),
-        _ => z::<1>(img, wts, st, c, k, wp, plane, span),
-    }
-}
-
-/// The AVX2 forward: acc [ob][span] = sum over c, ky, kx of wts[c][ky][kx][ob] *
-/// img[c][q + ky wp + kx], at every position q of the padded plane.
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_planes(
-    img: &[f32],
-    wts: &[f32],
-    acc: &mut [f32],
     ob: usize,
     c: usize,
     k: usize,
@@ -212,14 +159,21 @@ unsafe fn conv_planes(
     span: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match ob {
-        4 => x86::conv_block::<4>(img, wts, acc, c, k, wp, plane, span),
-        2 => x86::conv_block::<2>(img, wts, acc, c, k, wp, plane, span),
-        _ => x86::conv_block::<1>(img, wts, acc, c, k, wp, plane, span),
+    {
+        use super::conv_avx512::conv_block as z;
+        match (isa, ob) {
+            (Isa::Avx512, 8) => z::<8>(img, wts, st, c, k, wp, plane, span),
+            (Isa::Avx512, 4) => z::<4>(img, wts, st, c, k, wp, plane, span),
+            (Isa::Avx512, 2) => z::<2>(img, wts, st, c, k, wp, plane, span),
+            (Isa::Avx512, _) => z::<1>(img, wts, st, c, k, wp, plane, span),
+            (_, 4) => x86::conv_block::<4>(img, wts, st, c, k, wp, plane, span),
+            (_, 2) => x86::conv_block::<2>(img, wts, st, c, k, wp, plane, span),
+            _ => x86::conv_block::<1>(img, wts, st, c, k, wp, plane, span),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (img, wts, acc, ob, c, k, wp, plane, span);
+        let _ = (isa, st, img, wts, ob, c, k, wp, plane, span);
         unreachable!("conv_direct::available() is false off x86_64")
     }
 }
@@ -306,23 +260,27 @@ unsafe fn kgrad_planes(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::PB;
+    use super::{Store, PB};
     use std::arch::x86_64::*;
 
-    /// acc [OB][span] = sum over c, ky, kx of wts[c][ky][kx][OB] * img[c][q + ky wp + kx].
+    /// out[j][oy][ox] = bias[j] + sum over c, ky, kx of wts[c][ky][kx][j] *
+    /// img[c][q + ky wp + kx] at q = oy wp + ox, stored from the registers through masks
+    /// that skip each row's junk columns (as `conv_avx512::conv_block`, 8 lanes).
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn conv_block<const OB: usize>(
         img: &[f32],
         wts: &[f32],
-        acc: &mut [f32],
+        st: &Store,
         c: usize,
         k: usize,
         wp: usize,
         plane: usize,
         span: usize,
     ) {
-        let (ip, wptr, ap) = (img.as_ptr(), wts.as_ptr(), acc.as_mut_ptr());
+        let (ip, wptr) = (img.as_ptr(), wts.as_ptr());
+        let (ho, wo, per) = (st.ho, st.wo, st.ho * st.wo);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut q = 0;
         while q < span {
             let mut a = [[_mm256_setzero_ps(); 3]; OB];
@@ -346,9 +304,29 @@ mod x86 {
                     }
                 }
             }
-            for (j, aj) in a.iter().enumerate() {
-                for (u, au) in aj.iter().enumerate() {
-                    _mm256_storeu_ps(ap.add(j * span + q + 8 * u), *au);
+            for u in 0..3 {
+                let q0 = q + 8 * u;
+                // Lane i of row r (q0 + i in [r wp, r wp + wo)) goes to
+                // out[r wo + q0 + i - r wp].
+                let last = ((q0 + 7) / wp).min(ho.saturating_sub(1));
+                for r in q0 / wp..=last {
+                    let lo = (r * wp).saturating_sub(q0) as i32;
+                    let hi = (r * wp + wo).saturating_sub(q0).min(8) as i32;
+                    if lo >= hi {
+                        continue;
+                    }
+                    let mask = _mm256_and_si256(
+                        _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(lo - 1)),
+                        _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lanes),
+                    );
+                    // Lane 0's address may lie before the plane; masked-off lanes are not
+                    // touched.
+                    let at = q0 as isize - (r * (wp - wo)) as isize;
+                    for (j, aj) in a.iter().enumerate() {
+                        let dst = st.out.wrapping_offset((j * per) as isize + at);
+                        let y = _mm256_add_ps(aj[u], _mm256_set1_ps(st.bias[j]));
+                        _mm256_maskstore_ps(dst, mask, y);
+                    }
                 }
             }
             q += PB;

@@ -164,7 +164,8 @@ fn per_sample_bias_matches_a_broadcast_add_and_its_gradients() {
     );
 }
 
-/// Both instruction sets' forward and kernel gradient against the plain sums in f64, on
+/// Both instruction sets' forward (with a bias per channel or per sample) and kernel
+/// gradient against the plain sums in f64, on
 /// shapes whose spans end in a full and in a half AVX-512 block and whose channel counts
 /// fill 8-, 4-, 2- and 1-channel register blocks (AVX-512 only where the CPU has it).
 #[test]
@@ -203,6 +204,8 @@ fn every_instruction_set_matches_the_plain_sums() {
             vals(o * c * k * k),
             vals(b * o * ho * wo),
         );
+        // A bias per channel in even cases, per sample and channel (a time embedding) in odd.
+        let bias = vals(if i % 2 == 0 { o } else { b * o });
         // The plain sums: y[b, o, y, x] and dw[o, c, ky, kx], zero padding.
         let px = |bi: usize, ci: usize, yy: isize, xx: isize| -> f64 {
             let (yy, xx) = (yy - p as isize, xx - p as isize);
@@ -218,6 +221,7 @@ fn every_instruction_set_matches_the_plain_sums() {
                 for oy in 0..ho {
                     for ox in 0..wo {
                         let at = ((bi * o + oi) * ho + oy) * wo + ox;
+                        y_ref[at] = bias[if i % 2 == 0 { oi } else { bi * o + oi }] as f64;
                         for ci in 0..c {
                             for ky in 0..k {
                                 for kx in 0..k {
@@ -235,7 +239,7 @@ fn every_instruction_set_matches_the_plain_sums() {
         let xp = super::pad_planes(&x, b * c, g);
         let dyq = super::dy_planes(&dy, b * o, g);
         for &isa in &isas {
-            let y = forward_isa(isa, &xp, &wt, None, b, c, o, g);
+            let y = forward_isa(isa, &xp, &wt, Some(&bias), b, c, o, g);
             let dw = kernel_grad_isa(isa, &xp, &dyq, b, c, o, g);
             for (name, got, want) in [("forward", &y, &y_ref), ("kernel grad", &dw, &dw_ref)] {
                 let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));

@@ -12,6 +12,15 @@ pub(super) const PB: usize = 24;
 /// and dropped.
 pub(super) const SLACK: usize = PB + 16;
 
+/// Where a register block's sums go: OB output planes of ho x wo floats from `out`, one
+/// after the other, each sum plus its channel's `bias` (OB values).
+pub struct Store<'a> {
+    pub out: *mut f32,
+    pub ho: usize,
+    pub wo: usize,
+    pub bias: &'a [f32],
+}
+
 /// Geometry of a stride-1 convolution over padded, flattened planes.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
