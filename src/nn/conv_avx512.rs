@@ -12,12 +12,6 @@
 use super::conv_planes::Store;
 use std::arch::x86_64::*;
 
-/// Whether this CPU has AVX-512F (checked once).
-pub fn available() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-}
-
 /// out[j][oy][ox] = bias[j] + sum over c, ky, kx of wts[c][ky][kx][j] * img[c][q + ky wp + kx]
 /// at q = oy wp + ox: the sums go from the registers straight into the output (the lanes of
 /// each row's junk columns masked off), with no accumulator planes and no copy after.
@@ -83,21 +77,10 @@ unsafe fn conv_pixels<const OB: usize, const U: usize>(
             }
         }
     }
-    let (ho, wo, per) = (st.ho, st.wo, st.ho * st.wo);
+    let per = st.ho * st.wo;
     for u in 0..U {
-        let q0 = q + 16 * u;
-        // The output rows these 16 positions touch: lane i of row r (q0 + i in
-        // [r wp, r wp + wo)) goes to out[r wo + q0 + i - r wp].
-        let last = ((q0 + 15) / wp).min(ho.saturating_sub(1));
-        for r in q0 / wp..=last {
-            let lo = (r * wp).saturating_sub(q0);
-            let hi = (r * wp + wo).saturating_sub(q0).min(16);
-            if lo >= hi {
-                continue;
-            }
+        for (lo, hi, at) in st.rows(q + 16 * u, 16, wp) {
             let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16;
-            // Lane 0's address may lie before the plane; masked-off lanes are not touched.
-            let at = q0 as isize - (r * (wp - wo)) as isize;
             for j in 0..OB {
                 let dst = st.out.wrapping_offset((j * per) as isize + at);
                 let y = _mm512_add_ps(a[j][u], _mm512_set1_ps(st.bias[j]));

@@ -26,22 +26,6 @@ pub use super::conv_planes::{
 };
 use rayon::prelude::*;
 
-/// Whether this CPU runs the kernels (checked once; the answer never changes).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The vector instructions a kernel runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -52,13 +36,12 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The widest this CPU has (call only where `available()`).
+    /// The widest this CPU has (call only where `cpu::has_avx2_fma()`).
     pub fn best() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        if super::conv_avx512::available() {
-            return Isa::Avx512;
+        match super::cpu::has_avx512f() {
+            true => Isa::Avx512,
+            false => Isa::Avx2,
         }
-        Isa::Avx2
     }
 
     /// Output channels per register block for o channels: AVX-512 holds 8 x 3 vectors.
@@ -134,7 +117,7 @@ pub fn forward_isa(
                 wo,
                 bias: &adds[..ob],
             };
-            // SAFETY: `available()` was checked by the caller (and AVX-512F by Isa::best);
+            // SAFETY: `cpu::has_avx2_fma()` was checked by the caller (and AVX-512F by Isa::best);
             // reads stay inside `xp` (planes plus SLACK), writes inside this task's
             // ob x ho x wo chunk.
             unsafe { conv_store(isa, &st, img, wts, ob, c, k, wp, plane, span) };
@@ -174,7 +157,7 @@ unsafe fn conv_store(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (isa, st, img, wts, ob, c, k, wp, plane, span);
-        unreachable!("conv_direct::available() is false off x86_64")
+        unreachable!("cpu::has_avx2_fma() is false off x86_64")
     }
 }
 
@@ -210,7 +193,7 @@ pub fn kernel_grad_isa(
             for bi in 0..b {
                 let x = &xp[(bi * c + ci) * plane..];
                 let dy = &dyq[(bi * o + blk * ob) * span..][..ob * span];
-                // SAFETY: `available()` was checked by the caller; reads of x stay inside
+                // SAFETY: `cpu::has_avx2_fma()` was checked by the caller; reads of x stay inside
                 // `xp` (planes plus SLACK).
                 unsafe { kgrad_planes(isa, x, dy, out, ob, k, wp, span) };
             }
@@ -254,7 +237,7 @@ unsafe fn kgrad_planes(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (isa, x, dy, out, ob, k, wp, span);
-        unreachable!("conv_direct::available() is false off x86_64")
+        unreachable!("cpu::has_avx2_fma() is false off x86_64")
     }
 }
 
@@ -279,7 +262,7 @@ mod x86 {
         span: usize,
     ) {
         let (ip, wptr) = (img.as_ptr(), wts.as_ptr());
-        let (ho, wo, per) = (st.ho, st.wo, st.ho * st.wo);
+        let per = st.ho * st.wo;
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut q = 0;
         while q < span {
@@ -305,23 +288,11 @@ mod x86 {
                 }
             }
             for u in 0..3 {
-                let q0 = q + 8 * u;
-                // Lane i of row r (q0 + i in [r wp, r wp + wo)) goes to
-                // out[r wo + q0 + i - r wp].
-                let last = ((q0 + 7) / wp).min(ho.saturating_sub(1));
-                for r in q0 / wp..=last {
-                    let lo = (r * wp).saturating_sub(q0) as i32;
-                    let hi = (r * wp + wo).saturating_sub(q0).min(8) as i32;
-                    if lo >= hi {
-                        continue;
-                    }
+                for (lo, hi, at) in st.rows(q + 8 * u, 8, wp) {
                     let mask = _mm256_and_si256(
-                        _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(lo - 1)),
-                        _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lanes),
+                        _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(lo as i32 - 1)),
+                        _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lanes),
                     );
-                    // Lane 0's address may lie before the plane; masked-off lanes are not
-                    // touched.
-                    let at = q0 as isize - (r * (wp - wo)) as isize;
                     for (j, aj) in a.iter().enumerate() {
                         let dst = st.out.wrapping_offset((j * per) as isize + at);
                         let y = _mm256_add_ps(aj[u], _mm256_set1_ps(st.bias[j]));

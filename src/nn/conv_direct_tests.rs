@@ -10,7 +10,7 @@ use candle_core::{Device, Var};
 /// flattened length is not a multiple of a block.
 #[test]
 fn direct_conv_matches_candle_conv_and_both_gradients() {
-    if !super::available() {
+    if !crate::nn::cpu::has_avx2_fma() {
         eprintln!("no AVX2 + FMA: the direct kernels are not used on this CPU");
         return;
     }
@@ -49,7 +49,7 @@ fn direct_conv_matches_candle_conv_and_both_gradients() {
 /// input, the kernel and the bias against candle's conv2d plus a broadcast bias.
 #[test]
 fn fused_bias_matches_conv_plus_bias_and_its_gradients() {
-    if !super::available() {
+    if !crate::nn::cpu::has_avx2_fma() {
         return;
     }
     let d = Device::Cpu;
@@ -171,7 +171,7 @@ fn per_sample_bias_matches_a_broadcast_add_and_its_gradients() {
 #[test]
 fn every_instruction_set_matches_the_plain_sums() {
     use super::{forward_isa, kernel_grad_isa, Isa};
-    if !super::available() {
+    if !crate::nn::cpu::has_avx2_fma() {
         return;
     }
     let mut isas = vec![Isa::Avx2];

@@ -80,7 +80,7 @@ impl CpuConv {
             && p < k
             && x[2] + 2 * p >= k
             && x[3] + 2 * p >= k
-            && conv_direct::available()
+            && super::cpu::has_avx2_fma()
             && !im2col_forced();
         ok.then_some(conv_direct::Geometry {
             h: x[2],

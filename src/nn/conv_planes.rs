@@ -21,6 +21,28 @@ pub struct Store<'a> {
     pub bias: &'a [f32],
 }
 
+impl Store<'_> {
+    /// Where a vector of `lanes` sums at positions q0.. of the padded plane (row stride
+    /// wp) goes: for each output row it touches, (lo, hi, at), lanes lo..hi landing at
+    /// out[at + lane] of each output plane. Lane i of row r (q0 + i in [r wp, r wp + wo))
+    /// is out[r wo + q0 + i - r wp]; the junk columns and rows past ho are in no range.
+    /// `at` may be negative (lane 0 before the plane), so stores go through masks.
+    pub(super) fn rows(
+        &self,
+        q0: usize,
+        lanes: usize,
+        wp: usize,
+    ) -> impl Iterator<Item = (usize, usize, isize)> {
+        let (ho, wo) = (self.ho, self.wo);
+        let last = ((q0 + lanes - 1) / wp).min(ho.saturating_sub(1));
+        (q0 / wp..=last).filter_map(move |r| {
+            let lo = (r * wp).saturating_sub(q0);
+            let hi = (r * wp + wo).saturating_sub(q0).min(lanes);
+            (lo < hi).then(|| (lo, hi, q0 as isize - (r * (wp - wo)) as isize))
+        })
+    }
+}
+
 /// Geometry of a stride-1 convolution over padded, flattened planes.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {

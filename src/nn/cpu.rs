@@ -1,4 +1,5 @@
-//! Borrowing the f32 data of CPU tensors and storages, for the project's own CPU kernels.
+//! Borrowing the f32 data of CPU tensors and storages, and what the CPU can run, for the
+//! project's own CPU kernels.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -8,6 +9,32 @@ pub fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("expected a contiguous operand".into()))?;
     Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// Whether this CPU has AVX2 and FMA, which every vector kernel of the project needs
+/// (without them the callers keep candle's ops or im2col; std caches the answer).
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX-512F, for the wider kernels (`conv_avx512.rs`,
+/// `simd_avx512.rs`).
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether `t` is an f32 tensor on the CPU: what this project's CPU kernels take (other

@@ -31,14 +31,11 @@ fn map(x: &[f32], y: &mut [f32], kind: Kind) {
 
 /// The vector width this CPU runs the functions at: 16 (AVX-512F), 8 (AVX2 + FMA) or 1.
 fn widest() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if super::conv_avx512::available() {
-        return 16;
-    }
-    if super::conv_direct::available() {
-        8
-    } else {
-        1
+    use super::cpu::{has_avx2_fma, has_avx512f};
+    match (has_avx512f(), has_avx2_fma()) {
+        (true, _) => 16,
+        (false, true) => 8,
+        _ => 1,
     }
 }
 

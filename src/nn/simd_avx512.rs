@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 /// y[i] = f(x[i]); the tail past the last 16 goes through a masked step.
 ///
 /// # Safety
-/// The CPU has AVX-512F (`conv_avx512::available()`); x and y have the same length.
+/// The CPU has AVX-512F (`cpu::has_avx512f()`); x and y have the same length.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn map(x: &[f32], y: &mut [f32], kind: Kind) {
     let n = x.len() / 16 * 16;
