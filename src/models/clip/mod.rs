@@ -9,10 +9,11 @@
 //! Weight files: SD-1.5's `text_encoder/model.safetensors` holds `text_model.*` only;
 //! openai/clip-vit-large-patch14's `model.safetensors` holds `vision_model.*`,
 //! `text_model.*`, `visual_projection.weight`, `text_projection.weight` and `logit_scale`
-//! (unused here).
+//! (unused here). OpenCLIP checkpoints (HPSv2) load into the same towers (`open_clip.rs`).
 
 mod config;
 mod encoder;
+pub mod open_clip;
 mod text;
 mod vision;
 pub mod weights;

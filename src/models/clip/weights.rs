@@ -105,3 +105,23 @@ pub fn build_checked<M>(
     build(VarBuilder::from_tensors(tensors, dtype, device))
         .with_context(|| format!("building the model from {}", path.display()))
 }
+
+/// exp(`logit_scale`) of a CLIP checkpoint: the temperature its similarities are
+/// multiplied by (PickScore's scores are this times the cosine). A missing or non-scalar
+/// key is an error naming the file.
+pub fn logit_scale_exp(path: &Path) -> Result<f64> {
+    let v = read_tensors(path, &["logit_scale"])?
+        .remove("logit_scale")
+        .ok_or_else(|| anyhow!("{}: missing key `logit_scale`", path.display()))?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    match v[..] {
+        [ls] => Ok(ls.exp()),
+        _ => Err(anyhow!(
+            "{}: `logit_scale` holds {} values, not one",
+            path.display(),
+            v.len()
+        )),
+    }
+}
