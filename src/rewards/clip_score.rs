@@ -2,6 +2,11 @@
 //! prompt's, differentiable with respect to the image. The prompts' text embeddings are
 //! computed once (no gradient) and indexed by each sample's condition id. This is the raw
 //! cosine, not torchmetrics' 100 * max(cos, 0).
+//!
+//! The same formula with other CLIPs is the alignment scores the paper reports: HPSv2 is
+//! the cosine under its fine-tuned OpenCLIP ViT-H/14 (`hpsv2.score`: the diagonal of
+//! `image_features @ text_features.T`, both normalised), PickScore the cosine under its
+//! ViT-H/14 `CLIPModel` times `logit_scale.exp()` (its model card's formula).
 
 use super::clip_preprocess::clip_preprocess;
 use crate::models::clip::{l2_normalize, ClipText, ClipVision};
@@ -30,6 +35,8 @@ pub fn prompt_embeds(text: &ClipText, ids: &Tensor) -> Result<Tensor> {
 pub struct ClipScoreReward {
     pub vision: ClipVision,
     text_embeds: Tensor,
+    /// What the cosine is multiplied by: 1, or PickScore's exp(logit_scale).
+    scale: f64,
 }
 
 impl ClipScoreReward {
@@ -44,20 +51,31 @@ impl ClipScoreReward {
         Ok(Self {
             vision,
             text_embeds: l2_normalize(text_embeds)?.detach(),
+            scale: 1.0,
         })
+    }
+
+    /// The cosine times `scale` (PickScore: exp(logit_scale), about 100).
+    pub fn with_scale(self, scale: f64) -> Self {
+        Self { scale, ..self }
     }
 
     pub fn text_embeds(&self) -> &Tensor {
         &self.text_embeds
     }
 
-    /// Images [B, 3, H, W] in [-1, 1] and condition ids u32 [B] -> cosine similarities [B].
+    /// Images [B, 3, H, W] in [-1, 1] and condition ids u32 [B] -> scale x cosine [B], f32
+    /// (f64 for an f64 tower), differentiable with respect to the images.
     pub fn score(&self, images: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let pixels = clip_preprocess(
             &images.to_dtype(self.vision.dtype())?,
             self.vision.config().image_size,
         )?;
         let img = self.vision.forward(&pixels)?;
-        cosine_to_prompts(&img, &self.text_embeds, &cond.to_device(img.device())?)
+        let cos = cosine_to_prompts(&img, &self.text_embeds, &cond.to_device(img.device())?)?;
+        match self.scale == 1.0 {
+            true => Ok(cos),
+            false => cos * self.scale,
+        }
     }
 }

@@ -122,57 +122,73 @@ fn load_parts(l: &layout::Layout, dtype: DType) -> Sd15Parts {
     Sd15Parts::load(l, vec!["cat".into()], &tok, &Device::Cpu, dtype).unwrap()
 }
 
+type RewardOf = fn(&Sd15Parts, &Tensor) -> Tensor;
+
 #[test]
-fn the_reward_gradient_matches_finite_differences() {
+fn the_reward_gradients_match_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
     let l = tiny_folder(dir.path());
     // f64 end to end: the check is then exact to ~1e-8 instead of f32's noise.
     let parts = load_parts(&l, DType::F64);
     assert_eq!(parts.head.dtype(), DType::F64);
     let dev = Device::Cpu;
-    let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let var = candle_core::Var::from_tensor(&z).unwrap();
-    let r = parts.aesthetic(var.as_tensor()).unwrap();
-    assert_eq!(r.dims(), &[2]);
-    let g = r.sum_all().unwrap().backward().unwrap();
-    let grad = g
-        .get(var.as_tensor())
-        .expect("the latents get a gradient")
-        .clone();
-    assert!(common::max_abs_diff(&grad, &grad.zeros_like().unwrap()) > 0.0);
-    let f = |x: &Tensor| -> f64 {
-        parts
-            .aesthetic(x)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    for k in 0..3 {
-        let d = randn(&mut seeded(20 + k), z.shape(), &dev)
+    let rewards: [(&str, RewardOf); 3] = [
+        ("aesthetic", |p, x| p.aesthetic(x).unwrap()),
+        ("hps", |p, x| {
+            p.hps(x, &Tensor::new(&[0u32, 0], x.device()).unwrap())
+                .unwrap()
+        }),
+        ("pickscore", |p, x| {
+            p.pickscore(x, &Tensor::new(&[0u32, 0], x.device()).unwrap())
+                .unwrap()
+        }),
+    ];
+    for (name, reward) in rewards {
+        let z = randn(&mut seeded(3), (2, 4, 8, 8), &dev)
             .unwrap()
             .to_dtype(DType::F64)
             .unwrap();
-        let eps = 1e-4;
-        let fd = (f(&(&z + (&d * eps).unwrap()).unwrap())
-            - f(&(&z - (&d * eps).unwrap()).unwrap()))
-            / (2.0 * eps);
-        let an = (&grad * &d)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let var = candle_core::Var::from_tensor(&z).unwrap();
+        let r = reward(&parts, var.as_tensor());
+        assert_eq!(r.dims(), &[2], "{name}");
+        let g = r.sum_all().unwrap().backward().unwrap();
+        let grad = g
+            .get(var.as_tensor())
+            .expect("the latents get a gradient")
+            .clone();
         assert!(
-            (fd - an).abs() <= 1e-6 + 1e-4 * fd.abs(),
-            "direction {k}: finite differences {fd}, backward {an}"
+            common::max_abs_diff(&grad, &grad.zeros_like().unwrap()) > 0.0,
+            "{name}: zero gradient"
         );
+        let f = |x: &Tensor| -> f64 {
+            reward(&parts, x)
+                .to_dtype(DType::F64)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        for k in 0..3 {
+            let d = randn(&mut seeded(20 + k), z.shape(), &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let eps = 1e-4;
+            let fd = (f(&(&z + (&d * eps).unwrap()).unwrap())
+                - f(&(&z - (&d * eps).unwrap()).unwrap()))
+                / (2.0 * eps);
+            let an = (&grad * &d)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                (fd - an).abs() <= 1e-6 + 1e-4 * fd.abs(),
+                "{name}, direction {k}: finite differences {fd}, backward {an}"
+            );
+        }
     }
 }
 
@@ -263,4 +279,40 @@ fn the_aesthetic_head_scores_in_f32_under_a_half_precision_base() {
     let (a, b) = (half.head_score(&e).unwrap(), full.head_score(&e).unwrap());
     assert_eq!(a.dtype(), DType::F32);
     assert_eq!(common::max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn eval_reports_every_alignment_metric_and_null_without_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = tiny_folder(dir.path());
+    let s = script(dir.path(), &l.dir, "");
+    let json = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or_default();
+    let run = |out: &str| {
+        let log = sqdf::run_log::RunLog::captured();
+        sqdf::cli::eval::evaluate(&s, None, &[], &dir.path().join(out), log.clone()).unwrap()
+    };
+    let v = run("all");
+    for k in [
+        "aesthetic",
+        "clip_score",
+        "hps",
+        "pickscore",
+        "diversity_clip",
+    ] {
+        let x = json(&v, k).as_f64();
+        assert!(
+            x.is_some_and(f64::is_finite),
+            "{k} = {:?} in {v}",
+            json(&v, k)
+        );
+    }
+    // PickScore is exp(logit_scale) x a cosine: within +-exp(ln(1/0.07)).
+    assert!(json(&v, "pickscore").as_f64().unwrap().abs() <= 1.0 / 0.07 + 1e-3);
+    // Without HPS's file the metric is null, the rest as before.
+    std::fs::remove_file(l.path(layout::HPS)).unwrap();
+    let w = run("no_hps");
+    assert!(json(&w, "hps").is_null(), "{w}");
+    for k in ["aesthetic", "pickscore"] {
+        assert_eq!(json(&w, k), json(&v, k), "{k}");
+    }
 }

@@ -2,7 +2,8 @@
 //! every model, scored by the script's reward, the aesthetic score and the CLIP score
 //! (alignment), with diversity as the mean pairwise cosine distance of CLIP image
 //! embeddings within a prompt (the paper's DreamSim diversity, with CLIP features), and a
-//! grid of the first prompts in `samples_<label>.png`.
+//! grid of the first prompts in `samples_<label>.png`. HPSv2 and PickScore (alignment, the
+//! mean over samples) are computed where their files are present, `null` otherwise.
 
 use super::parts::Sd15Parts;
 use super::EVAL_SEED;
@@ -45,9 +46,15 @@ pub fn evaluate(
     let n_prompts = parts.prompts.len();
     let (mut rewards, mut aesthetic, mut clip) = (Vec::new(), Vec::new(), Vec::new());
     let (mut diversity, mut grid) = (Vec::new(), Vec::new());
+    let (mut hps, mut pickscore) = (Vec::new(), Vec::new());
     log.info(format!(
         "{label}: sampling {per} images for each of {n_prompts} prompts"
     ));
+    for (name, model) in [("hps", &parts.hps), ("pickscore", &parts.pickscore)] {
+        if let Err(why) = model {
+            log.info(format!("{label}: `{name}` is null: {why}"));
+        }
+    }
     for p in 0..n_prompts {
         let mut shape = vec![per];
         shape.extend(&models.state_shape);
@@ -77,6 +84,12 @@ pub fn evaluate(
                     .to_vec1::<f32>()?,
             );
             clip.extend(parts.cosine_to_prompts(&e, &cond)?.to_vec1::<f32>()?);
+            for (scores, model) in [(&mut hps, &parts.hps), (&mut pickscore, &parts.pickscore)] {
+                if let Ok(m) = model {
+                    let s = m.score(&images, &cond)?.detach();
+                    scores.extend(s.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+                }
+            }
             embeds.push(e);
             if p < GRID.0 {
                 let keep = GRID.1.saturating_sub(start).min(len);
@@ -110,6 +123,8 @@ pub fn evaluate(
         "reward_std": std(&rewards),
         "aesthetic": mean(&aesthetic),
         "clip_score": mean(&clip),
+        "hps": if hps.is_empty() { serde_json::Value::Null } else { mean(&hps).into() },
+        "pickscore": if pickscore.is_empty() { serde_json::Value::Null } else { mean(&pickscore).into() },
         "diversity_clip": if diversity.is_empty() { f64::NAN } else { diversity.iter().sum::<f64>() / diversity.len() as f64 },
         "prompts": n_prompts,
         "per_prompt": per,

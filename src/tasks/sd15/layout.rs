@@ -35,6 +35,19 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The alignment metrics' networks (paper §5.1, Appendix D.2.2): optional. Each metric
+/// whose file is present is computed; `rewards.hps` needs its file.
+pub const METRIC_FILES: &[(&str, &str)] = &[
+    (
+        HPS,
+        "xswu/HPSv2: HPS_v2.1_compressed.pt (or HPS_v2_compressed.pt under this name; a .safetensors with the same keys also works)",
+    ),
+    (
+        PICKSCORE,
+        "yuvalkirstain/PickScore_v1: model.safetensors and config.json",
+    ),
+];
+
 pub const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
 pub const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
 pub const TEXT_ENCODER: &str = "text_encoder/model.safetensors";
@@ -43,6 +56,10 @@ pub const MERGES: &str = "tokenizer/merges.txt";
 pub const LCM_LORA: &str = "lcm-lora-sdv1-5/pytorch_lora_weights.safetensors";
 pub const CLIP: &str = "clip-vit-large-patch14/model.safetensors";
 pub const AESTHETIC: &str = "aesthetic/sac+logos+ava1-l14-linearMSE.pth";
+pub const HPS: &str = "hps/HPS_v2.1_compressed.pt";
+/// open_clip's model config beside the HPS checkpoint (optional: ViT-H-14 without it).
+pub const HPS_CONFIG: &str = "hps/open_clip_config.json";
+pub const PICKSCORE: &str = "pickscore/model.safetensors";
 
 /// The weight folder of one run.
 #[derive(Debug, Clone)]
@@ -55,10 +72,11 @@ impl Layout {
         Self { dir: dir.into() }
     }
 
-    /// DIR/rel; for the aesthetic head, its .safetensors conversion when the .pth is absent.
+    /// DIR/rel; for a PyTorch file (the aesthetic head, HPS), its .safetensors conversion
+    /// when the PyTorch file is absent.
     pub fn path(&self, rel: &str) -> PathBuf {
         let p = self.dir.join(rel);
-        if rel == AESTHETIC && !p.is_file() {
+        if (rel == AESTHETIC || rel == HPS) && !p.is_file() {
             let alt = p.with_extension("safetensors");
             if alt.is_file() {
                 return alt;
@@ -72,6 +90,19 @@ impl Layout {
     pub fn config_of(&self, rel: &str) -> Option<PathBuf> {
         let p = self.path(rel).parent()?.join("config.json");
         p.is_file().then_some(p)
+    }
+
+    /// The metric file `rel` when present, or the message saying what is missing.
+    pub fn metric(&self, rel: &str) -> std::result::Result<PathBuf, String> {
+        let p = self.path(rel);
+        if p.is_file() {
+            return Ok(p);
+        }
+        let what = METRIC_FILES
+            .iter()
+            .find(|(r, _)| *r == rel)
+            .map_or("", |(_, w)| w);
+        Err(format!("{} not found ({what}; docs/sd15.md)", p.display()))
     }
 
     /// Every missing file at once, each with where it comes from.

@@ -1,11 +1,14 @@
 //! The frozen networks of an sd15 run besides the UNets, loaded once: the VAE decoder, the
-//! CLIP towers and the aesthetic head. The rewards and the evaluation share them.
+//! CLIP towers, the aesthetic head and, where their files are present, the alignment
+//! metrics HPSv2 and PickScore. The rewards and the evaluation share them.
 
 use super::layout::{self, Layout};
+use crate::models::clip::open_clip::{load_open_clip, OpenClipConfig};
 use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
 use crate::models::vae::{self, VaeDecoder};
 use crate::rewards::aesthetic::AestheticHead;
 use crate::rewards::clip_preprocess::clip_preprocess;
+use crate::rewards::clip_score::ClipScoreReward;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -18,6 +21,10 @@ pub struct Sd15Parts {
     pub prompt_embeds: Tensor,
     pub prompts: Vec<String>,
     pub dtype: DType,
+    /// HPSv2: the cosine under its OpenCLIP ViT-H/14, or why it is absent.
+    pub hps: std::result::Result<ClipScoreReward, String>,
+    /// PickScore: exp(logit_scale) x the cosine under its CLIP, or why it is absent.
+    pub pickscore: std::result::Result<ClipScoreReward, String>,
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
@@ -68,6 +75,18 @@ impl Sd15Parts {
             head_dtype,
         )?;
         let prompt_embeds = text_embeds(&text, tokenizer, &prompts, device)?;
+        let hps = match layout.metric(layout::HPS) {
+            Ok(path) => Ok(load_hps(layout, &path, tokenizer, &prompts, device, dtype)
+                .with_context(|| format!("loading HPSv2 from {}", path.display()))?),
+            Err(why) => Err(why),
+        };
+        let pickscore = match layout.metric(layout::PICKSCORE) {
+            Ok(path) => Ok(
+                load_pickscore(layout, &path, tokenizer, &prompts, device, dtype)
+                    .with_context(|| format!("loading PickScore from {}", path.display()))?,
+            ),
+            Err(why) => Err(why),
+        };
         Ok(Self {
             vae,
             vision,
@@ -75,7 +94,39 @@ impl Sd15Parts {
             prompt_embeds,
             prompts,
             dtype,
+            hps,
+            pickscore,
         })
+    }
+
+    /// HPSv2 [B] of latents, differentiable with respect to them (`rewards.hps`).
+    pub fn hps(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        Self::aligned(&self.hps, "rewards.hps", &self.decode(latents)?, cond)?
+            .to_dtype(latents.dtype())
+    }
+
+    /// PickScore [B] of latents, differentiable with respect to them (`rewards.pickscore`).
+    pub fn pickscore(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        Self::aligned(
+            &self.pickscore,
+            "rewards.pickscore",
+            &self.decode(latents)?,
+            cond,
+        )?
+        .to_dtype(latents.dtype())
+    }
+
+    /// An alignment score of decoded images [B, 3, H, W], or an error naming the missing file.
+    pub fn aligned(
+        model: &std::result::Result<ClipScoreReward, String>,
+        name: &str,
+        images: &Tensor,
+        cond: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match model {
+            Ok(m) => m.score(images, cond),
+            Err(why) => candle_core::bail!("{name} needs its weights: {why}"),
+        }
     }
 
     /// Latents -> images in [-1, 1]-ish, in the latents' dtype (the VAE runs in the frozen
@@ -170,6 +221,53 @@ pub fn text_states(
     device: &Device,
 ) -> Result<Tensor> {
     encode(text, tok, prompts, device, |ids| text.forward(ids))
+}
+
+/// HPSv2's OpenCLIP towers (config `hps/open_clip_config.json`, or ViT-H-14) with the
+/// prompts' normalised text embeddings; the text tower is dropped after them.
+fn load_hps(
+    layout: &Layout,
+    path: &std::path::Path,
+    tok: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+    dtype: DType,
+) -> Result<ClipScoreReward> {
+    let cfg_path = layout.dir.join(layout::HPS_CONFIG);
+    let cfg = match cfg_path.is_file() {
+        true => {
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("reading {}", cfg_path.display()))?;
+            OpenClipConfig::from_json(&text)
+                .with_context(|| format!("parsing {}", cfg_path.display()))?
+        }
+        false => OpenClipConfig::vit_h14(),
+    };
+    let towers = load_open_clip(path, &cfg, device, dtype)?;
+    let embeds = text_embeds(&towers.text, tok, prompts, device)?;
+    Ok(ClipScoreReward::new(towers.vision, &embeds)?)
+}
+
+/// PickScore's `CLIPModel` (config `pickscore/config.json`, or ViT-H/14's), its prompts'
+/// normalised text embeddings and exp(logit_scale).
+fn load_pickscore(
+    layout: &Layout,
+    path: &std::path::Path,
+    tok: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+    dtype: DType,
+) -> Result<ClipScoreReward> {
+    let cfg = config_or(
+        layout.config_of(layout::PICKSCORE),
+        OpenClipConfig::vit_h14().to_clip()?,
+        ClipConfig::from_json,
+    )?;
+    let vision = clip::load_vision(path, &cfg.vision_config, device, dtype)?;
+    let text = clip::load_text(path, &cfg.text_config, device, dtype, true)?;
+    let embeds = text_embeds(&text, tok, prompts, device)?;
+    let scale = clip::weights::logit_scale_exp(path)?;
+    Ok(ClipScoreReward::new(vision, &embeds)?.with_scale(scale))
 }
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).

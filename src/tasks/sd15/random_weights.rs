@@ -12,7 +12,12 @@
 
 use super::hf_config;
 use super::layout::{self, Layout};
-use crate::models::clip::{ClipConfig, ClipText, ClipTextConfig, ClipVision, ClipVisionConfig};
+use crate::models::clip::open_clip::{
+    open_clip_params, OpenClipConfig, OpenClipTextCfg, OpenClipVisionCfg,
+};
+use crate::models::clip::{
+    Activation, ClipConfig, ClipText, ClipTextConfig, ClipVision, ClipVisionConfig,
+};
 use crate::models::vae::{AutoencoderKLConfig, VaeDecoder};
 use crate::models::{UNet2DConditionModel, UNetConfig};
 use crate::rewards::aesthetic::AestheticHead;
@@ -30,6 +35,10 @@ pub struct Sizes {
     pub vae: AutoencoderKLConfig,
     pub text: ClipTextConfig,
     pub clip: ClipConfig,
+    /// HPSv2's OpenCLIP (ViT-H/14 for SD-1.5).
+    pub hps: OpenClipConfig,
+    /// PickScore's CLIPModel (ViT-H/14 for SD-1.5).
+    pub pickscore: ClipConfig,
     /// Rank of the random LCM-LoRA.
     pub lcm_rank: usize,
 }
@@ -42,6 +51,10 @@ impl Sizes {
             vae: AutoencoderKLConfig::sd15(),
             text: ClipTextConfig::vit_l14_text(),
             clip: ClipConfig::vit_l14(),
+            hps: OpenClipConfig::vit_h14(),
+            pickscore: OpenClipConfig::vit_h14()
+                .to_clip()
+                .expect("ViT-H/14's head width divides its width"),
             lcm_rank: 64,
         }
     }
@@ -72,6 +85,30 @@ impl Sizes {
             projection_dim: ClipVisionConfig::tiny().projection_dim,
         };
         clip.text_config.projection_dim = clip.projection_dim;
+        // The metrics' towers as their real ones are: exact GELU, OpenCLIP's layout for HPS.
+        let hps = OpenClipConfig {
+            embed_dim: 16,
+            vision_cfg: OpenClipVisionCfg {
+                layers: 2,
+                width: 32,
+                head_width: 8,
+                patch_size: 7,
+                image_size: 28,
+                ..Default::default()
+            },
+            text_cfg: OpenClipTextCfg {
+                context_length: 8,
+                vocab_size: text.vocab_size,
+                width: 32,
+                heads: 4,
+                layers: 2,
+                ..Default::default()
+            },
+            quick_gelu: false,
+        };
+        let mut pickscore = clip.clone();
+        pickscore.vision_config.hidden_act = Activation::Gelu;
+        pickscore.text_config.hidden_act = Activation::Gelu;
         Self {
             unet: UNetConfig {
                 sample_size: 8,
@@ -91,6 +128,8 @@ impl Sizes {
             vae: AutoencoderKLConfig::tiny(),
             text,
             clip,
+            hps,
+            pickscore,
             lcm_rank: 2,
         }
     }
@@ -101,7 +140,7 @@ impl Sizes {
 fn init(name: &str, shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm = ["norm", "layrnorm", "layer_norm"]
+    let is_norm = ["norm", "layrnorm", "layer_norm", "ln_"]
         .iter()
         .any(|k| name.contains(k));
     Ok(if leaf == "bias" {
@@ -175,25 +214,11 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
         &hf_config::clip_text(&sizes.text, ids, dtype, true),
     )?;
 
-    let mut clip = random(
-        &expected_params(|vb| ClipVision::new(vb, &sizes.clip.vision_config))?,
-        "",
-        rng,
-        dtype,
-    )?;
-    clip.extend(random(
-        &expected_params(|vb| ClipText::new(vb, &sizes.clip.text_config, true))?,
-        "",
-        rng,
-        dtype,
-    )?);
-    // CLIPModel's temperature, at transformers' initial value ln(1 / 0.07).
-    clip.insert(
-        "logit_scale".into(),
-        Tensor::new(hf_config::LOGIT_SCALE_INIT as f32, &Device::Cpu)?.to_dtype(dtype)?,
-    );
-    save(&l.dir.join(layout::CLIP), &clip)?;
     let clip_ids = (TOKENIZER_BOS, TOKENIZER_EOS);
+    save(
+        &l.dir.join(layout::CLIP),
+        &clip_model(&sizes.clip, rng, dtype)?,
+    )?;
     save_json(
         &l.dir.join("clip-vit-large-patch14/config.json"),
         &hf_config::clip(&sizes.clip, clip_ids, dtype),
@@ -207,8 +232,45 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
         &l.dir.join(layout::LCM_LORA),
         &lcm_lora(&unet, sizes.lcm_rank, rng)?,
     )?;
+    // The alignment metrics last, so the files above keep their values.
+    save(
+        &l.dir.join(layout::PICKSCORE),
+        &clip_model(&sizes.pickscore, rng, dtype)?,
+    )?;
+    save_json(
+        &l.dir.join("pickscore/config.json"),
+        &hf_config::clip(&sizes.pickscore, clip_ids, dtype),
+    )?;
+    // HPSv2 in open_clip's keys, as the safetensors form of its checkpoint.
+    let mut hps = random(&open_clip_params(&sizes.hps)?, "", rng, dtype)?;
+    hps.insert("logit_scale".into(), logit_scale(dtype)?);
+    save(&l.dir.join(layout::HPS).with_extension("safetensors"), &hps)?;
+    save_json(&l.dir.join(layout::HPS_CONFIG), &sizes.hps)?;
     write_tokenizer(&l.dir.join("tokenizer"))?;
     Ok(l)
+}
+
+/// CLIP's temperature at transformers' and open_clip's initial value ln(1 / 0.07).
+fn logit_scale(dtype: DType) -> Result<Tensor> {
+    Ok(Tensor::new(hf_config::LOGIT_SCALE_INIT as f32, &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// A random transformers `CLIPModel` file: both towers, their projections, `logit_scale`.
+fn clip_model(cfg: &ClipConfig, rng: &mut Rng, dtype: DType) -> Result<BTreeMap<String, Tensor>> {
+    let mut t = random(
+        &expected_params(|vb| ClipVision::new(vb, &cfg.vision_config))?,
+        "",
+        rng,
+        dtype,
+    )?;
+    t.extend(random(
+        &expected_params(|vb| ClipText::new(vb, &cfg.text_config, true))?,
+        "",
+        rng,
+        dtype,
+    )?);
+    t.insert("logit_scale".into(), logit_scale(dtype)?);
+    Ok(t)
 }
 
 /// A kohya-format LoRA on every attention projection and every resnet 3x3 convolution of

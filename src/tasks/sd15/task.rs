@@ -1,6 +1,6 @@
 //! The `sd15` task: the policy (LoRA on the attention projections of SD-1.5's UNet), the
 //! frozen reference (the same base weights without adapters), LCM-LoRA merged into a
-//! frozen copy as f_ψ, and the rewards `aesthetic` and `clip_score`.
+//! frozen copy as f_ψ, and the rewards `aesthetic`, `clip_score`, `hps` and `pickscore`.
 
 use super::layout::{self, Layout};
 use super::parts::{self, Sd15Parts};
@@ -171,7 +171,8 @@ impl Task for Sd15Task {
                 p
             }
         };
-        let (a, c) = (parts.clone(), parts.clone());
+        let (a, c, h, k) = (parts.clone(), parts.clone(), parts.clone(), parts.clone());
+        let needs_cond = |name: &str| format!("rewards.{name}(x0, cond) needs the condition ids");
         let rewards: Vec<(String, TensorFn)> = vec![
             (
                 "aesthetic".into(),
@@ -184,6 +185,20 @@ impl Task for Sd15Task {
                     None => {
                         candle_core::bail!("rewards.clip_score(x0, cond) needs the condition ids")
                     }
+                }),
+            ),
+            (
+                "hps".into(),
+                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
+                    Some(cond) => h.hps(x, cond),
+                    None => Err(candle_core::Error::Msg(needs_cond("hps"))),
+                }),
+            ),
+            (
+                "pickscore".into(),
+                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
+                    Some(cond) => k.pickscore(x, cond),
+                    None => Err(candle_core::Error::Msg(needs_cond("pickscore"))),
                 }),
             ),
         ];
