@@ -19,6 +19,7 @@ mod kl;
 mod lora_files;
 mod lua_tensor_ops;
 mod parity;
+mod parity_alignment;
 mod readme;
 mod replay;
 mod resume;

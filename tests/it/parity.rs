@@ -23,7 +23,7 @@ const DEV: Device = Device::Cpu;
 /// Relative to the reference's largest absolute value.
 const RTOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     crate::common::repo_root().join("tests/fixtures/parity")
 }
 
@@ -32,7 +32,7 @@ fn sd() -> Layout {
     Layout::new(fixtures().join("sd"))
 }
 
-fn io(name: &str) -> HashMap<String, Tensor> {
+pub(crate) fn io(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join(name), &DEV).unwrap()
 }
 
@@ -46,7 +46,7 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 /// |ours - reference| <= RTOL * max |reference| everywhere, same shape.
-fn assert_close(ours: &Tensor, reference: &Tensor, what: &str) {
+pub(crate) fn assert_close(ours: &Tensor, reference: &Tensor, what: &str) {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
     let (a, b) = (flat(ours), flat(reference));
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
