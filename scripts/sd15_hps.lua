@@ -20,7 +20,7 @@ return {
     micro_batch = 1, -- sampled and back-propagated one at a time (docs/sd15.md: SD-1.5 memory)
     updates_per_epoch = 1, -- released code: replay_ratio 1
     lr = 5e-4, -- paper, large scale: 5e-4, AdamW(0.9, 0.999, wd 1e-4)
-    alpha = 0.05, -- paper, large scale: 0.05 (HPS scores are about 0.2-0.35)
+    alpha = 0.05, -- paper, large scale: 0.05 (HPS is a cosine: the paper reports about 0.28)
     gamma = 0.93, -- paper, large scale: 0.93
     capacity = 1024, -- released code: FIFO of 1024 trajectories
     sampling = "uniform",

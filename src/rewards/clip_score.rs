@@ -55,7 +55,7 @@ impl ClipScoreReward {
         })
     }
 
-    /// The cosine times `scale` (PickScore: exp(logit_scale), about 100).
+    /// The cosine times `scale` (PickScore: exp(logit_scale) of its file).
     pub fn with_scale(self, scale: f64) -> Self {
         Self { scale, ..self }
     }
@@ -72,10 +72,6 @@ impl ClipScoreReward {
             self.vision.config().image_size,
         )?;
         let img = self.vision.forward(&pixels)?;
-        let cos = cosine_to_prompts(&img, &self.text_embeds, &cond.to_device(img.device())?)?;
-        match self.scale == 1.0 {
-            true => Ok(cos),
-            false => cos * self.scale,
-        }
+        cosine_to_prompts(&img, &self.text_embeds, &cond.to_device(img.device())?)? * self.scale
     }
 }

@@ -18,7 +18,7 @@ use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 use super::{text::ClipText, vision::ClipVision};
 use crate::tensor_io::{check_params, expected_params, WeightFile};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -328,35 +328,9 @@ pub fn open_clip_params(cfg: &OpenClipConfig) -> Result<Params> {
     Ok(plan(&cfg.to_clip()?)?.1)
 }
 
-/// Reads the open_clip tensors `names` from a safetensors file or a PyTorch checkpoint
-/// (`torch.save` of the state dict, or of `{"state_dict": ...}` as HPSv2 ships it; keys may
-/// carry DistributedDataParallel's `module.` prefix).
-fn read_sources(path: &Path, names: &[&str]) -> Result<HashMap<String, Tensor>> {
-    if !super::weights::is_pickle(path) {
-        return super::weights::read_tensors(path, names);
-    }
-    if !path.exists() {
-        bail!("weight file {} not found", path.display());
-    }
-    let unreadable =
-        |e: candle_core::Error| anyhow!("{} is not a readable PyTorch file: {e}", path.display());
-    let nested = candle_core::pickle::read_pth_tensor_info(path, false, Some("state_dict")).is_ok();
-    let file = candle_core::pickle::PthTensors::new(path, nested.then_some("state_dict"))
-        .map_err(unreadable)?;
-    let mut out = HashMap::new();
-    for &name in names {
-        for stored in [name.to_string(), format!("module.{name}")] {
-            if let Some(t) = file.get(&stored).map_err(unreadable)? {
-                out.insert(name.to_string(), t);
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Both towers of the OpenCLIP checkpoint at `path` in `dtype` on `device`. A missing key
-/// or a wrong shape is an error naming the file and the open_clip key.
+/// Both towers of the OpenCLIP checkpoint at `path` (safetensors, or a PyTorch file as
+/// HPSv2 ships it: `weights::read_tensors`) in `dtype` on `device`. A missing key or a
+/// wrong shape is an error naming the file and the open_clip key.
 pub fn load_open_clip(
     path: &Path,
     cfg: &OpenClipConfig,
@@ -367,7 +341,7 @@ pub fn load_open_clip(
     let (map, sources) = plan(&clip_cfg)?;
     let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
     let file = WeightFile {
-        tensors: read_sources(path, &names)?,
+        tensors: super::weights::read_tensors(path, &names)?,
         metadata: HashMap::new(),
     };
     check_params(path, &file, &sources)?;

@@ -6,6 +6,7 @@
 
 use crate::tensor_io::{check_params, expected_params, WeightFile};
 use anyhow::{anyhow, Context, Result};
+use candle_core::pickle::PthTensors;
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -22,18 +23,32 @@ pub fn is_pickle(path: &Path) -> bool {
 }
 
 /// The tensors of `path` named in `names` that it holds (on the CPU, in the file's dtype);
-/// absent names are left for `check_params` to report.
+/// absent names are left for `check_params` to report. A PyTorch file is read lazily (only
+/// the named tensors), whether it holds the state dict itself or `{"state_dict": ...}`
+/// (training checkpoints such as HPSv2's), with or without DistributedDataParallel's
+/// `module.` prefix on the keys.
 pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tensor>> {
     if is_pickle(path) {
         if !path.exists() {
             anyhow::bail!("weight file {} not found", path.display());
         }
-        let all = candle_core::pickle::read_all(path)
-            .map_err(|e| anyhow!("{} is not a readable PyTorch file: {e}", path.display()))?;
-        return Ok(all
-            .into_iter()
-            .filter(|(k, _)| names.contains(&k.as_str()))
-            .collect());
+        let unreadable = |e: candle_core::Error| {
+            anyhow!("{} is not a readable PyTorch file: {e}", path.display())
+        };
+        let file = match PthTensors::new(path, Some("state_dict")) {
+            Ok(nested) => nested,
+            Err(_) => PthTensors::new(path, None).map_err(unreadable)?,
+        };
+        let mut out = HashMap::new();
+        for &name in names {
+            for stored in [name.to_string(), format!("module.{name}")] {
+                if let Some(t) = file.get(&stored).map_err(unreadable)? {
+                    out.insert(name.to_string(), t);
+                    break;
+                }
+            }
+        }
+        return Ok(out);
     }
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("weight file {} not found", path.display()),
@@ -54,7 +69,7 @@ pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tenso
 }
 
 /// Which of `names` the file at `path` holds, reading only a safetensors file's header (a
-/// PyTorch file is read whole). A missing or malformed file is an error naming it.
+/// PyTorch file's named tensors are read). A missing or malformed file is an error naming it.
 pub fn which_keys(path: &Path, names: &[&str]) -> Result<Vec<String>> {
     if is_pickle(path) {
         return Ok(read_tensors(path, names)?.into_keys().collect());

@@ -1,5 +1,5 @@
 //! `sd15`: the paper's headline experiment, Stable Diffusion 1.5 fine-tuned with LoRA for
-//! the LAION aesthetic score (§5.1), from the public weight files in a folder the user
+//! the LAION aesthetic score or HPSv2 (§5.1), from the public weight files in a folder the user
 //! names (`layout.rs` lists them; nothing is downloaded). LCM-LoRA, merged once into a
 //! frozen copy of the UNet, is the consistency model. Tested here on tiny random models
 //! with the real key names (`random_weights.rs`); run for real on a GPU.

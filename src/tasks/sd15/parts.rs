@@ -28,17 +28,19 @@ pub struct Sd15Parts {
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
-pub fn config_or<T>(
+pub fn config_or<T, E: Into<anyhow::Error>>(
     path: Option<std::path::PathBuf>,
     default: T,
-    parse: impl Fn(&str) -> serde_json::Result<T>,
+    parse: impl Fn(&str) -> std::result::Result<T, E>,
 ) -> Result<T> {
     match path {
         None => Ok(default),
         Some(p) => {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            parse(&text).with_context(|| format!("parsing {}", p.display()))
+            parse(&text)
+                .map_err(Into::into)
+                .with_context(|| format!("parsing {}", p.display()))
         }
     }
 }
@@ -117,7 +119,7 @@ impl Sd15Parts {
     }
 
     /// An alignment score of decoded images [B, 3, H, W], or an error naming the missing file.
-    pub fn aligned(
+    fn aligned(
         model: &std::result::Result<ClipScoreReward, String>,
         name: &str,
         images: &Tensor,
@@ -234,15 +236,11 @@ fn load_hps(
     dtype: DType,
 ) -> Result<ClipScoreReward> {
     let cfg_path = layout.dir.join(layout::HPS_CONFIG);
-    let cfg = match cfg_path.is_file() {
-        true => {
-            let text = std::fs::read_to_string(&cfg_path)
-                .with_context(|| format!("reading {}", cfg_path.display()))?;
-            OpenClipConfig::from_json(&text)
-                .with_context(|| format!("parsing {}", cfg_path.display()))?
-        }
-        false => OpenClipConfig::vit_h14(),
-    };
+    let cfg = config_or(
+        cfg_path.is_file().then_some(cfg_path),
+        OpenClipConfig::vit_h14(),
+        OpenClipConfig::from_json,
+    )?;
     let towers = load_open_clip(path, &cfg, device, dtype)?;
     let embeds = text_embeds(&towers.text, tok, prompts, device)?;
     Ok(ClipScoreReward::new(towers.vision, &embeds)?)

@@ -47,6 +47,20 @@ pub fn sampler(schedule: &NoiseSchedule, steps: usize, eta: f64) -> DdimSampler 
     )
 }
 
+/// `rewards.<name>(x0, cond)`: a score of the image against its prompt.
+fn prompt_reward(
+    name: &'static str,
+    parts: &Arc<Sd15Parts>,
+    score: fn(&Sd15Parts, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> (String, TensorFn) {
+    let parts = parts.clone();
+    let f = move |x: &Tensor, cond: Option<&Tensor>| match cond {
+        Some(cond) => score(&parts, x, cond),
+        None => candle_core::bail!("rewards.{name}(x0, cond) needs the condition ids"),
+    };
+    (name.into(), Arc::new(f))
+}
+
 /// The UNet's config (unet/config.json, or SD-1.5's).
 pub fn unet_config(layout: &Layout) -> Result<UNetConfig> {
     let cfg = parts::config_or(layout.config_of(layout::UNET), UNetConfig::sd15(), |s| {
@@ -171,36 +185,15 @@ impl Task for Sd15Task {
                 p
             }
         };
-        let (a, c, h, k) = (parts.clone(), parts.clone(), parts.clone(), parts.clone());
-        let needs_cond = |name: &str| format!("rewards.{name}(x0, cond) needs the condition ids");
+        let a = parts.clone();
         let rewards: Vec<(String, TensorFn)> = vec![
             (
                 "aesthetic".into(),
                 Arc::new(move |x: &Tensor, _: Option<&Tensor>| a.aesthetic(x)),
             ),
-            (
-                "clip_score".into(),
-                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
-                    Some(cond) => c.clip_score(x, cond),
-                    None => {
-                        candle_core::bail!("rewards.clip_score(x0, cond) needs the condition ids")
-                    }
-                }),
-            ),
-            (
-                "hps".into(),
-                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
-                    Some(cond) => h.hps(x, cond),
-                    None => Err(candle_core::Error::Msg(needs_cond("hps"))),
-                }),
-            ),
-            (
-                "pickscore".into(),
-                Arc::new(move |x: &Tensor, cond: Option<&Tensor>| match cond {
-                    Some(cond) => k.pickscore(x, cond),
-                    None => Err(candle_core::Error::Msg(needs_cond("pickscore"))),
-                }),
-            ),
+            prompt_reward("clip_score", &parts, Sd15Parts::clip_score),
+            prompt_reward("hps", &parts, Sd15Parts::hps),
+            prompt_reward("pickscore", &parts, Sd15Parts::pickscore),
         ];
         let guided = |net: PromptUNet| -> Arc<dyn Denoiser> {
             Arc::new(Guided {
