@@ -25,6 +25,7 @@ pub mod script;
 pub mod tasks;
 pub mod tensor_io;
 pub mod text;
+pub mod torch_legacy;
 pub mod train;
 
 /// The dtype of trained variables, states, the buffer and losses; frozen networks may run

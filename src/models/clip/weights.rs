@@ -13,12 +13,13 @@ use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Whether `path` is a PyTorch pickle archive (`torch.save`): `.pth`, `.pt`, `.bin`.
+/// Whether `path` is a PyTorch pickle archive (`torch.save`): `.pth`, `.pt`, `.bin`,
+/// `.pth.tar`.
 /// Anything else is read as safetensors.
 pub fn is_pickle(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
-        Some("pth" | "pt" | "bin")
+        Some("pth" | "pt" | "bin" | "tar")
     )
 }
 
@@ -26,11 +27,24 @@ pub fn is_pickle(path: &Path) -> bool {
 /// absent names are left for `check_params` to report. A PyTorch file is read lazily (only
 /// the named tensors), whether it holds the state dict itself or `{"state_dict": ...}`
 /// (training checkpoints such as HPSv2's), with or without DistributedDataParallel's
-/// `module.` prefix on the keys.
+/// `module.` prefix on the keys; a legacy (pre-1.6, non-zip) file is read whole
+/// (`torch_legacy`).
 pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tensor>> {
     if is_pickle(path) {
         if !path.exists() {
             anyhow::bail!("weight file {} not found", path.display());
+        }
+        if crate::torch_legacy::is_legacy(path) {
+            let mut all = crate::torch_legacy::read(path)?;
+            return Ok(names
+                .iter()
+                .filter_map(|&n| {
+                    let t = all
+                        .remove(n)
+                        .or_else(|| all.remove(&format!("module.{n}")))?;
+                    Some((n.to_string(), t))
+                })
+                .collect());
         }
         let unreadable = |e: candle_core::Error| {
             anyhow!("{} is not a readable PyTorch file: {e}", path.display())
