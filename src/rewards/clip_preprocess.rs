@@ -25,21 +25,64 @@ use candle_core::{Device, Result, Tensor};
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
+/// A resampling filter as PIL defines it: its kernel and support (in source pixels at
+/// scale 1; both widen by the downscale factor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// PIL's BILINEAR / torchvision's antialiased bilinear: 1 − |x| on [−1, 1].
+    Triangle,
+    /// PIL's BICUBIC (Keys' cubic with a = −0.5) on [−2, 2].
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Triangle => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn kernel(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Triangle => (1.0 - x).max(0.0),
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
 /// The [out_len, in_len] (row-major) matrix resizing a signal of `in_len` samples to
-/// `out_len` with PIL's triangle filter: output sample i is centred at source position
-/// (i + 1/2) * in/out, the filter is widened by max(in/out, 1) (antialiasing when
-/// downscaling), weights outside the signal are dropped and each row renormalised to sum
-/// to 1. Upscaling is then plain half-pixel bilinear with edges clamped.
+/// `out_len` with PIL's triangle filter (see `filter_weights`).
 pub fn resize_weights(in_len: usize, out_len: usize) -> Vec<f32> {
+    filter_weights(in_len, out_len, Filter::Triangle)
+}
+
+/// The [out_len, in_len] (row-major) matrix of PIL's resampling with `filter`: output
+/// sample i is centred at source position (i + 1/2) * in/out, the filter is widened by
+/// max(in/out, 1) (antialiasing when downscaling), weights outside the signal are dropped
+/// and each row renormalised to sum to 1. PIL then rounds to 8 bits between and after the
+/// two passes; this float resize does not.
+pub fn filter_weights(in_len: usize, out_len: usize, filter: Filter) -> Vec<f32> {
     let scale = in_len as f64 / out_len as f64;
     let width = scale.max(1.0);
+    let support = filter.support() * width;
     let mut m = vec![0f32; out_len * in_len];
     for i in 0..out_len {
         let center = (i as f64 + 0.5) * scale;
-        let lo = (center - width + 0.5).floor().max(0.0) as usize;
-        let hi = ((center + width + 0.5).floor() as usize).min(in_len);
+        let lo = (center - support + 0.5).floor().max(0.0) as usize;
+        let hi = ((center + support + 0.5).floor() as usize).min(in_len);
         let w: Vec<f64> = (lo..hi)
-            .map(|j| (1.0 - ((j as f64 + 0.5 - center) / width).abs()).max(0.0))
+            .map(|j| filter.kernel((j as f64 + 0.5 - center) / width))
             .collect();
         let total: f64 = w.iter().sum();
         for (j, wj) in (lo..hi).zip(w) {
@@ -67,30 +110,82 @@ pub fn resize_crop_weights(h: usize, w: usize, size: usize) -> (Vec<f32>, Vec<f3
 /// x [B, C, H, W] -> R_h x R_w^T [B, C, size, size], as two 2-D matmuls (their backward
 /// is two gemms; the matrices are constants).
 pub fn resize_crop(x: &Tensor, size: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
     if h == size && w == size {
         return Ok(x.clone());
     }
     let (rh, rw) = resize_crop_weights(h, w, size);
-    let mat = |v: Vec<f32>, n: usize| {
-        Tensor::from_vec(v, (size, n), &Device::Cpu)?
+    apply_resize(x, rh, (size, h), rw, (size, w), false)
+}
+
+/// x [B, C, H, W] resized to [B, C, out_h, out_w] with `filter` (no crop, the aspect ratio
+/// not kept: DreamSim's `Resize((S, S))`). Bicubic output is clipped to [0, 1] after each
+/// pass, as PIL clips its 8-bit passes: x must be an image in [0, 1].
+pub fn resize(x: &Tensor, out_h: usize, out_w: usize, filter: Filter) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let rh = filter_weights(h, out_h, filter);
+    let rw = filter_weights(w, out_w, filter);
+    apply_resize(x, rh, (out_h, h), rw, (out_w, w), filter == Filter::Bicubic)
+}
+
+/// torchvision's `Resize(size)` (shortest side to `size`, the other int(size * long /
+/// short)) then `CenterCrop(size)` (offsets round((n − size) / 2), halves to even), with
+/// `filter`: ImageReward's preprocessing of a tensor. Bicubic output is clipped as by
+/// `resize`.
+pub fn resize_center_crop(x: &Tensor, size: usize, filter: Filter) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (nh, nw) = if w <= h {
+        (size * h / w, size)
+    } else {
+        (size, size * w / h)
+    };
+    let crop = |in_len: usize, n: usize| {
+        let top = ((n - size) as f64 / 2.0).round_ties_even() as usize;
+        filter_weights(in_len, n, filter)[top * in_len..(top + size) * in_len].to_vec()
+    };
+    if (h, w) == (size, size) {
+        return Ok(x.clone());
+    }
+    let clip = filter == Filter::Bicubic;
+    apply_resize(x, crop(h, nh), (size, h), crop(w, nw), (size, w), clip)
+}
+
+/// R_h x R_w^T for row-major matrices R_h [oh, H] and R_w [ow, W], clipped to [0, 1]
+/// after each pass when `clip`.
+fn apply_resize(
+    x: &Tensor,
+    rh: Vec<f32>,
+    (oh, h): (usize, usize),
+    rw: Vec<f32>,
+    (ow, w): (usize, usize),
+    clip: bool,
+) -> Result<Tensor> {
+    let clip = |t: Tensor| if clip { t.clamp(0f32, 1f32) } else { Ok(t) };
+    let (b, c, _, _) = x.dims4()?;
+    let mat = |v: Vec<f32>, rows: usize, n: usize| {
+        Tensor::from_vec(v, (rows, n), &Device::Cpu)?
             .to_device(x.device())?
             .to_dtype(x.dtype())
     };
-    let (rh, rw) = (mat(rh, h)?, mat(rw, w)?);
+    let (rh, rw) = (mat(rh, oh, h)?, mat(rw, ow, w)?);
     // Along W: rows are (b, c, y).
-    let y = x.reshape((b * c * h, w))?.matmul(&rw.t()?)?;
+    let y = clip(x.reshape((b * c * h, w))?.matmul(&rw.t()?)?)?;
     // Along H: rows are (b, c, x_out).
     let y = y
-        .reshape((b * c, h, size))?
+        .reshape((b * c, h, ow))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((b * c * size, h))?
+        .reshape((b * c * ow, h))?
         .matmul(&rh.t()?)?;
-    y.reshape((b * c, size, size))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, c, size, size))
+    clip(
+        y.reshape((b * c, ow, oh))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, c, oh, ow))?,
+    )
 }
 
 /// Decoded images [B, 3, H, W] in [-1, 1] -> CLIP's normalised pixels [B, 3, size, size],
