@@ -24,7 +24,7 @@ pub use encoder::{
     EncoderDims,
 };
 pub use text::ClipText;
-pub use vision::ClipVision;
+pub use vision::{ClipVision, VisionLayout};
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::path::Path;

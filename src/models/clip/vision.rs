@@ -18,7 +18,7 @@ struct ClipVisionEmbeddings {
 }
 
 impl ClipVisionEmbeddings {
-    fn new(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &ClipVisionConfig, patch_bias: bool, vb: VarBuilder) -> Result<Self> {
         let (h, p) = (cfg.hidden_size, cfg.patch_size);
         // transformers' init scales (only used when building a fresh, random model).
         let normal = |std: f64| Init::Randn {
@@ -34,9 +34,13 @@ impl ClipVisionEmbeddings {
             stride: p,
             ..Default::default()
         };
+        let bias = match patch_bias {
+            true => Some(vb.get_with_hints(h, "patch_embedding.bias", Init::Const(0.0))?),
+            false => None,
+        };
         Ok(Self {
             class_embedding: vb.get_with_hints(h, "class_embedding", normal(0.02))?,
-            patch_embedding: Conv2d::new(weight, None, conv),
+            patch_embedding: Conv2d::new(weight, bias, conv),
             position_embedding: vb.get_with_hints(
                 (cfg.num_positions(), h),
                 "position_embedding.weight",
@@ -67,6 +71,25 @@ pub const VISION_PREFIX: &str = "vision_model";
 /// A key every vision tower has, relative to the tower.
 pub const VISION_PROBE_KEY: &str = "embeddings.patch_embedding.weight";
 
+/// What a ViT has beyond CLIP's: DINO-style towers (DreamSim's backbones) give the patch
+/// convolution a bias, and DINO itself has no layer norm before its blocks and no
+/// projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisionLayout {
+    pub patch_bias: bool,
+    pub pre_layernorm: bool,
+    pub projection: bool,
+}
+
+impl VisionLayout {
+    /// transformers' CLIP vision tower.
+    pub const CLIP: Self = Self {
+        patch_bias: false,
+        pre_layernorm: true,
+        projection: true,
+    };
+}
+
 /// The vision tower: pixels normalised as CLIP expects (see `rewards::clip_preprocess`)
 /// [B, 3, image_size, image_size] -> image embeddings [B, projection_dim].
 #[derive(Debug, Clone)]
@@ -74,10 +97,10 @@ pub struct ClipVision {
     cfg: ClipVisionConfig,
     embeddings: ClipVisionEmbeddings,
     /// transformers' spelling (`pre_layrnorm`), which the checkpoints keep.
-    pre_layrnorm: ClipLayerNorm,
+    pre_layrnorm: Option<ClipLayerNorm>,
     encoder: ClipEncoder,
     post_layernorm: ClipLayerNorm,
-    visual_projection: Linear,
+    visual_projection: Option<Linear>,
 }
 
 impl ClipVision {
@@ -91,6 +114,16 @@ impl ClipVision {
     /// root (`None`, as its `CLIPVisionModel` writes them); `visual_projection.weight` is
     /// always at the root.
     pub fn new_at(vb: VarBuilder, cfg: &ClipVisionConfig, prefix: Option<&str>) -> Result<Self> {
+        Self::new_with(vb, cfg, prefix, VisionLayout::CLIP)
+    }
+
+    /// As `new_at`, with the parts `layout` names present or absent.
+    pub fn new_with(
+        vb: VarBuilder,
+        cfg: &ClipVisionConfig,
+        prefix: Option<&str>,
+        layout: VisionLayout,
+    ) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("ClipVisionConfig: {e}")))?;
         let dims = EncoderDims {
@@ -108,11 +141,21 @@ impl ClipVision {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             cfg: cfg.clone(),
-            embeddings: ClipVisionEmbeddings::new(cfg, vm.pp("embeddings"))?,
-            pre_layrnorm: ClipLayerNorm::new(h, eps, vm.pp("pre_layrnorm"))?,
+            embeddings: ClipVisionEmbeddings::new(cfg, layout.patch_bias, vm.pp("embeddings"))?,
+            pre_layrnorm: match layout.pre_layernorm {
+                true => Some(ClipLayerNorm::new(h, eps, vm.pp("pre_layrnorm"))?),
+                false => None,
+            },
             encoder: ClipEncoder::new(&dims, vm.pp("encoder"))?,
             post_layernorm: ClipLayerNorm::new(h, eps, vm.pp("post_layernorm"))?,
-            visual_projection: linear_no_bias(h, cfg.projection_dim, vb.pp("visual_projection"))?,
+            visual_projection: match layout.projection {
+                true => Some(linear_no_bias(
+                    h,
+                    cfg.projection_dim,
+                    vb.pp("visual_projection"),
+                )?),
+                false => None,
+            },
         })
     }
 
@@ -122,7 +165,7 @@ impl ClipVision {
 
     /// The dtype of the weights (pixels must come in it).
     pub fn dtype(&self) -> DType {
-        self.visual_projection.weight().dtype()
+        self.embeddings.position_embedding.dtype()
     }
 
     /// The encoder's last hidden state [B, 1 + patches, hidden] (before post_layernorm).
@@ -137,8 +180,17 @@ impl ClipVision {
             )
         }
         let x = self.embeddings.forward(pixels)?;
-        let x = self.pre_layrnorm.forward(&x)?;
+        let x = match &self.pre_layrnorm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        };
         self.encoder.forward(&x, None)
+    }
+
+    /// post_layernorm of every token [B, 1 + patches, hidden] (BLIP's `image_embeds`).
+    pub fn normed_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.post_layernorm
+            .forward(&self.last_hidden_state(pixels)?)
     }
 
     /// transformers' `pooler_output`: post_layernorm of the class token, [B, hidden].
@@ -147,8 +199,13 @@ impl ClipVision {
         self.post_layernorm.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)
     }
 
-    /// `image_embeds` [B, projection_dim] (not normalised).
+    /// `image_embeds` [B, projection_dim] (not normalised); the pooled output for a tower
+    /// without a projection.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.visual_projection.forward(&self.pooled(pixels)?)
+        let pooled = self.pooled(pixels)?;
+        match &self.visual_projection {
+            Some(p) => p.forward(&pooled),
+            None => Ok(pooled),
+        }
     }
 }
