@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::{Tensor, D};
 
 /// Mean over i != j of a symmetric [n, n] distance matrix.
-fn mean_off_diagonal(d: &Tensor) -> Result<f64> {
+pub fn mean_off_diagonal(d: &Tensor) -> Result<f64> {
     let n = d.dim(0)?;
     let total = d
         .sum_all()?

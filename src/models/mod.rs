@@ -6,6 +6,7 @@ pub mod clip;
 pub mod consistency_model;
 pub mod denoiser;
 pub mod guidance;
+pub mod metrics;
 pub mod reward_net;
 pub mod toy_mlp;
 pub mod unet;

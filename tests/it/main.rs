@@ -20,6 +20,7 @@ mod lora_files;
 mod lua_tensor_ops;
 mod parity;
 mod parity_alignment;
+mod parity_diversity;
 mod readme;
 mod replay;
 mod resume;
