@@ -11,7 +11,10 @@
 use crate::parity::{assert_close, fixtures, io};
 use candle_core::{Device, Tensor};
 use sqdf::eval::diversity::mean_off_diagonal;
+use sqdf::models::metrics::dreamsim::{self, DreamSim, DreamSimConfig, DreamSimFiles};
 use sqdf::models::metrics::lpips::Lpips;
+use sqdf::rewards::clip_preprocess::{resize, Filter, CLIP_MEAN, CLIP_STD};
+use std::path::PathBuf;
 
 const DEV: Device = Device::Cpu;
 
@@ -78,5 +81,156 @@ fn a_missing_lpips_key_names_the_file_and_the_key() {
     assert!(
         msg.contains("alex.pth") && msg.contains("features.0.weight"),
         "{msg}"
+    );
+}
+
+fn dreamsim_dir() -> PathBuf {
+    fixtures().join("dreamsim")
+}
+
+fn dreamsim_config() -> DreamSimConfig {
+    let text = std::fs::read_to_string(dreamsim_dir().join("tiny_configs.json")).unwrap();
+    DreamSimConfig::from_json(&text).unwrap()
+}
+
+fn dreamsim_files() -> [PathBuf; 4] {
+    let m = dreamsim_dir().join("models");
+    [
+        m.join("checkpoints/dino_vitbase16_pretrain.pth"),
+        m.join("clip_vitb16_pretrain.pth.tar"),
+        m.join("open_clip_vitb16_pretrain.pth.tar"),
+        m.join("ensemble_lora/adapter_model.safetensors"),
+    ]
+}
+
+fn dreamsim_model() -> DreamSim {
+    let [dino, clip, open_clip, lora] = dreamsim_files();
+    let files = DreamSimFiles {
+        dino: &dino,
+        clip: &clip,
+        open_clip: &open_clip,
+        lora: &lora,
+    };
+    DreamSim::load(&files, &dreamsim_config(), &DEV).unwrap()
+}
+
+#[test]
+fn dreamsim_features_embeddings_and_distances_match_the_dreamsim_package() {
+    let io = io("dreamsim/dreamsim_io.safetensors");
+    let m = dreamsim_model();
+    let images = &io["images"];
+    let feats = m.features(images).unwrap();
+    let names = ["dino_feature", "clip_feature", "open_clip_feature"];
+    for (f, name) in feats.iter().zip(names) {
+        assert_close(f, &io[name], name);
+    }
+    let e = m.embed_pixels(images).unwrap();
+    assert_close(&e, &io["embedding"], "DreamSim embedding");
+    let d = e
+        .matmul(&e.t().unwrap())
+        .unwrap()
+        .affine(-1.0, 1.0)
+        .unwrap();
+    assert_close(&d, &io["distances"], "DreamSim distances");
+    let div = sqdf::eval::diversity::cosine_diversity(&e).unwrap();
+    let want = io["diversity"].to_vec1::<f32>().unwrap()[0] as f64;
+    assert!(
+        (div - want).abs() < 1e-4 * want,
+        "diversity {div} vs {want}"
+    );
+}
+
+#[test]
+fn dreamsim_backbones_without_the_adapter_match_the_package_with_it_disabled() {
+    let io = io("dreamsim/dreamsim_io.safetensors");
+    let cfg = dreamsim_config();
+    let files = dreamsim_files();
+    let names = ["dino", "clip", "open_clip"];
+    for (k, (name, tower_cfg, layout)) in cfg.towers().into_iter().enumerate() {
+        let vit = dreamsim::load_dino_vit(&files[k], "", &tower_cfg, layout, None, &DEV).unwrap();
+        let (mean, std) = match k {
+            0 => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            _ => (CLIP_MEAN, CLIP_STD),
+        };
+        let stat = |v: [f64; 3]| {
+            Tensor::new(&v.map(|x| x as f32), &DEV)
+                .unwrap()
+                .reshape((1, 3, 1, 1))
+                .unwrap()
+        };
+        let x = io["images"]
+            .broadcast_sub(&stat(mean))
+            .unwrap()
+            .broadcast_div(&stat(std))
+            .unwrap();
+        let f = match k {
+            0 => vit
+                .last_hidden_state(&x)
+                .unwrap()
+                .narrow(1, 0, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap(),
+            _ => vit.forward(&x).unwrap(),
+        };
+        let key = format!("{}_feature_no_lora", names[k]);
+        assert_close(&f, &io[key.as_str()], name);
+    }
+}
+
+#[test]
+fn dreamsim_resize_is_pils_bicubic_up_to_its_8_bit_rounding() {
+    let io = io("dreamsim/dreamsim_io.safetensors");
+    // [H, W, C] bytes -> [1, C, H, W] in [0, 1].
+    let raw = io["raw_image_hwc_u8"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .affine(1.0 / 255.0, 0.0)
+        .unwrap();
+    let ours = resize(&raw, 48, 48, Filter::Bicubic).unwrap();
+    let want = &io["raw_image_preprocessed"];
+    let worst = (&ours - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    // PIL rounds to 8 bits after each of its two passes and clips the first pass's
+    // overshoot: about one level of 255 in all.
+    assert!(worst <= 1.5 / 255.0, "bicubic resize off PIL's by {worst}");
+    assert!(worst > 0.0, "the fixture should show PIL's rounding");
+}
+
+#[test]
+fn a_dreamsim_adapter_on_other_modules_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora_dir = dir.path().join("ensemble_lora");
+    std::fs::create_dir_all(&lora_dir).unwrap();
+    let src = dreamsim_dir().join("models/ensemble_lora");
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        lora_dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(src.join("adapter_config.json"))
+        .unwrap()
+        .replace("\"qkv\"", "\"qkv\", \"proj\"");
+    std::fs::write(lora_dir.join("adapter_config.json"), cfg).unwrap();
+    let err = dreamsim::load_lora(
+        &lora_dir.join("adapter_model.safetensors"),
+        &dreamsim_config(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("adapter_config.json") && err.contains("target_modules"),
+        "{err}"
     );
 }

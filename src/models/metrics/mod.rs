@@ -1,4 +1,6 @@
 //! The evaluation metrics' networks (paper §5.1, Appendix D): frozen, evaluation only.
 
 pub mod alexnet;
+pub mod dino_vit;
+pub mod dreamsim;
 pub mod lpips;
