@@ -2,14 +2,19 @@
 //! (`tools/parity/make_alignment_fixtures.py`, fixtures in
 //! `tests/fixtures/parity/alignment/`): HPSv2's checkpoint as `hpsv2` ships it (open_clip's
 //! keys inside `{"state_dict": ...}`), read into sqdf's CLIP towers, scores as
-//! `hpsv2.score` does; PickScore's `CLIPModel` (exact GELU), scores as its model card does.
+//! `hpsv2.score` does; PickScore's `CLIPModel` (exact GELU), scores as its model card does;
+//! ImageReward's checkpoint (`tests/fixtures/parity/image_reward/`), scores as the
+//! `image-reward` package's `score_gard` and `score` give them.
 
 use crate::parity::{assert_close, fixtures, io};
 use candle_core::{DType, Device, Tensor};
 use sqdf::models::clip::open_clip::{load_open_clip, open_clip_params, OpenClipConfig};
 use sqdf::models::clip::{self, ClipConfig};
+use sqdf::models::metrics::dino_vit::DinoVitConfig;
+use sqdf::models::metrics::image_reward::{self, med_bert::MedConfig, ImageReward};
 use sqdf::rewards::clip_preprocess::clip_preprocess;
 use sqdf::rewards::clip_score::ClipScoreReward;
+use sqdf::text::BertTokenizer;
 
 const DEV: Device = Device::Cpu;
 
@@ -98,4 +103,90 @@ fn a_missing_open_clip_key_names_the_file_and_the_key() {
     all.insert(missing.into(), file.get(missing).unwrap().unwrap());
     candle_core::safetensors::save(&all, &path).unwrap();
     assert!(load_open_clip(&path, &cfg, &DEV, DType::F32).is_ok());
+}
+
+// ------------------------------------------------------------------------------------
+// ImageReward (tools/parity/make_image_reward_fixtures.py: the package's own `ImageReward`
+// class at a tiny size, saved as `ImageReward.pt` is, scored by `score_gard` and `score`)
+
+fn image_reward_dir() -> std::path::PathBuf {
+    alignment().parent().unwrap().join("image_reward")
+}
+
+/// The fixture's ViT (`image_reward_io.json`'s "vit") and the tokenised prompts.
+fn image_reward() -> (ImageReward, Vec<String>) {
+    let dir = image_reward_dir();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("image_reward_io.json")).unwrap())
+            .unwrap();
+    let v = &meta["vit"];
+    let n = |k: &str| v[k].as_u64().unwrap() as usize;
+    let vit = DinoVitConfig {
+        img_size: n("image_size"),
+        patch_size: n("patch_size"),
+        embed_dim: n("embed_dim"),
+        depth: n("depth"),
+        num_heads: n("num_heads"),
+        ..image_reward::blip_vit_large()
+    };
+    let med = MedConfig::from_json(&std::fs::read_to_string(dir.join("med_config.json")).unwrap())
+        .unwrap();
+    let prompts: Vec<String> = serde_json::from_value(meta["prompts"].clone()).unwrap();
+    let tok =
+        BertTokenizer::blip_from_vocab_file(&dir.join("bert-base-uncased/vocab.txt")).unwrap();
+    let (ids, mask) = image_reward::tokenize(&tok, &prompts, &DEV).unwrap();
+    let path = dir.join("ImageReward.pt");
+    (
+        ImageReward::load(&path, &med, &vit, ids, mask, &DEV).unwrap(),
+        prompts,
+    )
+}
+
+#[test]
+fn image_reward_scores_as_the_image_reward_package() {
+    let io = io("image_reward/image_reward_io.safetensors");
+    let (m, _) = image_reward();
+    // The package's pixels and token ids: score_gard.
+    let ids = ids(&io["input_ids"]);
+    let s = m
+        .score_pixels(&io["pixels"], &ids, &io["attention_mask"])
+        .unwrap();
+    assert_close(&s, &io["scores"], "ImageReward score_gard");
+    // From images and prompt ids through sqdf's tokenizer and preprocessing: `score` on
+    // PIL images at the model's size.
+    let images = io["images"].affine(2.0, -1.0).unwrap();
+    let cond = Tensor::new(&[0u32, 1, 2], &DEV).unwrap();
+    assert_close(
+        &m.score(&images, &cond).unwrap(),
+        &io["pil_scores"],
+        "ImageReward score",
+    );
+}
+
+#[test]
+fn image_reward_resize_and_crop_follow_the_package_up_to_pils_rounding() {
+    let io = io("image_reward/image_reward_io.safetensors");
+    let (m, _) = image_reward();
+    // An 80 x 104 image: shortest side to 32 (32 x 41), centre crop at column 4.
+    let big = io["big_image_u8"].unsqueeze(0).unwrap();
+    let images = big.affine(2.0 / 255.0, -1.0).unwrap();
+    let ours = m.preprocess(&images).unwrap();
+    let want = &io["big_pixels"];
+    let worst = (&ours - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    // PIL's 8-bit rounding in and after each pass: about a level of 255, over CLIP's std.
+    assert!(worst <= 1.5 / 255.0 / 0.26, "off PIL's pixels by {worst}");
+    // Given the package's pixels, the package's score.
+    let ids = ids(&io["input_ids"]).narrow(0, 0, 1).unwrap();
+    let mask = io["attention_mask"].narrow(0, 0, 1).unwrap();
+    let s = m.score_pixels(want, &ids, &mask).unwrap();
+    assert_close(&s, &io["big_score"], "ImageReward of the cropped image");
 }

@@ -3,4 +3,5 @@
 pub mod alexnet;
 pub mod dino_vit;
 pub mod dreamsim;
+pub mod image_reward;
 pub mod lpips;
