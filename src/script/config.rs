@@ -146,7 +146,7 @@ run_config! {
     eval_samples: usize = 2000, live: true, max: (1 << 24),
         "samples for the toy's evaluation in eval.json (2000)";
     eval_per_prompt: usize = 32, live: true, max: (1 << 16),
-        "samples per digit of the digits evaluation in eval.json (32; sqdf compare --quick: 8)";
+        "samples per prompt (digit) of the evaluation in eval.json (paper: 32; sqdf compare --quick: 8)";
     lora_rank: usize = 4, live: false, max: (1 << 12),
         "LoRA rank on the attention projections (paper: 4); 0 fine-tunes every weight (digits)";
     lora_convs: bool = false, live: false, max: _,
@@ -159,6 +159,8 @@ run_config! {
         "precision of the frozen networks: \"f32\", \"bf16\", \"f16\" or \"auto\" (bf16 on a GPU, f32 on the CPU); adapters stay f32 (sd15)";
     prompts: Option<String> = None, live: false, max: _,
         "prompt list file, one prompt per line (sd15; default: the 45 animals of DDPO, models/sd15/simple_animals.txt)";
+    eval_prompts: Option<String> = None, live: false, max: _,
+        "evaluation prompt list file, one per line (sd15; default: the training prompts, as the paper's aesthetic run)";
     lora_init: Option<String> = None, live: false, max: _,
         "a LoRA file (diffusers or kohya format, e.g. a run's lora_diffusers.safetensors) the adapters start from";
     queries: Vec<usize> = Vec::new(), live: false, max: _,

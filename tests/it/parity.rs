@@ -485,7 +485,7 @@ fn random_weight_folders_are_in_the_reference_format() {
     // ... and stays a folder sqdf's own loaders read (configs with the added keys, the
     // VAE file with its encoder, the CLIP file with logit_scale).
     let tok = ClipTokenizer::from_dir(&ours.dir.join("tokenizer")).unwrap();
-    parts::Sd15Parts::load(&ours, vec!["a cat".into()], &tok, &DEV, DType::F32).unwrap();
+    parts::Sd15Parts::load(&ours, vec!["a cat".into()], 1, &tok, &DEV, DType::F32).unwrap();
     let unet_cfg = task::unet_config(&ours).unwrap();
     task::load_unet_tensors(&ours, &unet_cfg, &DEV, DType::F32).unwrap();
     let text_cfg = parts::text_encoder_config(&ours).unwrap();

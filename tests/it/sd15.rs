@@ -119,7 +119,7 @@ fn load_parts(l: &layout::Layout, dtype: DType) -> Sd15Parts {
     let tok =
         sqdf::text::ClipTokenizer::from_files(&l.path(layout::VOCAB), &l.path(layout::MERGES))
             .unwrap();
-    Sd15Parts::load(l, vec!["cat".into()], &tok, &Device::Cpu, dtype).unwrap()
+    Sd15Parts::load(l, vec!["cat".into()], 1, &tok, &Device::Cpu, dtype).unwrap()
 }
 
 type RewardOf = fn(&Sd15Parts, &Tensor) -> Tensor;
@@ -297,7 +297,10 @@ fn eval_reports_every_alignment_metric_and_null_without_its_file() {
         "clip_score",
         "hps",
         "pickscore",
+        "image_reward",
         "diversity_clip",
+        "diversity_lpips",
+        "diversity_dreamsim",
     ] {
         let x = json(&v, k).as_f64();
         assert!(
@@ -308,11 +311,49 @@ fn eval_reports_every_alignment_metric_and_null_without_its_file() {
     }
     // PickScore is exp(logit_scale) x a cosine: within +-exp(ln(1/0.07)).
     assert!(json(&v, "pickscore").as_f64().unwrap().abs() <= 1.0 / 0.07 + 1e-3);
-    // Without HPS's file the metric is null, the rest as before.
-    std::fs::remove_file(l.path(layout::HPS)).unwrap();
-    let w = run("no_hps");
-    assert!(json(&w, "hps").is_null(), "{w}");
-    for k in ["aesthetic", "pickscore"] {
+    // Distances of distinct images: positive; DreamSim's is a cosine distance (<= 2).
+    for k in ["diversity_lpips", "diversity_dreamsim"] {
+        assert!(json(&v, k).as_f64().unwrap() > 0.0, "{k} in {v}");
+    }
+    assert!(json(&v, "diversity_dreamsim").as_f64().unwrap() <= 2.0);
+    // Without a metric's file the metric is null, the rest as before.
+    for rel in [
+        layout::HPS,
+        layout::IMAGE_REWARD_VOCAB,
+        layout::LPIPS_LIN,
+        layout::DREAMSIM_LORA,
+    ] {
+        std::fs::remove_file(l.path(rel)).unwrap();
+    }
+    let w = run("without_metric_files");
+    for k in [
+        "hps",
+        "image_reward",
+        "diversity_lpips",
+        "diversity_dreamsim",
+    ] {
+        assert!(json(&w, k).is_null(), "{k} in {w}");
+    }
+    for k in ["aesthetic", "pickscore", "diversity_clip"] {
         assert_eq!(json(&w, k), json(&v, k), "{k}");
     }
+}
+
+#[test]
+fn eval_prompts_are_the_ones_evaluated_and_never_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = tiny_folder(dir.path());
+    let eval_file = dir.path().join("eval_prompts.txt");
+    std::fs::write(&eval_file, "a red fox\na blue whale\na green frog\n").unwrap();
+    let extra = format!("eval_prompts = {:?},", eval_file.display().to_string());
+    let s = script(dir.path(), &l.dir, &extra);
+    let log = sqdf::run_log::RunLog::captured();
+    let v = sqdf::cli::eval::evaluate(&s, None, &[], &dir.path().join("ev"), log).unwrap();
+    assert_eq!(v.get("prompts").and_then(|p| p.as_u64()), Some(3), "{v}");
+    // Training draws only the two training prompts (ids 0 and 1; the evaluation ones are
+    // 2..5).
+    let (t, _) = common::trainer(&s, &dir.path().join("run"), &[]);
+    let ids = t.task.conditions(200, &mut sqdf::rng::seeded(3));
+    assert!(ids.iter().all(|&c| c < 2), "{ids:?}");
+    assert!(ids.contains(&0) && ids.contains(&1));
 }

@@ -1,14 +1,17 @@
-//! The sd15 evaluation: `eval_per_prompt` samples of every prompt from the same noise for
-//! every model, scored by the script's reward, the aesthetic score and the CLIP score
-//! (alignment), with diversity as the mean pairwise cosine distance of CLIP image
-//! embeddings within a prompt (the paper's DreamSim diversity, with CLIP features), and a
-//! grid of the first prompts in `samples_<label>.png`. HPSv2 and PickScore (alignment, the
-//! mean over samples) are computed where their files are present, `null` otherwise.
+//! The sd15 evaluation (paper §5.1, Appendix D): `eval_per_prompt` samples of every prompt
+//! from the same noise for every model, and a grid of the first prompts in
+//! `samples_<label>.png`. Each sample is scored by the script's reward, the aesthetic score
+//! and the CLIP score, and, where their files are present, HPSv2, PickScore and
+//! ImageReward (alignment: means over samples). Diversity is the mean pairwise distance within a prompt, averaged
+//! over prompts: cosine distance of CLIP image embeddings (`diversity_clip`) and, where
+//! their files are present, LPIPS (`diversity_lpips`) and cosine distance of DreamSim
+//! embeddings (`diversity_dreamsim`). A metric without its files is `null`.
 
 use super::parts::Sd15Parts;
 use super::EVAL_SEED;
-use crate::eval::diversity::cosine_diversity;
+use crate::eval::diversity::{cosine_diversity, mean_off_diagonal};
 use crate::eval::image_grid::save_rgb_grid;
+use crate::models::metrics::lpips::LpipsFeatures;
 use crate::models::Denoiser;
 use crate::rng::{randn, seeded};
 use crate::run_log::RunLog;
@@ -17,13 +20,103 @@ use crate::tasks::{cond_tensor, TaskModels};
 use crate::train::rollout;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use serde_json::json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Samples per prompt of an evaluation along training (`config.evals`).
 pub const PER_PROMPT_ALONG: usize = 2;
 /// Prompts and samples per prompt in the grid.
 const GRID: (usize, usize) = (8, 4);
+
+/// Per-sample scores and per-prompt diversities, under their eval.json keys.
+#[derive(Default)]
+struct Tally(BTreeMap<&'static str, Vec<f64>>);
+
+impl Tally {
+    fn extend(&mut self, key: &'static str, t: &Tensor) -> Result<()> {
+        let v = t
+            .detach()
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        self.0.entry(key).or_default().extend(v);
+        Ok(())
+    }
+
+    fn push(&mut self, key: &'static str, v: f64) {
+        self.0.entry(key).or_default().push(v);
+    }
+
+    fn mean(&self, key: &str) -> Value {
+        match self.0.get(key) {
+            Some(v) if !v.is_empty() => (v.iter().sum::<f64>() / v.len() as f64).into(),
+            _ => Value::Null,
+        }
+    }
+
+    fn std(&self, key: &str) -> f64 {
+        self.0
+            .get(key)
+            .and_then(|v| crate::eval::stats::mean_std(v))
+            .map_or(0.0, |(_, s)| s)
+    }
+}
+
+/// The features one prompt's diversities are computed from, gathered batch by batch.
+#[derive(Default)]
+struct PromptFeatures {
+    clip: Vec<Tensor>,
+    lpips: Vec<LpipsFeatures>,
+    dreamsim: Vec<Tensor>,
+}
+
+/// Scores decoded images [B, 3, H, W] of prompts `cond` with every metric present, and
+/// keeps their features for the prompt's diversities.
+fn score(
+    parts: &Sd15Parts,
+    images: &Tensor,
+    cond: &Tensor,
+    tally: &mut Tally,
+    feats: &mut PromptFeatures,
+) -> Result<()> {
+    let e = parts.image_embeds(images)?.detach();
+    tally.extend("aesthetic", &parts.head_score(&e)?)?;
+    tally.extend("clip_score", &parts.cosine_to_prompts(&e, cond)?)?;
+    for (key, model) in [("hps", &parts.hps), ("pickscore", &parts.pickscore)] {
+        if let Ok(m) = model {
+            tally.extend(key, &m.score(images, cond)?)?;
+        }
+    }
+    if let Ok(m) = &parts.image_reward {
+        tally.extend("image_reward", &m.score(images, cond)?)?;
+    }
+    if let Ok(lpips) = &parts.lpips {
+        feats.lpips.push(lpips.features(images)?);
+    }
+    if let Ok(dreamsim) = &parts.dreamsim {
+        feats.dreamsim.push(dreamsim.embed(images)?);
+    }
+    feats.clip.push(e);
+    Ok(())
+}
+
+/// The mean pairwise distances within one prompt's samples.
+fn diversities(parts: &Sd15Parts, feats: &PromptFeatures, tally: &mut Tally) -> Result<()> {
+    tally.push(
+        "diversity_clip",
+        cosine_diversity(&Tensor::cat(&feats.clip, 0)?)?,
+    );
+    if let Ok(lpips) = &parts.lpips {
+        let d = lpips.pairwise(&LpipsFeatures::cat(&feats.lpips)?)?;
+        tally.push("diversity_lpips", mean_off_diagonal(&d)?);
+    }
+    if parts.dreamsim.is_ok() {
+        let e = Tensor::cat(&feats.dreamsim, 0)?;
+        tally.push("diversity_dreamsim", cosine_diversity(&e)?);
+    }
+    Ok(())
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
@@ -35,7 +128,7 @@ pub fn evaluate(
     label: &str,
     log: &RunLog,
     along: bool,
-) -> Result<serde_json::Value> {
+) -> Result<Value> {
     let cfg = &script.config;
     let per = if along {
         PER_PROMPT_ALONG
@@ -43,25 +136,31 @@ pub fn evaluate(
         cfg.eval_per_prompt
     };
     let micro = cfg.micro_batch_size();
-    let n_prompts = parts.prompts.len();
-    let (mut rewards, mut aesthetic, mut clip) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut diversity, mut grid) = (Vec::new(), Vec::new());
-    let (mut hps, mut pickscore) = (Vec::new(), Vec::new());
+    let ids = parts.eval_ids();
+    let n_prompts = ids.len();
     log.info(format!(
         "{label}: sampling {per} images for each of {n_prompts} prompts"
     ));
-    for (name, model) in [("hps", &parts.hps), ("pickscore", &parts.pickscore)] {
-        if let Err(why) = model {
+    let missing = [
+        ("hps", parts.hps.as_ref().err()),
+        ("pickscore", parts.pickscore.as_ref().err()),
+        ("image_reward", parts.image_reward.as_ref().err()),
+        ("diversity_lpips", parts.lpips.as_ref().err()),
+        ("diversity_dreamsim", parts.dreamsim.as_ref().err()),
+    ];
+    for (name, why) in missing {
+        if let Some(why) = why {
             log.info(format!("{label}: `{name}` is null: {why}"));
         }
     }
-    for p in 0..n_prompts {
+    let (mut tally, mut grid) = (Tally::default(), Vec::new());
+    for (i, p) in ids.enumerate() {
         let mut shape = vec![per];
         shape.extend(&models.state_shape);
         // The same x_T and step noise for every model: grids compare cell by cell.
-        let x_t = randn(&mut seeded(EVAL_SEED + p as u64), shape, &models.device)?;
-        let mut step_rng = seeded(EVAL_SEED + 1000 + p as u64);
-        let mut embeds = Vec::new();
+        let x_t = randn(&mut seeded(EVAL_SEED + i as u64), shape, &models.device)?;
+        let mut step_rng = seeded(EVAL_SEED + 1000 + i as u64);
+        let mut feats = PromptFeatures::default();
         for start in (0..per).step_by(micro) {
             let len = micro.min(per - start);
             let cond = cond_tensor(&vec![p as u32; len], &models.device)?;
@@ -74,58 +173,42 @@ pub fn evaluate(
                 &mut step_rng,
                 false,
             )?;
-            rewards.extend(script.reward(&x0, &cond)?.to_vec1::<f32>()?);
+            tally.extend("reward", &script.reward(&x0, &cond)?)?;
             let images = parts.decode(&x0)?.detach();
-            let e = parts.image_embeds(&images)?.detach();
-            aesthetic.extend(
-                parts
-                    .head_score(&e)?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?,
-            );
-            clip.extend(parts.cosine_to_prompts(&e, &cond)?.to_vec1::<f32>()?);
-            for (scores, model) in [(&mut hps, &parts.hps), (&mut pickscore, &parts.pickscore)] {
-                if let Ok(m) = model {
-                    let s = m.score(&images, &cond)?.detach();
-                    scores.extend(s.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-                }
-            }
-            embeds.push(e);
-            if p < GRID.0 {
-                let keep = GRID.1.saturating_sub(start).min(len);
-                if keep > 0 {
-                    grid.push(
-                        images
-                            .narrow(0, 0, keep)?
-                            .to_device(&candle_core::Device::Cpu)?,
-                    );
-                }
+            score(parts, &images, &cond, &mut tally, &mut feats)?;
+            let keep = GRID.1.saturating_sub(start).min(len);
+            if i < GRID.0 && keep > 0 {
+                grid.push(
+                    images
+                        .narrow(0, 0, keep)?
+                        .to_device(&candle_core::Device::Cpu)?,
+                );
             }
         }
         if per >= 2 {
-            diversity.push(cosine_diversity(&Tensor::cat(&embeds, 0)?)?);
+            diversities(parts, &feats, &mut tally)?;
         }
     }
-    let mean_std = |v: &[f32]| {
-        let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-        crate::eval::stats::mean_std(&v).unwrap_or((0.0, 0.0))
-    };
-    let mean = |v: &[f32]| mean_std(v).0;
-    let std = |v: &[f32]| mean_std(v).1;
-    let rows = n_prompts.min(GRID.0);
-    let cols = per.min(GRID.1);
+    let (rows, cols) = (n_prompts.min(GRID.0), per.min(GRID.1));
     if rows > 0 && cols > 0 && !along {
         let path = out_dir.join(format!("samples_{label}.png"));
         save_rgb_grid(&path, &Tensor::cat(&grid, 0)?, rows, cols)?;
     }
+    let diversity_clip = match tally.mean("diversity_clip") {
+        Value::Null => f64::NAN.into(),
+        v => v,
+    };
     Ok(json!({
-        "reward_mean": mean(&rewards),
-        "reward_std": std(&rewards),
-        "aesthetic": mean(&aesthetic),
-        "clip_score": mean(&clip),
-        "hps": if hps.is_empty() { serde_json::Value::Null } else { mean(&hps).into() },
-        "pickscore": if pickscore.is_empty() { serde_json::Value::Null } else { mean(&pickscore).into() },
-        "diversity_clip": if diversity.is_empty() { f64::NAN } else { diversity.iter().sum::<f64>() / diversity.len() as f64 },
+        "reward_mean": tally.mean("reward"),
+        "reward_std": tally.std("reward"),
+        "aesthetic": tally.mean("aesthetic"),
+        "clip_score": tally.mean("clip_score"),
+        "hps": tally.mean("hps"),
+        "pickscore": tally.mean("pickscore"),
+        "image_reward": tally.mean("image_reward"),
+        "diversity_clip": diversity_clip,
+        "diversity_lpips": tally.mean("diversity_lpips"),
+        "diversity_dreamsim": tally.mean("diversity_dreamsim"),
         "prompts": n_prompts,
         "per_prompt": per,
     }))

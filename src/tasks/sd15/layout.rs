@@ -46,6 +46,38 @@ pub const METRIC_FILES: &[(&str, &str)] = &[
         PICKSCORE,
         "yuvalkirstain/PickScore_v1: model.safetensors and config.json",
     ),
+    (
+        IMAGE_REWARD,
+        "THUDM/ImageReward: ImageReward.pt (med_config.json beside it is read when present)",
+    ),
+    (
+        IMAGE_REWARD_VOCAB,
+        "google-bert/bert-base-uncased: vocab.txt (the tokenizer ImageReward loads)",
+    ),
+    (
+        LPIPS_ALEXNET,
+        "torchvision's AlexNet: https://download.pytorch.org/models/alexnet-owt-7be5be79.pth (only features.* is read)",
+    ),
+    (
+        LPIPS_LIN,
+        "the lpips package's lpips/weights/v0.1/alex.pth (pip install lpips; the file is inside the package)",
+    ),
+    (
+        DREAMSIM_DINO,
+        "DINO ViT-B/16: https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    ),
+    (
+        DREAMSIM_CLIP,
+        "dreamsim's dreamsim_ensemble_checkpoint.zip (github.com/ssundaram21/dreamsim, release v0.2.0-checkpoints): clip_vitb16_pretrain.pth.tar",
+    ),
+    (
+        DREAMSIM_OPEN_CLIP,
+        "the same zip's open_clip_vitb16_pretrain.pth.tar",
+    ),
+    (
+        DREAMSIM_LORA,
+        "the same zip's ensemble_lora/adapter_model.safetensors (or .bin) with its adapter_config.json",
+    ),
 ];
 
 pub const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
@@ -60,6 +92,21 @@ pub const HPS: &str = "hps/HPS_v2.1_compressed.pt";
 /// open_clip's model config beside the HPS checkpoint (optional: ViT-H-14 without it).
 pub const HPS_CONFIG: &str = "hps/open_clip_config.json";
 pub const PICKSCORE: &str = "pickscore/model.safetensors";
+pub const IMAGE_REWARD: &str = "image_reward/ImageReward.pt";
+pub const IMAGE_REWARD_VOCAB: &str = "image_reward/bert-base-uncased/vocab.txt";
+/// BLIP's text encoder config (optional: BLIP's med_config.json without it).
+pub const IMAGE_REWARD_MED: &str = "image_reward/med_config.json";
+/// The image encoder's sizes (sqdf's, optional: BLIP's ViT-L/16 at 224 px without it).
+pub const IMAGE_REWARD_VIT: &str = "image_reward/vit_config.json";
+pub const LPIPS_ALEXNET: &str = "lpips/alexnet-owt-7be5be79.pth";
+pub const LPIPS_LIN: &str = "lpips/alex.pth";
+/// DreamSim's files where its `cache_dir` (`./models`) puts them.
+pub const DREAMSIM_DINO: &str = "dreamsim/checkpoints/dino_vitbase16_pretrain.pth";
+pub const DREAMSIM_CLIP: &str = "dreamsim/clip_vitb16_pretrain.pth.tar";
+pub const DREAMSIM_OPEN_CLIP: &str = "dreamsim/open_clip_vitb16_pretrain.pth.tar";
+pub const DREAMSIM_LORA: &str = "dreamsim/ensemble_lora/adapter_model.safetensors";
+/// The backbones' sizes (optional: the released ensemble's without it).
+pub const DREAMSIM_CONFIG: &str = "dreamsim/config.json";
 
 /// The weight folder of one run.
 #[derive(Debug, Clone)]
@@ -72,11 +119,15 @@ impl Layout {
         Self { dir: dir.into() }
     }
 
-    /// DIR/rel; for a PyTorch file (the aesthetic head, HPS), its .safetensors conversion
-    /// when the PyTorch file is absent.
+    /// DIR/rel; for a PyTorch file (the aesthetic head, HPS, LPIPS, DreamSim), its
+    /// .safetensors conversion (the last extension replaced) when the PyTorch file is
+    /// absent; for DreamSim's adapter, its .bin form when the .safetensors is absent.
     pub fn path(&self, rel: &str) -> PathBuf {
         let p = self.dir.join(rel);
-        if (rel == AESTHETIC || rel == HPS) && !p.is_file() {
+        if rel == DREAMSIM_LORA && !p.is_file() && p.with_extension("bin").is_file() {
+            return p.with_extension("bin");
+        }
+        if crate::models::clip::weights::is_pickle(&p) && !p.is_file() {
             let alt = p.with_extension("safetensors");
             if alt.is_file() {
                 return alt;
@@ -103,6 +154,20 @@ impl Layout {
             .find(|(r, _)| *r == rel)
             .map_or("", |(_, w)| w);
         Err(format!("{} not found ({what}; docs/sd15.md)", p.display()))
+    }
+
+    /// The metric files `rels` when all are present, or the message naming the missing ones.
+    pub fn metric_files(&self, rels: &[&str]) -> std::result::Result<Vec<PathBuf>, String> {
+        let (found, missing): (Vec<_>, Vec<_>) =
+            rels.iter().map(|r| self.metric(r)).partition(|r| r.is_ok());
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        Err(missing
+            .into_iter()
+            .filter_map(|r| r.err())
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 
     /// Every missing file at once, each with where it comes from.

@@ -1,14 +1,20 @@
 //! The frozen networks of an sd15 run besides the UNets, loaded once: the VAE decoder, the
 //! CLIP towers, the aesthetic head and, where their files are present, the alignment
-//! metrics HPSv2 and PickScore. The rewards and the evaluation share them.
+//! metrics HPSv2, PickScore and ImageReward and the diversity metrics LPIPS and DreamSim. The rewards
+//! and the evaluation share them.
 
 use super::layout::{self, Layout};
 use crate::models::clip::open_clip::{load_open_clip, OpenClipConfig};
 use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
+use crate::models::metrics::dino_vit::DinoVitConfig;
+use crate::models::metrics::dreamsim::{DreamSim, DreamSimConfig, DreamSimFiles};
+use crate::models::metrics::image_reward::{self, med_bert::MedConfig, ImageReward};
+use crate::models::metrics::lpips::Lpips;
 use crate::models::vae::{self, VaeDecoder};
 use crate::rewards::aesthetic::AestheticHead;
 use crate::rewards::clip_preprocess::clip_preprocess;
 use crate::rewards::clip_score::ClipScoreReward;
+use crate::text::BertTokenizer;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -19,12 +25,20 @@ pub struct Sd15Parts {
     pub head: AestheticHead,
     /// L2-normalised CLIP text embeddings of the prompts [P, proj] (for the CLIP score).
     pub prompt_embeds: Tensor,
+    /// The training prompts (ids 0..train_prompts), then the evaluation prompts, if any.
     pub prompts: Vec<String>,
+    pub train_prompts: usize,
     pub dtype: DType,
     /// HPSv2: the cosine under its OpenCLIP ViT-H/14, or why it is absent.
     pub hps: std::result::Result<ClipScoreReward, String>,
     /// PickScore: exp(logit_scale) x the cosine under its CLIP, or why it is absent.
     pub pickscore: std::result::Result<ClipScoreReward, String>,
+    /// ImageReward of the prompts, or why it is absent.
+    pub image_reward: std::result::Result<ImageReward, String>,
+    /// LPIPS (AlexNet) for the LPIPS diversity, or why it is absent.
+    pub lpips: std::result::Result<Lpips, String>,
+    /// DreamSim's ensemble for the DreamSim diversity, or why it is absent.
+    pub dreamsim: std::result::Result<DreamSim, String>,
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
@@ -49,6 +63,7 @@ impl Sd15Parts {
     pub fn load(
         layout: &Layout,
         prompts: Vec<String>,
+        train_prompts: usize,
         tokenizer: &ClipTokenizer,
         device: &Device,
         dtype: DType,
@@ -89,16 +104,48 @@ impl Sd15Parts {
             ),
             Err(why) => Err(why),
         };
+        let image_reward =
+            match layout.metric_files(&[layout::IMAGE_REWARD, layout::IMAGE_REWARD_VOCAB]) {
+                Ok(p) => Ok(load_image_reward(layout, &p, &prompts, device)
+                    .with_context(|| format!("loading ImageReward from {}", p[0].display()))?),
+                Err(why) => Err(why),
+            };
+        let lpips = match layout.metric_files(&[layout::LPIPS_ALEXNET, layout::LPIPS_LIN]) {
+            Ok(p) => Ok(Lpips::load(&p[0], &p[1], device)?),
+            Err(why) => Err(why),
+        };
+        let dreamsim = match layout.metric_files(&[
+            layout::DREAMSIM_DINO,
+            layout::DREAMSIM_CLIP,
+            layout::DREAMSIM_OPEN_CLIP,
+            layout::DREAMSIM_LORA,
+        ]) {
+            Ok(p) => Ok(load_dreamsim(layout, &p, device)?),
+            Err(why) => Err(why),
+        };
         Ok(Self {
             vae,
             vision,
             head,
             prompt_embeds,
             prompts,
+            train_prompts,
             dtype,
             hps,
             pickscore,
+            image_reward,
+            lpips,
+            dreamsim,
         })
+    }
+
+    /// The ids of the prompts evaluations sample: the evaluation list when one was given,
+    /// the training prompts otherwise.
+    pub fn eval_ids(&self) -> std::ops::Range<usize> {
+        match self.train_prompts < self.prompts.len() {
+            true => self.train_prompts..self.prompts.len(),
+            false => 0..self.prompts.len(),
+        }
     }
 
     /// HPSv2 [B] of latents, differentiable with respect to them (`rewards.hps`).
@@ -266,6 +313,48 @@ fn load_pickscore(
     let embeds = text_embeds(&text, tok, prompts, device)?;
     let scale = clip::weights::logit_scale_exp(path)?;
     Ok(ClipScoreReward::new(vision, &embeds)?.with_scale(scale))
+}
+
+/// ImageReward from `ImageReward.pt` and bert-base-uncased's vocabulary (`p`), its
+/// med_config.json and sqdf's vit_config.json when present, with the prompts tokenised.
+fn load_image_reward(
+    layout: &Layout,
+    p: &[std::path::PathBuf],
+    prompts: &[String],
+    device: &Device,
+) -> Result<ImageReward> {
+    let present = |rel: &str| Some(layout.dir.join(rel)).filter(|p| p.is_file());
+    let med = config_or(
+        present(layout::IMAGE_REWARD_MED),
+        MedConfig::blip(),
+        MedConfig::from_json,
+    )?;
+    let vit = config_or(
+        present(layout::IMAGE_REWARD_VIT),
+        image_reward::blip_vit_large(),
+        |s| serde_json::from_str::<DinoVitConfig>(s),
+    )?;
+    let tok = BertTokenizer::blip_from_vocab_file(&p[1])?;
+    let (ids, mask) = image_reward::tokenize(&tok, prompts, device)?;
+    ImageReward::load(&p[0], &med, &vit, ids, mask, device)
+}
+
+/// DreamSim's ensemble from its four files (dino, clip, open_clip, adapter) and
+/// `dreamsim/config.json`, or the released ensemble's sizes.
+fn load_dreamsim(layout: &Layout, p: &[std::path::PathBuf], device: &Device) -> Result<DreamSim> {
+    let cfg_path = layout.dir.join(layout::DREAMSIM_CONFIG);
+    let cfg = config_or(
+        cfg_path.is_file().then_some(cfg_path),
+        DreamSimConfig::default(),
+        DreamSimConfig::from_json,
+    )?;
+    let files = DreamSimFiles {
+        dino: &p[0],
+        clip: &p[1],
+        open_clip: &p[2],
+        lora: &p[3],
+    };
+    DreamSim::load(&files, &cfg, device).context("loading DreamSim")
 }
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).

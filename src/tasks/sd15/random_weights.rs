@@ -18,6 +18,9 @@ use crate::models::clip::open_clip::{
 use crate::models::clip::{
     Activation, ClipConfig, ClipText, ClipTextConfig, ClipVision, ClipVisionConfig,
 };
+use crate::models::metrics::dino_vit::DinoVitConfig;
+use crate::models::metrics::dreamsim::DreamSimConfig;
+use crate::models::metrics::image_reward::{self, med_bert::MedConfig};
 use crate::models::vae::{AutoencoderKLConfig, VaeDecoder};
 use crate::models::{UNet2DConditionModel, UNetConfig};
 use crate::rewards::aesthetic::AestheticHead;
@@ -39,6 +42,11 @@ pub struct Sizes {
     pub hps: OpenClipConfig,
     /// PickScore's CLIPModel (ViT-H/14 for SD-1.5).
     pub pickscore: ClipConfig,
+    /// ImageReward's text encoder and image encoder (BLIP's sizes for SD-1.5; the
+    /// vocabulary size is set by `write` to the vocabulary it writes).
+    pub image_reward: (MedConfig, DinoVitConfig),
+    /// DreamSim's ensemble (ViT-B/16 x 3 for SD-1.5).
+    pub dreamsim: DreamSimConfig,
     /// Rank of the random LCM-LoRA.
     pub lcm_rank: usize,
 }
@@ -55,6 +63,8 @@ impl Sizes {
             pickscore: OpenClipConfig::vit_h14()
                 .to_clip()
                 .expect("ViT-H/14's head width divides its width"),
+            image_reward: (MedConfig::blip(), image_reward::blip_vit_large()),
+            dreamsim: DreamSimConfig::default(),
             lcm_rank: 64,
         }
     }
@@ -71,7 +81,8 @@ impl Sizes {
     }
 
     /// A few-thousand-parameter stand-in with the same structure (two levels, cross-attention,
-    /// 8x8 latents decoded to 16x16 images, a CLIP at 32 px).
+    /// 16x16 latents decoded to 32x32 images, a CLIP at 32 px); the metrics' networks
+    /// without a size of their own (LPIPS's AlexNet) at their real size.
     pub fn tiny() -> Self {
         use crate::models::{DownBlockType::*, UpBlockType::*};
         // Room for the byte-level vocabulary `write_tokenizer` makes (514 tokens).
@@ -111,7 +122,8 @@ impl Sizes {
         pickscore.text_config.hidden_act = Activation::Gelu;
         Self {
             unet: UNetConfig {
-                sample_size: 8,
+                // 32 px images: LPIPS's AlexNet takes no fewer than 31.
+                sample_size: 16,
                 in_channels: 4,
                 out_channels: 4,
                 block_out_channels: vec![8, 16],
@@ -130,9 +142,55 @@ impl Sizes {
             clip,
             hps,
             pickscore,
+            image_reward: tiny_image_reward(),
+            dreamsim: tiny_dreamsim(),
             lcm_rank: 2,
         }
     }
+}
+
+/// ImageReward with a 2-layer BERT of width 16 and a 2-block ViT of width 24 at 32 px
+/// (16 patches of 8): the cross-attention reads a width other than its own, as BLIP's.
+fn tiny_image_reward() -> (MedConfig, DinoVitConfig) {
+    let med = MedConfig {
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 40,
+        ..MedConfig::blip()
+    };
+    let vit = DinoVitConfig {
+        img_size: 32,
+        patch_size: 8,
+        embed_dim: 24,
+        depth: 2,
+        num_heads: 2,
+        ..image_reward::blip_vit_large()
+    };
+    (med, vit)
+}
+
+/// DreamSim's three backbones at 32 px (4 patches of 16), DINO keeping the 12 blocks
+/// dreamsim reads block 11 of.
+fn tiny_dreamsim() -> DreamSimConfig {
+    let mut cfg = DreamSimConfig {
+        img_size: 32,
+        ..Default::default()
+    };
+    let b = &mut cfg.backbones;
+    for (v, width, depth) in [
+        (&mut b.dino_vitb16, 16, 12),
+        (&mut b.clip_vitb16, 16, 2),
+        (&mut b.open_clip_vitb16, 24, 2),
+    ] {
+        v.img_size = 32;
+        v.embed_dim = width;
+        v.depth = depth;
+        v.num_heads = 2;
+        v.proj_dim = v.proj_dim.map(|_| 8);
+    }
+    cfg
 }
 
 /// A random tensor for parameter `name` of `shape`: norms' scales 1, biases 0, embeddings
@@ -140,9 +198,11 @@ impl Sizes {
 fn init(name: &str, shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let leaf = name.rsplit('.').next().unwrap_or(name);
+    // BERT spells its norms `LayerNorm`.
+    let lower = name.to_lowercase();
     let is_norm = ["norm", "layrnorm", "layer_norm", "ln_"]
         .iter()
-        .any(|k| name.contains(k));
+        .any(|k| lower.contains(k));
     Ok(if leaf == "bias" {
         Tensor::zeros(shape, DType::F32, &Device::Cpu)?
     } else if is_norm && shape.len() == 1 {
@@ -246,8 +306,90 @@ pub fn write(dir: &Path, sizes: &Sizes, seed: u64, dtype: DType) -> Result<Layou
     hps.insert("logit_scale".into(), logit_scale(dtype)?);
     save(&l.dir.join(layout::HPS).with_extension("safetensors"), &hps)?;
     save_json(&l.dir.join(layout::HPS_CONFIG), &sizes.hps)?;
+    write_lpips(&l, rng)?;
+    write_dreamsim(&l, &sizes.dreamsim, rng)?;
+    write_image_reward(&l, &sizes.image_reward, rng)?;
     write_tokenizer(&l.dir.join("tokenizer"))?;
     Ok(l)
+}
+
+/// LPIPS at its one size (AlexNet's features, 2.5M parameters), both files in their
+/// safetensors forms; the linear layers' weights non-negative, as lpips trains them.
+fn write_lpips(l: &Layout, rng: &mut Rng) -> Result<()> {
+    use crate::models::metrics::{alexnet::AlexNetFeatures, lpips::lin_params};
+    let alexnet = expected_params(|vb| AlexNetFeatures::new(vb.pp("features")))?;
+    let path = |rel: &str| l.dir.join(rel).with_extension("safetensors");
+    save(
+        &path(layout::LPIPS_ALEXNET),
+        &random(&alexnet, "", rng, DType::F32)?,
+    )?;
+    let lins = random(&lin_params(), "", rng, DType::F32)?
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.abs()?)))
+        .collect::<Result<_>>()?;
+    save(&path(layout::LPIPS_LIN), &lins)
+}
+
+/// ImageReward's checkpoint (safetensors form), its med_config.json and vit_config.json,
+/// and a WordPiece vocabulary of single characters (each as a word start and as a `##`
+/// continuation), so that any prompt tokenises.
+fn write_image_reward(l: &Layout, sizes: &(MedConfig, DinoVitConfig), rng: &mut Rng) -> Result<()> {
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
+    let chars: Vec<char> = ('a'..='z')
+        .chain('0'..='9')
+        .chain("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".chars())
+        .collect();
+    vocab.extend(chars.iter().map(|c| c.to_string()));
+    vocab.extend(chars.iter().map(|c| format!("##{c}")));
+    let vocab_path = l.dir.join(layout::IMAGE_REWARD_VOCAB);
+    std::fs::create_dir_all(vocab_path.parent().context("the vocabulary has a folder")?)?;
+    std::fs::write(&vocab_path, vocab.join("\n") + "\n")?;
+    let (mut med, vit) = sizes.clone();
+    // BLIP adds [DEC] and [ENC] after the vocabulary.
+    med.vocab_size = vocab.len() + 2;
+    let params = image_reward::params(&med, &vit)?;
+    let path = l
+        .dir
+        .join(layout::IMAGE_REWARD)
+        .with_extension("safetensors");
+    save(&path, &random(&params, "", rng, DType::F32)?)?;
+    save_json(&l.dir.join(layout::IMAGE_REWARD_MED), &med)?;
+    save_json(&l.dir.join(layout::IMAGE_REWARD_VIT), &vit)
+}
+
+/// DreamSim's backbones in DINO's layout, a rank-2 adapter on every qkv and the sizes
+/// (`dreamsim/config.json`), all in safetensors.
+fn write_dreamsim(l: &Layout, cfg: &DreamSimConfig, rng: &mut Rng) -> Result<()> {
+    use crate::models::metrics::dreamsim::dino_params;
+    let rels = [
+        layout::DREAMSIM_DINO,
+        layout::DREAMSIM_CLIP,
+        layout::DREAMSIM_OPEN_CLIP,
+    ];
+    let mut lora = BTreeMap::new();
+    let rank = 2;
+    for (k, ((_, tower, vit_layout), rel)) in cfg.towers().into_iter().zip(rels).enumerate() {
+        let params = dino_params(&tower, vit_layout)?;
+        let path = l.dir.join(rel).with_extension("safetensors");
+        save(&path, &random(&params, "", rng, DType::F32)?)?;
+        let d = tower.hidden_size;
+        for i in 0..tower.num_hidden_layers {
+            let key = |ab: &str| {
+                format!("base_model.model.extractor_list.{k}.model.blocks.{i}.attn.qkv.lora_{ab}.weight")
+            };
+            lora.insert(key("A"), (randn(rng, (rank, d), &Device::Cpu)? * 0.01)?);
+            lora.insert(key("B"), (randn(rng, (3 * d, rank), &Device::Cpu)? * 0.01)?);
+        }
+    }
+    let lora_path = l.dir.join(layout::DREAMSIM_LORA);
+    save(&lora_path, &lora)?;
+    save_json(
+        &lora_path.with_file_name("adapter_config.json"),
+        &serde_json::json!({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["qkv"]}),
+    )?;
+    save_json(&l.dir.join(layout::DREAMSIM_CONFIG), cfg)
 }
 
 /// CLIP's temperature at transformers' and open_clip's initial value ln(1 / 0.07).

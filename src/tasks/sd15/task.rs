@@ -111,7 +111,12 @@ impl Task for Sd15Task {
             .as_ref()
             .map(Into::into)
             .unwrap_or_else(prompts::default_path);
-        let prompts = prompts::load(&prompt_file)?;
+        let mut prompts = prompts::load(&prompt_file)?;
+        // Evaluation prompts after the training ones: ids n_train.. (Appendix D.3).
+        let n_train = prompts.len();
+        if let Some(eval_file) = &run.eval_prompts {
+            prompts.extend(prompts::load(Path::new(eval_file))?);
+        }
         let tokenizer =
             ClipTokenizer::from_files(&layout.path(layout::VOCAB), &layout.path(layout::MERGES))?;
 
@@ -177,6 +182,7 @@ impl Task for Sd15Task {
                 let p = Arc::new(Sd15Parts::load(
                     &layout,
                     prompts.clone(),
+                    n_train,
                     &tokenizer,
                     device,
                     dtype,
@@ -228,7 +234,7 @@ impl Task for Sd15Task {
     }
 
     fn conditions(&self, n: usize, rng: &mut Rng) -> Vec<u32> {
-        let p = self.parts.get().map_or(1, |p| p.prompts.len()) as u32;
+        let p = self.parts.get().map_or(1, |p| p.train_prompts) as u32;
         (0..n).map(|_| rng.random_range(0..p)).collect()
     }
 
