@@ -11,21 +11,41 @@ use plotters::prelude::*;
 use serde_json::Value as Json;
 use std::path::Path;
 
-/// Three panels: each the y metric, its axis title, and the caption's start.
-type Panels = [(&'static str, &'static str, &'static str); 3];
+/// The panels: each the y metric, its axis title, and the caption's start.
+type Panels = [(&'static str, &'static str, &'static str)];
 
-/// Fig. 3 and Fig. 4's panels.
+/// Fig. 3 and Fig. 4's panels for the digits and the toy.
 #[rustfmt::skip]
-const PANELS: Panels = [
+const PANELS: &Panels = &[
     ("alignment_prob", "alignment (classifier prob.)", "alignment"),
     ("diversity_feature", "diversity (feature)", "feature diversity"),
     ("diversity_lpips", "diversity (LPIPS)", "LPIPS diversity"),
 ];
 
+/// The paper's own panels for SD-1.5 (Fig. 3): alignment by ImageReward and HPSv2,
+/// diversity by LPIPS and DreamSim.
+#[rustfmt::skip]
+const SD_PANELS: &Panels = &[
+    ("image_reward", "ImageReward", "ImageReward"),
+    ("hps", "HPSv2", "HPSv2"),
+    ("diversity_lpips", "diversity (LPIPS)", "LPIPS diversity"),
+    ("diversity_dreamsim", "diversity (DreamSim)", "DreamSim diversity"),
+];
+
+/// SD-1.5's panels when some run's evaluations report its metrics, the digits' otherwise.
+fn trade_off_panels(results: &[RunResult]) -> &'static Panels {
+    let sd =
+        |e: &Json| metric(e, "image_reward").is_some() || metric(e, "diversity_dreamsim").is_some();
+    match results.iter().any(|r| sd(&r.after)) {
+        true => SD_PANELS,
+        false => PANELS,
+    }
+}
+
 /// The black-box figure's panels: the oracle's noise-free reward (the digits' gold score),
 /// and what Table 1 says it costs.
 #[rustfmt::skip]
-const ORACLE_PANELS: Panels = [
+const ORACLE_PANELS: &Panels = &[
     ("gold", "oracle reward (noise-free)", "oracle reward"),
     ("alignment_prob", "alignment (classifier prob.)", "alignment"),
     ("diversity_feature", "diversity (feature)", "feature diversity"),
@@ -34,7 +54,7 @@ const ORACLE_PANELS: Panels = [
 /// The same when some run's oracle was not the gold score: the first panel is then only
 /// the gold score.
 #[rustfmt::skip]
-const GOLD_PANELS: Panels = [
+const GOLD_PANELS: &Panels = &[
     ("gold", "gold score", "gold score"),
     ORACLE_PANELS[1],
     ORACLE_PANELS[2],
@@ -88,34 +108,34 @@ const PANEL: (u32, u32) = (440, 360);
 const LEGEND_COLS: usize = 4;
 const LEGEND_ROW: u32 = 22;
 
-/// One method's line: per point the target reward, the three panel metrics, and the text
+/// One method's line: per point the target reward, the panels' metrics, and the text
 /// written beside the point (Fig. 4's swept value).
 struct Series {
     name: String,
-    points: Vec<(f64, [f64; 3], String)>,
+    points: Vec<(f64, Vec<f64>, String)>,
 }
 
-/// The image size: three panels, and a legend strip below them with as many rows as the
-/// series need (under the panels, the legend never hides a point).
-fn size(n_series: usize) -> (u32, u32) {
+/// The image size: the panels side by side, and a legend strip below them with as many
+/// rows as the series need (under the panels, the legend never hides a point).
+fn size(n_panels: usize, n_series: usize) -> (u32, u32) {
     let rows = n_series.div_ceil(LEGEND_COLS) as u32;
-    (PANEL.0 * 3, PANEL.1 + rows * LEGEND_ROW + 8)
+    (PANEL.0 * n_panels as u32, PANEL.1 + rows * LEGEND_ROW + 8)
 }
 
 /// A point from the seeds' evals at one checkpoint or sweep value: the reward and the panel
 /// metrics, each the mean of the seeds' finite values (as the table's cells are).
-fn averaged(evals: &[&Json], note: String, x: &XAxis, panels: &Panels) -> (f64, [f64; 3], String) {
+fn averaged(evals: &[&Json], note: String, x: &XAxis, panels: &Panels) -> (f64, Vec<f64>, String) {
     let avg = |k: &str| {
         let v: Vec<f64> = evals.iter().filter_map(|e| metric(e, k)).collect();
         mean_std(&v).map_or(f64::NAN, |m| m.0)
     };
-    (avg(x.key), panels.map(|p| avg(p.0)), note)
+    (avg(x.key), panels.iter().map(|p| avg(p.0)).collect(), note)
 }
 
 /// Fig. 3: for each method (no sweep), its seed-averaged curve, checkpoint by checkpoint,
 /// from the pretrained model (epoch 0, the hollow marker) to the last checkpoint.
 pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
-    along(results, png, &TARGET, &PANELS)
+    along(results, png, &TARGET, trade_off_panels(results))
 }
 
 /// The black-box comparison's figure: the oracle reward (the gold score, named so only
@@ -123,9 +143,9 @@ pub fn plot_along_training(results: &[RunResult], png: &Path) -> Result<()> {
 /// used, checkpoint by checkpoint (one checkpoint per round).
 pub fn plot_oracle_vs_queries(results: &[RunResult], png: &Path) -> Result<()> {
     let panels = if gold_is_the_oracle(results) {
-        &ORACLE_PANELS
+        ORACLE_PANELS
     } else {
-        &GOLD_PANELS
+        GOLD_PANELS
     };
     along(results, png, &QUERIES, panels)
 }
@@ -160,6 +180,7 @@ fn along(results: &[RunResult], png: &Path, x: &XAxis, panels: &Panels) -> Resul
 /// Fig. 4: for each swept method, one point per swept value (the final eval, averaged over
 /// seeds), in increasing order of the value, each written beside its point.
 pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
+    let panels = trade_off_panels(results);
     let swept = results.iter().filter(|r| r.sweep.is_some());
     let value = |r: &RunResult| r.sweep.as_ref().map_or(f64::NAN, |s| s.1);
     let series: Vec<Series> = groups(swept, |r| r.label.clone())
@@ -175,7 +196,7 @@ pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
                     &evals,
                     format!("{}={}", symbol(&key), compact(v)),
                     &TARGET,
-                    &PANELS,
+                    panels,
                 )
             });
             Series {
@@ -193,7 +214,7 @@ pub fn plot_alpha_tradeoff(results: &[RunResult], png: &Path) -> Result<()> {
         }
     }
     let caption = format!("across {}", keys.join(", "));
-    draw(png, &series, &caption, false, &TARGET, &PANELS)
+    draw(png, &series, &caption, false, &TARGET, panels)
 }
 
 /// Draws the three panels and the legend; `hollow_start` marks each line's first point
@@ -210,7 +231,7 @@ fn draw(
 ) -> Result<()> {
     register_font();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
-    let (w, h) = size(series.len());
+    let (w, h) = size(panels.len(), series.len());
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -218,7 +239,7 @@ fn draw(
         let (top, legend) = root.split_vertically(PANEL.1);
         let all = || series.iter().flat_map(|s| s.points.iter());
         let xr = robust_range(all().map(|p| p.0));
-        for (k, area) in top.split_evenly((1, 3)).iter().enumerate() {
+        for (k, area) in top.split_evenly((1, panels.len())).iter().enumerate() {
             // Notes of clamped points so far, below and at the top edge.
             let mut clamped_notes = [0i32; 2];
             let (_, ytitle, what) = panels[k];
@@ -337,7 +358,7 @@ mod tests {
 
     fn check(png: &Path, n_series: usize) {
         let img = image::open(png).unwrap();
-        assert_eq!((img.width(), img.height()), size(n_series));
+        assert_eq!((img.width(), img.height()), size(3, n_series));
     }
 
     #[test]
@@ -384,5 +405,22 @@ mod tests {
         // Nothing to draw still makes a (blank) figure rather than an error.
         plot_alpha_tradeoff(&[], &f4).unwrap();
         check(&f4, 0);
+    }
+
+    #[test]
+    fn sd15_runs_get_the_papers_four_panels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = run("SQDF", 0, None, 1.0);
+        let sd = |e: &mut Json| {
+            e["image_reward"] = serde_json::json!(0.1);
+            e["hps"] = serde_json::json!(0.2);
+            e["diversity_dreamsim"] = serde_json::json!(0.5);
+        };
+        r.curve.iter_mut().for_each(|(_, e)| sd(e));
+        sd(&mut r.after);
+        let f3 = dir.path().join("f3.png");
+        plot_along_training(std::slice::from_ref(&r), &f3).unwrap();
+        let img = image::open(&f3).unwrap();
+        assert_eq!((img.width(), img.height()), size(4, 1));
     }
 }

@@ -22,13 +22,18 @@ enum Source {
 
 /// Header, source, scale (a fraction shown as %), decimals.
 #[rustfmt::skip]
-const COLUMNS: [(&str, Source, f64, usize); 11] = [
+const COLUMNS: [(&str, Source, f64, usize); 16] = [
     ("target reward", Source::After("reward"), 1.0, 3),
     ("gold", Source::After("gold"), 1.0, 3),
     ("alignment acc (%)", Source::After("alignment_acc"), 100.0, 1),
     ("alignment prob", Source::After("alignment_prob"), 1.0, 3),
+    ("aesthetic", Source::After("aesthetic"), 1.0, 3),
+    ("ImageReward", Source::After("image_reward"), 1.0, 3),
+    ("HPSv2", Source::After("hps"), 1.0, 4),
+    ("PickScore", Source::After("pickscore"), 1.0, 3),
     ("diversity (feature)", Source::After("diversity_feature"), 1.0, 3),
     ("diversity (LPIPS)", Source::After("diversity_lpips"), 1.0, 3),
+    ("diversity (DreamSim)", Source::After("diversity_dreamsim"), 1.0, 3),
     ("Fréchet", Source::After("frechet"), 1.0, 1),
     ("KL", Source::After("kl"), 1.0, 3),
     ("training time (min)", Source::WallMinutes, 1.0, 1),
@@ -36,8 +41,18 @@ const COLUMNS: [(&str, Source, f64, usize); 11] = [
     ("queries used", Source::After("queries_used"), 1.0, 0),
 ];
 
-/// The table's columns: "queries used" only in a black-box comparison; every other column
-/// always, so a metric no run reported shows as "–". When the gold score is the oracle, its
+/// SD-1.5's metrics: a column only where some run reported them.
+const SD_ONLY: [&str; 5] = [
+    "aesthetic",
+    "image_reward",
+    "hps",
+    "pickscore",
+    "diversity_dreamsim",
+];
+
+/// The table's columns: "queries used" only in a black-box comparison, SD-1.5's metrics
+/// only when some run reports them; every other column always, so a metric no run
+/// reported shows as "–". When the gold score is the oracle, its
 /// header says "oracle reward (gold)": "target reward" there is each method's own.
 fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
     let black_box = is_black_box(results);
@@ -46,6 +61,9 @@ fn columns(results: &[RunResult]) -> Vec<(&'static str, Source, f64, usize)> {
         .into_iter()
         .filter(|(_, source, _, _)| match source {
             Source::After("queries_used") => black_box,
+            Source::After(k) if SD_ONLY.contains(k) => {
+                results.iter().any(|r| metric(&r.after, k).is_some())
+            }
             _ => true,
         })
         .map(|(h, source, scale, decimals)| match (h, gold_oracle) {
