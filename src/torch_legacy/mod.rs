@@ -171,7 +171,7 @@ fn read_bytes(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
         let mut count = [0u8; 8];
         r.read_exact(&mut count)?;
         let n = u64::from_le_bytes(count) as usize;
-        let len = n.checked_mul(dtype.size_in_bytes()).unwrap_or(usize::MAX);
+        let len = n.saturating_mul(dtype.size_in_bytes());
         if r.len() < len {
             bail!("storage {key} is cut short");
         }

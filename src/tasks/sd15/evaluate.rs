@@ -83,18 +83,19 @@ fn score(
     let e = parts.image_embeds(images)?.detach();
     tally.extend("aesthetic", &parts.head_score(&e)?)?;
     tally.extend("clip_score", &parts.cosine_to_prompts(&e, cond)?)?;
-    for (key, model) in [("hps", &parts.hps), ("pickscore", &parts.pickscore)] {
-        if let Ok(m) = model {
-            tally.extend(key, &m.score(images, cond)?)?;
+    let m = &parts.metrics;
+    for (key, model) in [("hps", &m.hps), ("pickscore", &m.pickscore)] {
+        if let Ok(model) = model {
+            tally.extend(key, &model.score(images, cond)?)?;
         }
     }
-    if let Ok(m) = &parts.image_reward {
-        tally.extend("image_reward", &m.score(images, cond)?)?;
+    if let Ok(model) = &m.image_reward {
+        tally.extend("image_reward", &model.score(images, cond)?)?;
     }
-    if let Ok(lpips) = &parts.lpips {
+    if let Ok(lpips) = &m.lpips {
         feats.lpips.push(lpips.features(images)?);
     }
-    if let Ok(dreamsim) = &parts.dreamsim {
+    if let Ok(dreamsim) = &m.dreamsim {
         feats.dreamsim.push(dreamsim.embed(images)?);
     }
     feats.clip.push(e);
@@ -107,11 +108,11 @@ fn diversities(parts: &Sd15Parts, feats: &PromptFeatures, tally: &mut Tally) -> 
         "diversity_clip",
         cosine_diversity(&Tensor::cat(&feats.clip, 0)?)?,
     );
-    if let Ok(lpips) = &parts.lpips {
+    if let Ok(lpips) = &parts.metrics.lpips {
         let d = lpips.pairwise(&LpipsFeatures::cat(&feats.lpips)?)?;
         tally.push("diversity_lpips", mean_off_diagonal(&d)?);
     }
-    if parts.dreamsim.is_ok() {
+    if parts.metrics.dreamsim.is_ok() {
         let e = Tensor::cat(&feats.dreamsim, 0)?;
         tally.push("diversity_dreamsim", cosine_diversity(&e)?);
     }
@@ -141,17 +142,8 @@ pub fn evaluate(
     log.info(format!(
         "{label}: sampling {per} images for each of {n_prompts} prompts"
     ));
-    let missing = [
-        ("hps", parts.hps.as_ref().err()),
-        ("pickscore", parts.pickscore.as_ref().err()),
-        ("image_reward", parts.image_reward.as_ref().err()),
-        ("diversity_lpips", parts.lpips.as_ref().err()),
-        ("diversity_dreamsim", parts.dreamsim.as_ref().err()),
-    ];
-    for (name, why) in missing {
-        if let Some(why) = why {
-            log.info(format!("{label}: `{name}` is null: {why}"));
-        }
+    for (name, why) in parts.metrics.missing() {
+        log.info(format!("{label}: `{name}` is null: {why}"));
     }
     let (mut tally, mut grid) = (Tally::default(), Vec::new());
     for (i, p) in ids.enumerate() {

@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod hf_config;
 pub mod layout;
 pub mod lcm;
+pub mod metrics;
 pub mod parts;
 pub mod prompt_unet;
 pub mod prompts;

@@ -1,20 +1,14 @@
 //! The frozen networks of an sd15 run besides the UNets, loaded once: the VAE decoder, the
-//! CLIP towers, the aesthetic head and, where their files are present, the alignment
-//! metrics HPSv2, PickScore and ImageReward and the diversity metrics LPIPS and DreamSim. The rewards
-//! and the evaluation share them.
+//! CLIP towers, the aesthetic head and the evaluation metrics whose files are present
+//! (`metrics.rs`). The rewards and the evaluation share them.
 
 use super::layout::{self, Layout};
-use crate::models::clip::open_clip::{load_open_clip, OpenClipConfig};
+use super::metrics::Metrics;
 use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
-use crate::models::metrics::dino_vit::DinoVitConfig;
-use crate::models::metrics::dreamsim::{DreamSim, DreamSimConfig, DreamSimFiles};
-use crate::models::metrics::image_reward::{self, med_bert::MedConfig, ImageReward};
-use crate::models::metrics::lpips::Lpips;
 use crate::models::vae::{self, VaeDecoder};
 use crate::rewards::aesthetic::AestheticHead;
 use crate::rewards::clip_preprocess::clip_preprocess;
 use crate::rewards::clip_score::ClipScoreReward;
-use crate::text::BertTokenizer;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -29,16 +23,8 @@ pub struct Sd15Parts {
     pub prompts: Vec<String>,
     pub train_prompts: usize,
     pub dtype: DType,
-    /// HPSv2: the cosine under its OpenCLIP ViT-H/14, or why it is absent.
-    pub hps: std::result::Result<ClipScoreReward, String>,
-    /// PickScore: exp(logit_scale) x the cosine under its CLIP, or why it is absent.
-    pub pickscore: std::result::Result<ClipScoreReward, String>,
-    /// ImageReward of the prompts, or why it is absent.
-    pub image_reward: std::result::Result<ImageReward, String>,
-    /// LPIPS (AlexNet) for the LPIPS diversity, or why it is absent.
-    pub lpips: std::result::Result<Lpips, String>,
-    /// DreamSim's ensemble for the DreamSim diversity, or why it is absent.
-    pub dreamsim: std::result::Result<DreamSim, String>,
+    /// The evaluation metrics whose files are present.
+    pub metrics: Metrics,
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
@@ -92,37 +78,7 @@ impl Sd15Parts {
             head_dtype,
         )?;
         let prompt_embeds = text_embeds(&text, tokenizer, &prompts, device)?;
-        let hps = match layout.metric(layout::HPS) {
-            Ok(path) => Ok(load_hps(layout, &path, tokenizer, &prompts, device, dtype)
-                .with_context(|| format!("loading HPSv2 from {}", path.display()))?),
-            Err(why) => Err(why),
-        };
-        let pickscore = match layout.metric(layout::PICKSCORE) {
-            Ok(path) => Ok(
-                load_pickscore(layout, &path, tokenizer, &prompts, device, dtype)
-                    .with_context(|| format!("loading PickScore from {}", path.display()))?,
-            ),
-            Err(why) => Err(why),
-        };
-        let image_reward =
-            match layout.metric_files(&[layout::IMAGE_REWARD, layout::IMAGE_REWARD_VOCAB]) {
-                Ok(p) => Ok(load_image_reward(layout, &p, &prompts, device)
-                    .with_context(|| format!("loading ImageReward from {}", p[0].display()))?),
-                Err(why) => Err(why),
-            };
-        let lpips = match layout.metric_files(&[layout::LPIPS_ALEXNET, layout::LPIPS_LIN]) {
-            Ok(p) => Ok(Lpips::load(&p[0], &p[1], device)?),
-            Err(why) => Err(why),
-        };
-        let dreamsim = match layout.metric_files(&[
-            layout::DREAMSIM_DINO,
-            layout::DREAMSIM_CLIP,
-            layout::DREAMSIM_OPEN_CLIP,
-            layout::DREAMSIM_LORA,
-        ]) {
-            Ok(p) => Ok(load_dreamsim(layout, &p, device)?),
-            Err(why) => Err(why),
-        };
+        let metrics = Metrics::load(layout, &prompts, tokenizer, device, dtype)?;
         Ok(Self {
             vae,
             vision,
@@ -131,11 +87,7 @@ impl Sd15Parts {
             prompts,
             train_prompts,
             dtype,
-            hps,
-            pickscore,
-            image_reward,
-            lpips,
-            dreamsim,
+            metrics,
         })
     }
 
@@ -150,14 +102,19 @@ impl Sd15Parts {
 
     /// HPSv2 [B] of latents, differentiable with respect to them (`rewards.hps`).
     pub fn hps(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
-        Self::aligned(&self.hps, "rewards.hps", &self.decode(latents)?, cond)?
-            .to_dtype(latents.dtype())
+        Self::aligned(
+            &self.metrics.hps,
+            "rewards.hps",
+            &self.decode(latents)?,
+            cond,
+        )?
+        .to_dtype(latents.dtype())
     }
 
     /// PickScore [B] of latents, differentiable with respect to them (`rewards.pickscore`).
     pub fn pickscore(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
         Self::aligned(
-            &self.pickscore,
+            &self.metrics.pickscore,
             "rewards.pickscore",
             &self.decode(latents)?,
             cond,
@@ -251,7 +208,7 @@ fn encode(
 }
 
 /// L2-normalised projected text embeddings of the prompts (the CLIP score's side).
-fn text_embeds(
+pub fn text_embeds(
     text: &ClipText,
     tok: &ClipTokenizer,
     prompts: &[String],
@@ -270,91 +227,6 @@ pub fn text_states(
     device: &Device,
 ) -> Result<Tensor> {
     encode(text, tok, prompts, device, |ids| text.forward(ids))
-}
-
-/// HPSv2's OpenCLIP towers (config `hps/open_clip_config.json`, or ViT-H-14) with the
-/// prompts' normalised text embeddings; the text tower is dropped after them.
-fn load_hps(
-    layout: &Layout,
-    path: &std::path::Path,
-    tok: &ClipTokenizer,
-    prompts: &[String],
-    device: &Device,
-    dtype: DType,
-) -> Result<ClipScoreReward> {
-    let cfg_path = layout.dir.join(layout::HPS_CONFIG);
-    let cfg = config_or(
-        cfg_path.is_file().then_some(cfg_path),
-        OpenClipConfig::vit_h14(),
-        OpenClipConfig::from_json,
-    )?;
-    let towers = load_open_clip(path, &cfg, device, dtype)?;
-    let embeds = text_embeds(&towers.text, tok, prompts, device)?;
-    Ok(ClipScoreReward::new(towers.vision, &embeds)?)
-}
-
-/// PickScore's `CLIPModel` (config `pickscore/config.json`, or ViT-H/14's), its prompts'
-/// normalised text embeddings and exp(logit_scale).
-fn load_pickscore(
-    layout: &Layout,
-    path: &std::path::Path,
-    tok: &ClipTokenizer,
-    prompts: &[String],
-    device: &Device,
-    dtype: DType,
-) -> Result<ClipScoreReward> {
-    let cfg = config_or(
-        layout.config_of(layout::PICKSCORE),
-        OpenClipConfig::vit_h14().to_clip()?,
-        ClipConfig::from_json,
-    )?;
-    let vision = clip::load_vision(path, &cfg.vision_config, device, dtype)?;
-    let text = clip::load_text(path, &cfg.text_config, device, dtype, true)?;
-    let embeds = text_embeds(&text, tok, prompts, device)?;
-    let scale = clip::weights::logit_scale_exp(path)?;
-    Ok(ClipScoreReward::new(vision, &embeds)?.with_scale(scale))
-}
-
-/// ImageReward from `ImageReward.pt` and bert-base-uncased's vocabulary (`p`), its
-/// med_config.json and sqdf's vit_config.json when present, with the prompts tokenised.
-fn load_image_reward(
-    layout: &Layout,
-    p: &[std::path::PathBuf],
-    prompts: &[String],
-    device: &Device,
-) -> Result<ImageReward> {
-    let present = |rel: &str| Some(layout.dir.join(rel)).filter(|p| p.is_file());
-    let med = config_or(
-        present(layout::IMAGE_REWARD_MED),
-        MedConfig::blip(),
-        MedConfig::from_json,
-    )?;
-    let vit = config_or(
-        present(layout::IMAGE_REWARD_VIT),
-        image_reward::blip_vit_large(),
-        |s| serde_json::from_str::<DinoVitConfig>(s),
-    )?;
-    let tok = BertTokenizer::blip_from_vocab_file(&p[1])?;
-    let (ids, mask) = image_reward::tokenize(&tok, prompts, device)?;
-    ImageReward::load(&p[0], &med, &vit, ids, mask, device)
-}
-
-/// DreamSim's ensemble from its four files (dino, clip, open_clip, adapter) and
-/// `dreamsim/config.json`, or the released ensemble's sizes.
-fn load_dreamsim(layout: &Layout, p: &[std::path::PathBuf], device: &Device) -> Result<DreamSim> {
-    let cfg_path = layout.dir.join(layout::DREAMSIM_CONFIG);
-    let cfg = config_or(
-        cfg_path.is_file().then_some(cfg_path),
-        DreamSimConfig::default(),
-        DreamSimConfig::from_json,
-    )?;
-    let files = DreamSimFiles {
-        dino: &p[0],
-        clip: &p[1],
-        open_clip: &p[2],
-        lora: &p[3],
-    };
-    DreamSim::load(&files, &cfg, device).context("loading DreamSim")
 }
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).
