@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_methods;
+pub mod bench_metrics;
 pub mod bench_peer;
 pub mod compare;
 pub mod eval;
@@ -128,6 +129,23 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Load time, time per image and peak memory of each SD-1.5 evaluation metric whose
+    /// files DIR holds (a benchmark; prints a Markdown table, JSON to --json).
+    BenchMetrics {
+        /// An sd15 weight folder (e.g. `sqdf random-weights DIR --size sd15-narrow`).
+        dir: PathBuf,
+        /// Timed images per metric, after one warm-up image.
+        #[arg(long, default_value_t = 4)]
+        images: usize,
+        /// Image side in pixels (decoded SD-1.5 images: 512).
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Only this metric, in this process (what the benchmark runs in each child).
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -286,6 +304,29 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let v = bench_methods::bench_methods(&exe, root, batch, &log)?;
             if let Some(p) = json {
                 crate::tensor_io::write_file_atomic(&p, serde_json::to_string_pretty(&v)?)?;
+            }
+            Ok(())
+        }
+        Command::BenchMetrics {
+            dir,
+            images,
+            size,
+            only,
+            json,
+        } => {
+            let v = match only {
+                Some(name) => bench_metrics::bench_one(&dir, &name, images, size)?,
+                None => {
+                    let exe = std::env::current_exe().context("locating the sqdf executable")?;
+                    bench_metrics::bench_metrics(&exe, &dir, images, size, &log)?
+                }
+            };
+            match json {
+                Some(p) => {
+                    crate::tensor_io::write_file_atomic(&p, serde_json::to_string_pretty(&v)?)?
+                }
+                None if v.get("metric").is_some() => println!("{v}"),
+                None => {}
             }
             Ok(())
         }
