@@ -720,9 +720,18 @@ def load_unet_io():
     return load_file(os.path.join(OUT, "unet_io.safetensors"))
 
 
+# Folders the metric generators own (make_alignment_fixtures.py, make_lpips_fixtures.py,
+# make_dreamsim_fixtures.py, make_image_reward_fixtures.py): kept as they are.
+OTHER_GENERATORS = {"alignment", "lpips", "dreamsim", "image_reward"}
+
+
 def main():
     if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
+        for name in os.listdir(OUT):
+            if name in OTHER_GENERATORS:
+                continue
+            path = os.path.join(OUT, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(SD)
     tok, vocab_size = make_tokenizer()
     ids = tokenizer_fixture(tok)
