@@ -2,7 +2,9 @@
 //! 2, Python 2 strings among them, which candle's reader does not know). It only builds
 //! values: globals stay names and calls stay (callable, args) pairs, so a file can run
 //! nothing. Memoised values are copies, as in candle's reader: torch's files never mutate a
-//! container after memoising and then fetch it again.
+//! container after memoising and then fetch it again. A malformed or hostile file is an
+//! error, never an abort: lengths are checked against the bytes left, nesting is capped at
+//! `MAX_DEPTH` and copies out of the memo at `MAX_COPIED` values.
 
 use anyhow::{anyhow, bail, Result};
 
@@ -72,72 +74,155 @@ fn long(r: &mut &[u8], n: usize) -> Result<Value> {
     Ok(Value::Int(v))
 }
 
+/// Deepest nesting a value may have: torch's files nest a handful of levels; deeper ones
+/// would only overflow the stack when dropped or walked.
+pub const MAX_DEPTH: usize = 256;
+/// Values copied into and out of the memo (PUT, GET), beyond which a file is refused: each
+/// copies, so a few hundred bytes of GETs could otherwise build an exponentially large value.
+const MAX_COPIED: usize = 1 << 22;
+
+/// A value on the stack with its size in values and its nesting depth.
+struct Item {
+    v: Value,
+    nodes: usize,
+    depth: usize,
+}
+
+impl Item {
+    fn leaf(v: Value) -> Self {
+        Self {
+            v,
+            nodes: 1,
+            depth: 0,
+        }
+    }
+}
+
+/// A container of `items`: its size and depth from theirs.
+fn container(items: Vec<Item>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<Item> {
+    let nodes = 1 + items.iter().map(|i| i.nodes).sum::<usize>();
+    let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        bail!("pickle: values nest deeper than {MAX_DEPTH} levels (a malformed file)");
+    }
+    Ok(Item {
+        v: make(items.into_iter().map(|i| i.v).collect()),
+        nodes,
+        depth,
+    })
+}
+
+/// The kind of a value, for messages (a value itself may be huge).
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool(_) => "bool",
+        Value::Int(_) | Value::BigInt(_) => "int",
+        Value::Float(_) => "float",
+        Value::Str(_) => "str",
+        Value::Tuple(_) => "tuple",
+        Value::List(_) => "list",
+        Value::Dict(_) => "dict",
+        Value::Global(..) => "global",
+        Value::Reduce(..) => "call",
+        Value::Build(..) => "object",
+        Value::PersistentId(_) => "persistent id",
+        Value::Mark => "mark",
+    }
+}
+
 struct Machine {
-    stack: Vec<Value>,
-    memo: std::collections::HashMap<u64, Value>,
+    stack: Vec<Item>,
+    memo: std::collections::HashMap<u64, Item>,
+    copied: usize,
 }
 
 impl Machine {
-    fn pop(&mut self) -> Result<Value> {
+    fn pop(&mut self) -> Result<Item> {
         self.stack
             .pop()
             .ok_or_else(|| anyhow!("pickle stack underflow"))
     }
 
     /// The values above the topmost mark, the mark removed.
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<Vec<Item>> {
         let at = self
             .stack
             .iter()
-            .rposition(|v| *v == Value::Mark)
+            .rposition(|i| i.v == Value::Mark)
             .ok_or_else(|| anyhow!("pickle: no mark on the stack"))?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
 
-    fn top(&mut self) -> Result<&mut Value> {
-        self.stack
+    /// Adds `items` to the container on top (a list, or a dict's key/value pairs), growing
+    /// its size and depth.
+    fn add_to_top(&mut self, items: Vec<Item>) -> Result<()> {
+        let top = self
+            .stack
             .last_mut()
-            .ok_or_else(|| anyhow!("pickle stack underflow"))
-    }
-
-    fn extend_top(&mut self, items: Vec<Value>) -> Result<()> {
-        match self.top()? {
-            Value::List(l) => l.extend(items),
-            other => bail!("pickle: append to a {other:?}"),
+            .ok_or_else(|| anyhow!("pickle stack underflow"))?;
+        top.nodes += items.iter().map(|i| i.nodes).sum::<usize>();
+        top.depth = top
+            .depth
+            .max(1 + items.iter().map(|i| i.depth).max().unwrap_or(0));
+        if top.depth > MAX_DEPTH {
+            bail!("pickle: values nest deeper than {MAX_DEPTH} levels (a malformed file)");
+        }
+        let mut values = items.into_iter().map(|i| i.v);
+        // Python 3 pickles an OrderedDict as OrderedDict() and then SETITEMS onto it.
+        if let Value::Reduce(callable, _) = &top.v {
+            if **callable == Value::Global("collections".into(), "OrderedDict".into()) {
+                top.v = Value::Dict(Vec::new());
+            }
+        }
+        match &mut top.v {
+            Value::List(l) => l.extend(values),
+            Value::Dict(d) => {
+                while let Some(k) = values.next() {
+                    let v = values
+                        .next()
+                        .ok_or_else(|| anyhow!("pickle: a dict key without its value"))?;
+                    d.push((k, v));
+                }
+            }
+            other => bail!("pickle: cannot add items to a {}", kind(other)),
         }
         Ok(())
     }
 
-    fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
-        if !items.len().is_multiple_of(2) {
-            bail!("pickle: SETITEMS with an odd number of values");
-        }
-        let mut it = items.into_iter();
-        let pairs: Vec<(Value, Value)> =
-            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect();
-        match self.top()? {
-            Value::Dict(d) => d.extend(pairs),
-            other => bail!("pickle: set items of a {other:?}"),
-        }
-        Ok(())
-    }
-
-    fn memo_get(&self, id: u64) -> Result<Value> {
-        self.memo
+    fn memo_get(&mut self, id: u64) -> Result<Item> {
+        let item = self
+            .memo
             .get(&id)
-            .cloned()
-            .ok_or_else(|| anyhow!("pickle: memo {id} was never stored"))
+            .ok_or_else(|| anyhow!("pickle: memo {id} was never stored"))?;
+        self.copied += item.nodes;
+        if self.copied > MAX_COPIED {
+            bail!("pickle: the memo copies more than {MAX_COPIED} values (a malformed file)");
+        }
+        Ok(Item {
+            v: item.v.clone(),
+            nodes: item.nodes,
+            depth: item.depth,
+        })
     }
 
     fn memo_put(&mut self, id: u64) -> Result<()> {
-        let v = self
+        let top = self
             .stack
             .last()
-            .cloned()
             .ok_or_else(|| anyhow!("pickle stack underflow"))?;
-        self.memo.insert(id, v);
+        let item = Item {
+            v: top.v.clone(),
+            nodes: top.nodes,
+            depth: top.depth,
+        };
+        self.copied += item.nodes;
+        if self.copied > MAX_COPIED {
+            bail!("pickle: the memo copies more than {MAX_COPIED} values (a malformed file)");
+        }
+        self.memo.insert(id, item);
         Ok(())
     }
 }
@@ -147,10 +232,12 @@ pub fn load(r: &mut &[u8]) -> Result<Value> {
     let mut m = Machine {
         stack: Vec::new(),
         memo: Default::default(),
+        copied: 0,
     };
     loop {
         let op = take(r, 1)?[0];
-        let v = match op {
+        let leaf = |v| Ok(Item::leaf(v));
+        let item: Result<Item> = match op {
             0x80 => {
                 take(r, 1)?;
                 continue;
@@ -159,42 +246,48 @@ pub fn load(r: &mut &[u8]) -> Result<Value> {
                 take(r, 8)?; // FRAME: a length hint
                 continue;
             }
-            b'.' => return m.pop(),
-            b'(' => Value::Mark,
-            b'N' => Value::None,
-            0x88 => Value::Bool(true),
-            0x89 => Value::Bool(false),
-            b'K' => Value::Int(le_uint(r, 1)? as i64),
-            b'M' => Value::Int(le_uint(r, 2)? as i64),
-            b'J' => Value::Int(le_uint(r, 4)? as u32 as i32 as i64),
+            b'.' => return Ok(m.pop()?.v),
+            b'(' => leaf(Value::Mark),
+            b'N' => leaf(Value::None),
+            0x88 => leaf(Value::Bool(true)),
+            0x89 => leaf(Value::Bool(false)),
+            b'K' => leaf(Value::Int(le_uint(r, 1)? as i64)),
+            b'M' => leaf(Value::Int(le_uint(r, 2)? as i64)),
+            b'J' => leaf(Value::Int(le_uint(r, 4)? as u32 as i32 as i64)),
             0x8a => {
                 let n = le_uint(r, 1)? as usize;
-                long(r, n)?
+                leaf(long(r, n)?)
             }
-            b'G' => Value::Float(f64::from_be_bytes(take(r, 8)?.try_into().expect("8 bytes"))),
+            b'G' => leaf(Value::Float(f64::from_be_bytes(
+                take(r, 8)?.try_into().expect("8 bytes"),
+            ))),
             b'U' | 0x8c => {
                 let n = le_uint(r, 1)? as usize;
-                Value::Str(String::from_utf8_lossy(&take(r, n)?).into_owned())
+                leaf(Value::Str(
+                    String::from_utf8_lossy(&take(r, n)?).into_owned(),
+                ))
             }
             b'T' | b'X' => {
                 let n = le_uint(r, 4)? as usize;
-                Value::Str(String::from_utf8_lossy(&take(r, n)?).into_owned())
+                leaf(Value::Str(
+                    String::from_utf8_lossy(&take(r, n)?).into_owned(),
+                ))
             }
             b'c' => {
                 let module = line(r)?;
-                Value::Global(module, line(r)?)
+                leaf(Value::Global(module, line(r)?))
             }
-            b'}' => Value::Dict(Vec::new()),
-            b']' => Value::List(Vec::new()),
-            b')' => Value::Tuple(Vec::new()),
+            b'}' => leaf(Value::Dict(Vec::new())),
+            b']' => leaf(Value::List(Vec::new())),
+            b')' => leaf(Value::Tuple(Vec::new())),
             b'd' => {
                 let items = m.pop_mark()?;
-                m.stack.push(Value::Dict(Vec::new()));
-                m.set_items(items)?;
+                m.stack.push(Item::leaf(Value::Dict(Vec::new())));
+                m.add_to_top(items)?;
                 continue;
             }
-            b'l' => Value::List(m.pop_mark()?),
-            b't' => Value::Tuple(m.pop_mark()?),
+            b'l' => container(m.pop_mark()?, Value::List),
+            b't' => container(m.pop_mark()?, Value::Tuple),
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let at = m
@@ -202,27 +295,22 @@ pub fn load(r: &mut &[u8]) -> Result<Value> {
                     .len()
                     .checked_sub(n)
                     .ok_or_else(|| anyhow!("pickle stack underflow"))?;
-                Value::Tuple(m.stack.split_off(at))
+                container(m.stack.split_off(at), Value::Tuple)
             }
             b'a' => {
                 let v = m.pop()?;
-                m.extend_top(vec![v])?;
+                m.add_to_top(vec![v])?;
                 continue;
             }
-            b'e' => {
+            b'e' | b'u' => {
                 let items = m.pop_mark()?;
-                m.extend_top(items)?;
+                m.add_to_top(items)?;
                 continue;
             }
             b's' => {
                 let v = m.pop()?;
                 let k = m.pop()?;
-                m.set_items(vec![k, v])?;
-                continue;
-            }
-            b'u' => {
-                let items = m.pop_mark()?;
-                m.set_items(items)?;
+                m.add_to_top(vec![k, v])?;
                 continue;
             }
             b'q' => {
@@ -240,21 +328,86 @@ pub fn load(r: &mut &[u8]) -> Result<Value> {
                 m.memo_put(id)?;
                 continue;
             }
-            b'h' => m.memo_get(le_uint(r, 1)?)?,
-            b'j' => m.memo_get(le_uint(r, 4)?)?,
-            b'Q' => Value::PersistentId(Box::new(m.pop()?)),
-            b'R' | 0x81 => {
-                let args = m.pop()?;
-                let callable = m.pop()?;
-                Value::Reduce(Box::new(callable), Box::new(args))
+            b'h' => {
+                let id = le_uint(r, 1)?;
+                m.memo_get(id)
             }
-            b'b' => {
-                let state = m.pop()?;
-                let obj = m.pop()?;
-                Value::Build(Box::new(obj), Box::new(state))
+            b'j' => {
+                let id = le_uint(r, 4)?;
+                m.memo_get(id)
+            }
+            b'Q' => {
+                let id = m.pop()?;
+                container(vec![id], |mut v| Value::PersistentId(Box::new(v.remove(0))))
+            }
+            b'R' | 0x81 | b'b' => {
+                let second = m.pop()?;
+                let first = m.pop()?;
+                container(vec![first, second], |mut v| {
+                    let (b, a) = (v.pop().expect("two"), v.pop().expect("two"));
+                    match op {
+                        b'b' => Value::Build(Box::new(a), Box::new(b)),
+                        _ => Value::Reduce(Box::new(a), Box::new(b)),
+                    }
+                })
             }
             other => bail!("pickle opcode 0x{other:02x} is not supported"),
         };
-        m.stack.push(v);
+        m.stack.push(item?);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_all(bytes: &[u8]) -> Result<Value> {
+        load(&mut &bytes[..])
+    }
+
+    #[test]
+    fn python_3s_ordered_dict_becomes_a_dict() {
+        // pickle.dumps(OrderedDict([("a", 1), ("b", 2)]), protocol=2)
+        let b = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00aq\x02K\x01X\x01\x00\x00\x00bq\x03K\x02u.";
+        let want = Value::Dict(vec![
+            (Value::Str("a".into()), Value::Int(1)),
+            (Value::Str("b".into()), Value::Int(2)),
+        ]);
+        assert_eq!(load_all(b).unwrap(), want);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let n = MAX_DEPTH + 10;
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b'(', n));
+        b.extend(std::iter::repeat_n(b't', n));
+        b.push(b'.');
+        let e = load_all(&b).unwrap_err().to_string();
+        assert!(e.contains("nest deeper"), "{e}");
+        // One-element tuples nest without marks.
+        let mut b = b"\x80\x02N".to_vec();
+        b.extend(std::iter::repeat_n(0x85u8, n));
+        b.push(b'.');
+        assert!(load_all(&b).is_err());
+    }
+
+    #[test]
+    fn a_memo_bomb_is_refused_not_an_out_of_memory_abort() {
+        // Each round doubles the value: 40 rounds would be 2^40 values from 240 bytes.
+        let mut b = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            b.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        b.push(b'.');
+        let e = load_all(&b).unwrap_err().to_string();
+        assert!(e.contains("memo copies"), "{e}");
+    }
+
+    #[test]
+    fn a_length_past_the_end_and_unknown_opcodes_are_errors() {
+        assert!(load_all(b"\x80\x02X\xff\xff\xff\x7f").is_err());
+        let e = load_all(b"\x80\x02\xfe.").unwrap_err().to_string();
+        assert!(e.contains("0xfe"), "{e}");
     }
 }

@@ -720,9 +720,10 @@ def load_unet_io():
     return load_file(os.path.join(OUT, "unet_io.safetensors"))
 
 
-# Folders the metric generators own (make_alignment_fixtures.py, make_lpips_fixtures.py,
-# make_dreamsim_fixtures.py, make_image_reward_fixtures.py): kept as they are.
-OTHER_GENERATORS = {"alignment", "lpips", "dreamsim", "image_reward"}
+# What the other generators own (make_alignment_fixtures.py, make_lpips_fixtures.py,
+# make_dreamsim_fixtures.py, make_image_reward_fixtures.py, make_legacy_pth_fixture.py):
+# kept as it is.
+OTHER_GENERATORS = {"alignment", "lpips", "dreamsim", "image_reward", "legacy_py3.pth"}
 
 
 def main():

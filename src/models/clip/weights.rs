@@ -17,10 +17,15 @@ use std::path::Path;
 /// `.pth.tar`.
 /// Anything else is read as safetensors.
 pub fn is_pickle(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("pth" | "pt" | "bin" | "tar")
-    )
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.ends_with(".pth.tar")
+        || matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("pth" | "pt" | "bin")
+        )
 }
 
 /// The tensors of `path` named in `names` that it holds (on the CPU, in the file's dtype);
@@ -35,16 +40,20 @@ pub fn read_tensors(path: &Path, names: &[&str]) -> Result<HashMap<String, Tenso
             anyhow::bail!("weight file {} not found", path.display());
         }
         if crate::torch_legacy::is_legacy(path) {
-            let mut all = crate::torch_legacy::read(path)?;
-            return Ok(names
-                .iter()
-                .filter_map(|&n| {
-                    let t = all
-                        .remove(n)
-                        .or_else(|| all.remove(&format!("module.{n}")))?;
-                    Some((n.to_string(), t))
-                })
-                .collect());
+            let mut file = crate::torch_legacy::read(path)?;
+            let mut out = HashMap::new();
+            for &n in names {
+                for stored in [n.to_string(), format!("module.{n}")] {
+                    if let Some(why) = file.unreadable.get(&stored) {
+                        anyhow::bail!("{}: `{stored}` cannot be read: {why}", path.display());
+                    }
+                    if let Some(t) = file.tensors.remove(&stored) {
+                        out.insert(n.to_string(), t);
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
         }
         let unreadable = |e: candle_core::Error| {
             anyhow!("{} is not a readable PyTorch file: {e}", path.display())
