@@ -32,13 +32,14 @@ const SD_PANELS: &Panels = &[
     ("diversity_dreamsim", "diversity (DreamSim)", "DreamSim diversity"),
 ];
 
-/// SD-1.5's panels when some run's evaluations report its metrics, the digits' otherwise.
+/// SD-1.5's panels when some run is an sd15 run (its evaluations always report the
+/// aesthetic and CLIP scores), the digits' otherwise.
 fn trade_off_panels(results: &[RunResult]) -> &'static Panels {
-    let sd =
-        |e: &Json| metric(e, "image_reward").is_some() || metric(e, "diversity_dreamsim").is_some();
-    match results.iter().any(|r| sd(&r.after)) {
-        true => SD_PANELS,
-        false => PANELS,
+    let sd = |e: &Json| metric(e, "aesthetic").is_some() && metric(e, "clip_score").is_some();
+    if results.iter().any(|r| sd(&r.after)) {
+        SD_PANELS
+    } else {
+        PANELS
     }
 }
 
@@ -412,6 +413,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = run("SQDF", 0, None, 1.0);
         let sd = |e: &mut Json| {
+            e["aesthetic"] = serde_json::json!(5.0);
+            e["clip_score"] = serde_json::json!(0.3);
             e["image_reward"] = serde_json::json!(0.1);
             e["hps"] = serde_json::json!(0.2);
             e["diversity_dreamsim"] = serde_json::json!(0.5);

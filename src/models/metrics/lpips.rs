@@ -78,13 +78,17 @@ impl Lpips {
         Ok(Self { alexnet, lins })
     }
 
-    /// The normalised feature maps of images [B, 3, H, W] in [-1, 1] (at least 31 px a side).
+    /// The normalised feature maps of images [B, 3, H, W] in [-1, 1] (clamped to it; at
+    /// least 31 px a side).
     pub fn features(&self, images: &Tensor) -> candle_core::Result<LpipsFeatures> {
         let dev = images.device();
         let shift = Tensor::new(&SHIFT, dev)?.reshape((1, 3, 1, 1))?;
         let scale = Tensor::new(&SCALE, dev)?.reshape((1, 3, 1, 1))?;
+        // Clamped: decoded latents overshoot [-1, 1], and lpips is fed images read from
+        // 8-bit files, which cannot.
         let x = images
             .to_dtype(DType::F32)?
+            .clamp(-1f32, 1f32)?
             .broadcast_sub(&shift)?
             .broadcast_div(&scale)?;
         let maps = self
