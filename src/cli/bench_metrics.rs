@@ -31,8 +31,8 @@ pub const NAMES: [&str; 6] = [
 /// Scores one image [1, 3, S, S] (or gathers its features).
 type Scorer = Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>;
 
-/// The metric `name`'s networks from `dir`, as a per-image scorer and what it finishes
-/// with (LPIPS's and DreamSim's pairwise distances).
+/// The metric `name`'s networks from `dir`, as a per-image scorer (for LPIPS and DreamSim,
+/// the image's features; their pairwise distances are a matmul of them).
 fn load(dir: &Path, name: &str, device: &Device) -> Result<Scorer> {
     let l = Layout::new(dir);
     let prompts = vec!["a photograph of a cat".to_string()];
@@ -90,6 +90,9 @@ fn load(dir: &Path, name: &str, device: &Device) -> Result<Scorer> {
 
 /// One metric, in this process: load, one warm-up image, `images` timed ones.
 pub fn bench_one(dir: &Path, name: &str, images: usize, size: usize) -> Result<Json> {
+    if images == 0 {
+        bail!("--images must be at least 1");
+    }
     let device = Device::Cpu;
     let baseline = status_kib("VmRSS:");
     if !reset_peak() {
@@ -112,7 +115,7 @@ pub fn bench_one(dir: &Path, name: &str, images: usize, size: usize) -> Result<J
         "metric": name,
         "load_s": load_s,
         "per_image_s": per_image,
-        "weights_mib": (loaded - baseline) / 1024.0,
+        "resident_mib": (loaded - baseline) / 1024.0,
         "peak_mib": (status_kib("VmHWM:") - baseline) / 1024.0,
         "images": images,
         "size": size,
@@ -127,6 +130,9 @@ pub fn bench_metrics(
     size: usize,
     log: &RunLog,
 ) -> Result<Json> {
+    if images == 0 {
+        bail!("--images must be at least 1");
+    }
     let mut rows = Vec::new();
     for name in NAMES {
         let mut cmd = Command::new(exe);
@@ -157,7 +163,7 @@ pub fn bench_metrics(
         ));
         rows.push(row);
     }
-    println!("| metric | load (s) | per {size} px image (s) | weights (MiB) | peak (MiB) |");
+    println!("| metric | load (s) | per {size} px image (s) | resident after loading (MiB) | peak (MiB) |");
     println!("|---|---:|---:|---:|---:|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
@@ -166,7 +172,7 @@ pub fn bench_metrics(
             r["metric"].as_str().unwrap_or(""),
             f("load_s"),
             f("per_image_s"),
-            f("weights_mib"),
+            f("resident_mib"),
             f("peak_mib")
         );
     }

@@ -8,6 +8,7 @@
 //!   the converted CLIPs' `{"state_dict": ...}` `.pth.tar`, peft's adapter), features,
 //!   embeddings and distances as `dreamsim.dreamsim()`'s model gives them.
 
+use crate::common;
 use crate::parity::{assert_close, fixtures, io};
 use candle_core::{Device, Tensor};
 use sqdf::eval::diversity::mean_off_diagonal;
@@ -233,4 +234,28 @@ fn a_dreamsim_adapter_on_other_modules_is_refused_by_name() {
         err.contains("adapter_config.json") && err.contains("target_modules"),
         "{err}"
     );
+}
+
+#[test]
+fn dreamsim_of_an_image_the_package_resized_itself() {
+    let io = io("dreamsim/dreamsim_io.safetensors");
+    let m = dreamsim_model();
+    // A 64 x 40 8-bit image through sqdf's float bicubic (the package: PIL's 8-bit one).
+    let raw = io["raw_image_hwc_u8"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .affine(1.0 / 255.0, 0.0)
+        .unwrap();
+    let ours = m.embed_pixels(&raw).unwrap();
+    let want = &io["raw_image_embedding"];
+    let worst = common::max_abs_diff(&ours, want);
+    // The pixels differ by up to a level of 255 (see above); the unit-length embedding moved
+    // by 1.3e-3 (2026-12-07), a few times that level. The package's own pixels give its
+    // embedding to float rounding (below).
+    assert!(worst < 4e-3, "embedding off the package's by {worst}");
+    // And through the package's own pixels, to float rounding.
+    let exact = m.embed_pixels(&io["raw_image_preprocessed"]).unwrap();
+    assert_close(&exact, want, "DreamSim of the package's pixels");
 }

@@ -7,6 +7,7 @@
 //! their files are present, LPIPS (`diversity_lpips`) and cosine distance of DreamSim
 //! embeddings (`diversity_dreamsim`). A metric without its files is `null`.
 
+use super::metrics::Metrics;
 use super::parts::Sd15Parts;
 use super::EVAL_SEED;
 use crate::eval::diversity::{cosine_diversity, mean_off_diagonal};
@@ -75,6 +76,7 @@ struct PromptFeatures {
 /// keeps their features for the prompt's diversities.
 fn score(
     parts: &Sd15Parts,
+    m: &Metrics,
     images: &Tensor,
     cond: &Tensor,
     tally: &mut Tally,
@@ -83,7 +85,6 @@ fn score(
     let e = parts.image_embeds(images)?.detach();
     tally.extend("aesthetic", &parts.head_score(&e)?)?;
     tally.extend("clip_score", &parts.cosine_to_prompts(&e, cond)?)?;
-    let m = &parts.metrics;
     for (key, model) in [("hps", &m.hps), ("pickscore", &m.pickscore)] {
         if let Ok(model) = model {
             tally.extend(key, &model.score(images, cond)?)?;
@@ -103,16 +104,16 @@ fn score(
 }
 
 /// The mean pairwise distances within one prompt's samples.
-fn diversities(parts: &Sd15Parts, feats: &PromptFeatures, tally: &mut Tally) -> Result<()> {
+fn diversities(m: &Metrics, feats: &PromptFeatures, tally: &mut Tally) -> Result<()> {
     tally.push(
         "diversity_clip",
         cosine_diversity(&Tensor::cat(&feats.clip, 0)?)?,
     );
-    if let Ok(lpips) = &parts.metrics.lpips {
+    if let Ok(lpips) = &m.lpips {
         let d = lpips.pairwise(&LpipsFeatures::cat(&feats.lpips)?)?;
         tally.push("diversity_lpips", mean_off_diagonal(&d)?);
     }
-    if parts.metrics.dreamsim.is_ok() {
+    if m.dreamsim.is_ok() {
         let e = Tensor::cat(&feats.dreamsim, 0)?;
         tally.push("diversity_dreamsim", cosine_diversity(&e)?);
     }
@@ -142,8 +143,15 @@ pub fn evaluate(
     log.info(format!(
         "{label}: sampling {per} images for each of {n_prompts} prompts"
     ));
-    for (name, why) in parts.metrics.missing() {
+    // Loaded for this evaluation only, dropped at its end (metrics.rs).
+    let metrics = parts.metrics.load()?;
+    for (name, why) in metrics.missing() {
         log.info(format!("{label}: `{name}` is null: {why}"));
+    }
+    if per < 2 {
+        log.info(format!(
+            "{label}: the diversities are null: they are pairwise, and there is {per} sample per prompt"
+        ));
     }
     let (mut tally, mut grid) = (Tally::default(), Vec::new());
     for (i, p) in ids.enumerate() {
@@ -167,7 +175,7 @@ pub fn evaluate(
             )?;
             tally.extend("reward", &script.reward(&x0, &cond)?)?;
             let images = parts.decode(&x0)?.detach();
-            score(parts, &images, &cond, &mut tally, &mut feats)?;
+            score(parts, &metrics, &images, &cond, &mut tally, &mut feats)?;
             let keep = GRID.1.saturating_sub(start).min(len);
             if i < GRID.0 && keep > 0 {
                 grid.push(
@@ -178,7 +186,7 @@ pub fn evaluate(
             }
         }
         if per >= 2 {
-            diversities(parts, &feats, &mut tally)?;
+            diversities(&metrics, &feats, &mut tally)?;
         }
     }
     let (rows, cols) = (n_prompts.min(GRID.0), per.min(GRID.1));
@@ -186,10 +194,6 @@ pub fn evaluate(
         let path = out_dir.join(format!("samples_{label}.png"));
         save_rgb_grid(&path, &Tensor::cat(&grid, 0)?, rows, cols)?;
     }
-    let diversity_clip = match tally.mean("diversity_clip") {
-        Value::Null => f64::NAN.into(),
-        v => v,
-    };
     Ok(json!({
         "reward_mean": tally.mean("reward"),
         "reward_std": tally.std("reward"),
@@ -198,7 +202,7 @@ pub fn evaluate(
         "hps": tally.mean("hps"),
         "pickscore": tally.mean("pickscore"),
         "image_reward": tally.mean("image_reward"),
-        "diversity_clip": diversity_clip,
+        "diversity_clip": tally.mean("diversity_clip"),
         "diversity_lpips": tally.mean("diversity_lpips"),
         "diversity_dreamsim": tally.mean("diversity_dreamsim"),
         "prompts": n_prompts,

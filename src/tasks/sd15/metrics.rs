@@ -1,6 +1,12 @@
 //! The evaluation metrics' networks of an sd15 run (paper §5.1, Appendix D;
 //! docs/sd15_metrics.md), each loaded where its files are present and otherwise absent with
 //! the reason, which eval.json reports as `null` and the log states.
+//!
+//! They are loaded for each evaluation and dropped after it (`MetricSource::load`), so that
+//! training does not hold them: together they are about 2.6B parameters. HPSv2 and
+//! PickScore, which a script may train on (`rewards.hps`), are kept from their first use as
+//! a reward, and an evaluation then shares them. A run checks every present metric's files
+//! once when it starts, so that a broken file stops it before training, not at its end.
 
 use super::layout::{self, Layout};
 use super::parts::{config_or, text_embeds};
@@ -15,15 +21,17 @@ use crate::text::{BertTokenizer, ClipTokenizer};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 /// A metric's network, or why it is absent (the missing files).
 pub type Optional<T> = std::result::Result<T, String>;
 
+/// The metrics of one evaluation.
 pub struct Metrics {
     /// HPSv2: the cosine under its OpenCLIP ViT-H/14.
-    pub hps: Optional<ClipScoreReward>,
+    pub hps: Optional<Arc<ClipScoreReward>>,
     /// PickScore: exp(logit_scale) x the cosine under its CLIP.
-    pub pickscore: Optional<ClipScoreReward>,
+    pub pickscore: Optional<Arc<ClipScoreReward>>,
     pub image_reward: Optional<ImageReward>,
     /// LPIPS (AlexNet), for the LPIPS diversity.
     pub lpips: Optional<Lpips>,
@@ -74,34 +82,6 @@ pub fn optional<T>(
 }
 
 impl Metrics {
-    /// Every metric whose files are present, on `device` (HPSv2 and PickScore in `dtype`,
-    /// the others in f32), with the prompts' text sides computed once.
-    pub fn load(
-        layout: &Layout,
-        prompts: &[String],
-        tok: &ClipTokenizer,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        Ok(Self {
-            hps: optional(layout, "hps", |p| {
-                load_hps(layout, &p[0], tok, prompts, device, dtype)
-            })?,
-            pickscore: optional(layout, "pickscore", |p| {
-                load_pickscore(layout, &p[0], tok, prompts, device, dtype)
-            })?,
-            image_reward: optional(layout, "image_reward", |p| {
-                load_image_reward(layout, p, prompts, device)
-            })?,
-            lpips: optional(layout, "diversity_lpips", |p| {
-                Lpips::load(&p[0], &p[1], device)
-            })?,
-            dreamsim: optional(layout, "diversity_dreamsim", |p| {
-                load_dreamsim(layout, p, device)
-            })?,
-        })
-    }
-
     /// (eval.json key, why it is absent) of every absent metric.
     pub fn missing(&self) -> Vec<(&'static str, &str)> {
         let why = [
@@ -116,6 +96,119 @@ impl Metrics {
             .zip(why)
             .filter_map(|((k, _), w)| Some((*k, w?.as_str())))
             .collect()
+    }
+}
+
+/// Where a run's metrics load from, and the two that rewards keep.
+pub struct MetricSource {
+    layout: Layout,
+    prompts: Vec<String>,
+    tok: ClipTokenizer,
+    device: Device,
+    dtype: DType,
+    hps: OnceLock<Optional<Arc<ClipScoreReward>>>,
+    pickscore: OnceLock<Optional<Arc<ClipScoreReward>>>,
+}
+
+/// The cell's value, loaded by `load` the first time.
+fn cached<T>(
+    cell: &OnceLock<Optional<T>>,
+    load: impl FnOnce() -> Result<Optional<T>>,
+) -> Result<&Optional<T>> {
+    if cell.get().is_none() {
+        let _ = cell.set(load()?);
+    }
+    Ok(cell.get().expect("set above"))
+}
+
+impl MetricSource {
+    /// Checks every metric whose files are present by loading it once (one at a time, each
+    /// dropped before the next), and keeps nothing.
+    pub fn new(
+        layout: &Layout,
+        prompts: &[String],
+        tok: &ClipTokenizer,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let source = Self {
+            layout: layout.clone(),
+            prompts: prompts.to_vec(),
+            tok: tok.clone(),
+            device: device.clone(),
+            dtype,
+            hps: OnceLock::new(),
+            pickscore: OnceLock::new(),
+        };
+        drop(source.load_hps()?);
+        drop(source.load_pickscore()?);
+        drop(source.load_image_reward()?);
+        drop(source.load_lpips()?);
+        drop(source.load_dreamsim()?);
+        Ok(source)
+    }
+
+    fn load_hps(&self) -> Result<Optional<Arc<ClipScoreReward>>> {
+        let (l, t, p, d) = (&self.layout, &self.tok, &self.prompts, &self.device);
+        optional(l, "hps", |f| {
+            Ok(Arc::new(load_hps(l, &f[0], t, p, d, self.dtype)?))
+        })
+    }
+
+    fn load_pickscore(&self) -> Result<Optional<Arc<ClipScoreReward>>> {
+        let (l, t, p, d) = (&self.layout, &self.tok, &self.prompts, &self.device);
+        optional(l, "pickscore", |f| {
+            Ok(Arc::new(load_pickscore(l, &f[0], t, p, d, self.dtype)?))
+        })
+    }
+
+    fn load_image_reward(&self) -> Result<Optional<ImageReward>> {
+        let l = &self.layout;
+        optional(l, "image_reward", |f| {
+            load_image_reward(l, f, &self.prompts, &self.device)
+        })
+    }
+
+    fn load_lpips(&self) -> Result<Optional<Lpips>> {
+        optional(&self.layout, "diversity_lpips", |f| {
+            Lpips::load(&f[0], &f[1], &self.device)
+        })
+    }
+
+    fn load_dreamsim(&self) -> Result<Optional<DreamSim>> {
+        let l = &self.layout;
+        optional(l, "diversity_dreamsim", |f| {
+            load_dreamsim(l, f, &self.device)
+        })
+    }
+
+    /// HPSv2 for `rewards.hps`, loaded at the first call and kept.
+    pub fn hps(&self) -> Result<&Optional<Arc<ClipScoreReward>>> {
+        cached(&self.hps, || self.load_hps())
+    }
+
+    /// PickScore for `rewards.pickscore`, loaded at the first call and kept.
+    pub fn pickscore(&self) -> Result<&Optional<Arc<ClipScoreReward>>> {
+        cached(&self.pickscore, || self.load_pickscore())
+    }
+
+    /// Every metric for one evaluation: HPSv2 and PickScore shared where a reward keeps
+    /// them, the others loaded now and dropped with the result.
+    pub fn load(&self) -> Result<Metrics> {
+        let shared = |cell: &OnceLock<Optional<Arc<ClipScoreReward>>>| cell.get().cloned();
+        Ok(Metrics {
+            hps: match shared(&self.hps) {
+                Some(m) => m,
+                None => self.load_hps()?,
+            },
+            pickscore: match shared(&self.pickscore) {
+                Some(m) => m,
+                None => self.load_pickscore()?,
+            },
+            image_reward: self.load_image_reward()?,
+            lpips: self.load_lpips()?,
+            dreamsim: self.load_dreamsim()?,
+        })
     }
 }
 
@@ -182,6 +275,23 @@ pub fn load_image_reward(
         |s| serde_json::from_str::<DinoVitConfig>(s),
     )?;
     let tok = BertTokenizer::blip_from_vocab_file(&p[1])?;
+    // Checked here, not when the first image is scored after a run's sampling.
+    if tok.vocab_size() > med.vocab_size {
+        anyhow::bail!(
+            "{} has {} tokens with BLIP's two added ones, more than the text encoder's vocab_size {} ({})",
+            p[1].display(),
+            tok.vocab_size(),
+            med.vocab_size,
+            present(layout::IMAGE_REWARD_MED).map_or("BLIP's med_config.json".into(), |p| p.display().to_string())
+        );
+    }
+    if image_reward::MAX_TOKENS > med.max_position_embeddings {
+        anyhow::bail!(
+            "ImageReward pads prompts to {} tokens; the text encoder has {} positions",
+            image_reward::MAX_TOKENS,
+            med.max_position_embeddings
+        );
+    }
     let (ids, mask) = image_reward::tokenize(&tok, prompts, device)?;
     ImageReward::load(&p[0], &med, &vit, ids, mask, device)
 }

@@ -3,7 +3,7 @@
 //! (`metrics.rs`). The rewards and the evaluation share them.
 
 use super::layout::{self, Layout};
-use super::metrics::Metrics;
+use super::metrics::{MetricSource, Optional};
 use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
 use crate::models::vae::{self, VaeDecoder};
 use crate::rewards::aesthetic::AestheticHead;
@@ -12,6 +12,7 @@ use crate::rewards::clip_score::ClipScoreReward;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 pub struct Sd15Parts {
     pub vae: VaeDecoder,
@@ -23,8 +24,8 @@ pub struct Sd15Parts {
     pub prompts: Vec<String>,
     pub train_prompts: usize,
     pub dtype: DType,
-    /// The evaluation metrics whose files are present.
-    pub metrics: Metrics,
+    /// Where the evaluation metrics load from (HPSv2 and PickScore kept once a reward uses them).
+    pub metrics: MetricSource,
 }
 
 /// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
@@ -78,7 +79,7 @@ impl Sd15Parts {
             head_dtype,
         )?;
         let prompt_embeds = text_embeds(&text, tokenizer, &prompts, device)?;
-        let metrics = Metrics::load(layout, &prompts, tokenizer, device, dtype)?;
+        let metrics = MetricSource::new(layout, &prompts, tokenizer, device, dtype)?;
         Ok(Self {
             vae,
             vision,
@@ -94,37 +95,25 @@ impl Sd15Parts {
     /// The ids of the prompts evaluations sample: the evaluation list when one was given,
     /// the training prompts otherwise.
     pub fn eval_ids(&self) -> std::ops::Range<usize> {
-        match self.train_prompts < self.prompts.len() {
-            true => self.train_prompts..self.prompts.len(),
-            false => 0..self.prompts.len(),
-        }
+        eval_ids(self.train_prompts, self.prompts.len())
     }
 
     /// HPSv2 [B] of latents, differentiable with respect to them (`rewards.hps`).
     pub fn hps(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
-        Self::aligned(
-            &self.metrics.hps,
-            "rewards.hps",
-            &self.decode(latents)?,
-            cond,
-        )?
-        .to_dtype(latents.dtype())
+        let model = self.metrics.hps().map_err(candle_core::Error::wrap)?;
+        Self::aligned(model, "rewards.hps", &self.decode(latents)?, cond)?.to_dtype(latents.dtype())
     }
 
     /// PickScore [B] of latents, differentiable with respect to them (`rewards.pickscore`).
     pub fn pickscore(&self, latents: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
-        Self::aligned(
-            &self.metrics.pickscore,
-            "rewards.pickscore",
-            &self.decode(latents)?,
-            cond,
-        )?
-        .to_dtype(latents.dtype())
+        let model = self.metrics.pickscore().map_err(candle_core::Error::wrap)?;
+        Self::aligned(model, "rewards.pickscore", &self.decode(latents)?, cond)?
+            .to_dtype(latents.dtype())
     }
 
     /// An alignment score of decoded images [B, 3, H, W], or an error naming the missing file.
     fn aligned(
-        model: &std::result::Result<ClipScoreReward, String>,
+        model: &Optional<Arc<ClipScoreReward>>,
         name: &str,
         images: &Tensor,
         cond: &Tensor,
@@ -173,6 +162,16 @@ impl Sd15Parts {
     /// Cosine [B] of image embeddings [B, proj] and their prompts' (ids `cond`).
     pub fn cosine_to_prompts(&self, embeds: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
         crate::rewards::clip_score::cosine_to_prompts(embeds, &self.prompt_embeds, cond)
+    }
+}
+
+/// The evaluation prompts' ids among `total` prompts of which the first `train` are the
+/// training ones: those after them, or the training ones when there are none.
+fn eval_ids(train: usize, total: usize) -> std::ops::Range<usize> {
+    if train < total {
+        train..total
+    } else {
+        0..total
     }
 }
 
@@ -236,4 +235,13 @@ pub fn text_encoder_config(layout: &Layout) -> Result<ClipTextConfig> {
         ClipTextConfig::vit_l14_text(),
         |s| serde_json::from_str(s),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn evaluation_prompts_are_the_ones_after_the_training_ones() {
+        assert_eq!(super::eval_ids(2, 5), 2..5);
+        assert_eq!(super::eval_ids(45, 45), 0..45);
+    }
 }
