@@ -197,11 +197,15 @@ pub fn clip_preprocess(images: &Tensor, size: usize) -> Result<Tensor> {
     }
     let x = images.affine(0.5, 0.5)?.clamp(0.0, 1.0)?;
     let x = resize_crop(&x, size)?;
+    normalize(&x, CLIP_MEAN, CLIP_STD)
+}
+
+/// (x − mean) / std per channel of images [B, 3, H, W], in x's dtype.
+pub fn normalize(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Result<Tensor> {
     let stat = |v: [f64; 3]| {
         Tensor::from_vec(v.to_vec(), (1, 3, 1, 1), &Device::Cpu)?
             .to_device(x.device())?
             .to_dtype(x.dtype())
     };
-    x.broadcast_sub(&stat(CLIP_MEAN)?)?
-        .broadcast_div(&stat(CLIP_STD)?)
+    x.broadcast_sub(&stat(mean)?)?.broadcast_div(&stat(std)?)
 }

@@ -190,3 +190,33 @@ fn image_reward_resize_and_crop_follow_the_package_up_to_pils_rounding() {
     let s = m.score_pixels(want, &ids, &mask).unwrap();
     assert_close(&s, &io["big_score"], "ImageReward of the cropped image");
 }
+
+#[test]
+fn an_image_reward_file_missing_a_key_or_config_it_cannot_run_is_named() {
+    let dir = image_reward_dir();
+    // LPIPS's linear layers given as ImageReward's checkpoint.
+    let (ids, mask) = (
+        Tensor::zeros((1, 35), DType::U32, &DEV).unwrap(),
+        Tensor::ones((1, 35), DType::F32, &DEV).unwrap(),
+    );
+    let med = MedConfig::from_json(&std::fs::read_to_string(dir.join("med_config.json")).unwrap())
+        .unwrap();
+    let wrong = dir.parent().unwrap().join("lpips/alex.pth");
+    let vit = image_reward::blip_vit_large();
+    let e = ImageReward::load(&wrong, &med, &vit, ids, mask, &DEV)
+        .err()
+        .unwrap();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("alex.pth") && msg.contains("blip.visual_encoder."),
+        "{msg}"
+    );
+    let e = MedConfig::from_json(
+        r#"{"vocab_size": 9, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 3, "intermediate_size": 8, "max_position_embeddings": 40,
+        "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("3 attention heads"), "{e}");
+}

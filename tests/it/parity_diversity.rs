@@ -259,3 +259,35 @@ fn dreamsim_of_an_image_the_package_resized_itself() {
     let exact = m.embed_pixels(&io["raw_image_preprocessed"]).unwrap();
     assert_close(&exact, want, "DreamSim of the package's pixels");
 }
+
+#[test]
+fn dreamsim_configs_and_adapters_it_cannot_run_are_refused_with_the_reason() {
+    let mut cfg = dreamsim_config();
+    cfg.backbones.dino_vitb16.depth = 4;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("dino_vitb16") && e.contains("block 11"), "{e}");
+    let mut cfg = dreamsim_config();
+    cfg.backbones.clip_vitb16.img_size = 64;
+    assert!(cfg.validate().unwrap_err().to_string().contains("img_size"));
+    let mut cfg = dreamsim_config();
+    cfg.backbones.open_clip_vitb16.proj_dim = None;
+    assert!(cfg.validate().unwrap_err().to_string().contains("proj_dim"));
+    // An adapter_config.json without its rank.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dreamsim_dir().join("models/ensemble_lora");
+    let lora = dir.path().join("adapter_model.safetensors");
+    std::fs::copy(src.join("adapter_model.safetensors"), &lora).unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        r#"{"lora_alpha": 8}"#,
+    )
+    .unwrap();
+    let e = dreamsim::load_lora(&lora, &dreamsim_config())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("`r`"),
+        "{e}"
+    );
+}

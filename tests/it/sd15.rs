@@ -356,4 +356,18 @@ fn eval_prompts_are_the_ones_evaluated_and_never_trained_on() {
     let ids = t.task.conditions(200, &mut sqdf::rng::seeded(3));
     assert!(ids.iter().all(|&c| c < 2), "{ids:?}");
     assert!(ids.contains(&0) && ids.contains(&1));
+    // An empty evaluation list is an error naming the file, before anything runs.
+    std::fs::write(&eval_file, "\n  \n").unwrap();
+    let e = format!(
+        "{:#}",
+        sqdf::cli::eval::evaluate(
+            &s,
+            None,
+            &[],
+            &dir.path().join("ev2"),
+            sqdf::run_log::RunLog::captured()
+        )
+        .expect_err("an empty list fails")
+    );
+    assert!(e.contains("eval_prompts.txt") && e.contains("empty"), "{e}");
 }

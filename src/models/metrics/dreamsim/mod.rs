@@ -17,7 +17,7 @@
 pub use super::dino_vit::{dino_params, load_dino_vit, DinoVitConfig as BackboneConfig, QkvLora};
 
 use crate::models::clip::{Activation, ClipVision, ClipVisionConfig, VisionLayout};
-use crate::rewards::clip_preprocess::{resize, Filter, CLIP_MEAN, CLIP_STD};
+use crate::rewards::clip_preprocess::{normalize, resize, Filter, CLIP_MEAN, CLIP_STD};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -113,14 +113,6 @@ impl DreamSimConfig {
             .into_iter()
             .map(|(n, b, l)| (n, b.to_clip(), l))
             .collect()
-    }
-
-    /// Width of the concatenated feature.
-    pub fn feature_dim(&self) -> usize {
-        let b = &self.backbones;
-        b.dino_vitb16.embed_dim
-            + b.clip_vitb16.proj_dim.unwrap_or(0)
-            + b.open_clip_vitb16.proj_dim.unwrap_or(0)
     }
 }
 
@@ -234,10 +226,7 @@ impl DreamSim {
             .iter()
             .enumerate()
             .map(|(k, (vit, mean, std))| {
-                let stat = |v: &[f64; 3]| {
-                    Tensor::from_vec(v.map(|x| x as f32).to_vec(), (1, 3, 1, 1), x.device())
-                };
-                let x = x.broadcast_sub(&stat(mean)?)?.broadcast_div(&stat(std)?)?;
+                let x = normalize(&x, *mean, *std)?;
                 match k {
                     // DINO: the class token after block 11, no final norm.
                     0 => vit.last_hidden_state(&x)?.narrow(1, 0, 1)?.squeeze(1),

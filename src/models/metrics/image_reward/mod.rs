@@ -24,7 +24,7 @@ use super::dino_vit::{dino_params, load_dino_vit, DinoVitConfig};
 use crate::models::clip::weights::build_checked;
 use crate::models::clip::{Activation, ClipVision, VisionLayout};
 use crate::rewards::aesthetic::AestheticHead;
-use crate::rewards::clip_preprocess::{resize_center_crop, Filter, CLIP_MEAN, CLIP_STD};
+use crate::rewards::clip_preprocess::{normalize, resize_center_crop, Filter, CLIP_MEAN, CLIP_STD};
 use crate::tensor_io::expected_params;
 use crate::text::BertTokenizer;
 use anyhow::Result;
@@ -148,10 +148,7 @@ impl ImageReward {
             .affine(0.5, 0.5)?
             .clamp(0.0, 1.0)?;
         let x = resize_center_crop(&x, s, Filter::Bicubic)?;
-        let stat =
-            |v: [f64; 3]| Tensor::from_vec(v.map(|x| x as f32).to_vec(), (1, 3, 1, 1), x.device());
-        x.broadcast_sub(&stat(CLIP_MEAN)?)?
-            .broadcast_div(&stat(CLIP_STD)?)
+        normalize(&x, CLIP_MEAN, CLIP_STD)
     }
 
     /// The score [B] of normalised pixels [B, 3, S, S] against token ids and masks [B, 35].
