@@ -42,7 +42,7 @@ fn load(dir: &Path, name: &str, device: &Device) -> Result<Scorer> {
     let dtype = DType::F32;
     Ok(match name {
         "aesthetic" => {
-            let cfg = crate::tasks::sd15::parts::config_or(
+            let cfg = crate::tasks::sd15::layout::config_or(
                 l.config_of(layout::CLIP),
                 crate::models::clip::ClipConfig::vit_l14(),
                 crate::models::clip::ClipConfig::from_json,

@@ -135,7 +135,7 @@ fn clip_text_encoder_saved_by_transformers_5_matches() {
 }
 
 /// The sd15 path end to end for text: prompts -> sqdf's tokenizer -> sqdf's encoder
-/// (`parts::text_states`), against transformers' encoder on transformers' ids.
+/// (`prompt_text::text_states`), against transformers' encoder on transformers' ids.
 #[test]
 fn prompt_states_match_transformers_end_to_end() {
     let l = sd();
@@ -151,7 +151,8 @@ fn prompt_states_match_transformers_end_to_end() {
         .iter()
         .map(|&i| fx.cases[i].prompt.clone())
         .collect();
-    let states = parts::text_states(&text, &tokenizer(), &prompts, &DEV).unwrap();
+    let states =
+        sqdf::tasks::sd15::prompt_text::text_states(&text, &tokenizer(), &prompts, &DEV).unwrap();
     let r = io("clip_text_io.safetensors");
     assert_close(
         &states,

@@ -2,7 +2,7 @@
 //! (`--set weights=DIR`). Every path is checked before anything loads, and a missing file
 //! is reported together with all the others, each with the public file it should be.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// (path under DIR, what to put there).
@@ -190,4 +190,22 @@ impl Layout {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
+pub fn config_or<T, E: Into<anyhow::Error>>(
+    path: Option<std::path::PathBuf>,
+    default: T,
+    parse: impl Fn(&str) -> std::result::Result<T, E>,
+) -> Result<T> {
+    match path {
+        None => Ok(default),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            parse(&text)
+                .map_err(Into::into)
+                .with_context(|| format!("parsing {}", p.display()))
+        }
+    }
 }

@@ -8,8 +8,8 @@
 //! a reward, and an evaluation then shares them. A run checks every present metric's files
 //! once when it starts, so that a broken file stops it before training, not at its end.
 
-use super::layout::{self, Layout};
-use super::parts::{config_or, text_embeds};
+use super::layout::{self, config_or, Layout};
+use super::prompt_text::text_embeds;
 use crate::models::clip::open_clip::{load_open_clip, OpenClipConfig};
 use crate::models::clip::{self, ClipConfig};
 use crate::models::metrics::dino_vit::DinoVitConfig;

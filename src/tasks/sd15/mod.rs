@@ -10,6 +10,7 @@ pub mod layout;
 pub mod lcm;
 pub mod metrics;
 pub mod parts;
+pub mod prompt_text;
 pub mod prompt_unet;
 pub mod prompts;
 pub mod random_weights;

@@ -2,15 +2,16 @@
 //! CLIP towers, the aesthetic head and the evaluation metrics whose files are present
 //! (`metrics.rs`). The rewards and the evaluation share them.
 
-use super::layout::{self, Layout};
+use super::layout::{self, config_or, Layout};
 use super::metrics::{MetricSource, Optional};
-use crate::models::clip::{self, ClipConfig, ClipText, ClipTextConfig, ClipVision};
+use super::prompt_text::text_embeds;
+use crate::models::clip::{self, ClipConfig, ClipTextConfig, ClipVision};
 use crate::models::vae::{self, VaeDecoder};
 use crate::rewards::aesthetic::AestheticHead;
 use crate::rewards::clip_preprocess::clip_preprocess;
 use crate::rewards::clip_score::ClipScoreReward;
 use crate::text::ClipTokenizer;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -26,24 +27,6 @@ pub struct Sd15Parts {
     pub dtype: DType,
     /// Where the evaluation metrics load from (HPSv2 and PickScore kept once a reward uses them).
     pub metrics: MetricSource,
-}
-
-/// A config.json parsed with `parse`, or the SD-1.5 default when the folder has none.
-pub fn config_or<T, E: Into<anyhow::Error>>(
-    path: Option<std::path::PathBuf>,
-    default: T,
-    parse: impl Fn(&str) -> std::result::Result<T, E>,
-) -> Result<T> {
-    match path {
-        None => Ok(default),
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            parse(&text)
-                .map_err(Into::into)
-                .with_context(|| format!("parsing {}", p.display()))
-        }
-    }
 }
 
 impl Sd15Parts {
@@ -173,59 +156,6 @@ fn eval_ids(train: usize, total: usize) -> std::ops::Range<usize> {
     } else {
         0..total
     }
-}
-
-/// Token ids [n, len] of prompts (len = the text model's positions, 77 for CLIP), padded
-/// as SD-1.5's tokenizer pads.
-pub fn token_ids(
-    tokenizer: &ClipTokenizer,
-    prompts: &[String],
-    len: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let ids: Vec<u32> = prompts
-        .iter()
-        .flat_map(|p| tokenizer.encode_padded(p, len))
-        .collect();
-    Ok(Tensor::from_vec(ids, (prompts.len(), len), device)?)
-}
-
-/// `f` of the prompts' token ids, 8 prompts at a time, detached and concatenated.
-fn encode(
-    text: &ClipText,
-    tok: &ClipTokenizer,
-    prompts: &[String],
-    device: &Device,
-    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> Result<Tensor> {
-    let len = text.config().max_position_embeddings;
-    let out = prompts
-        .chunks(8)
-        .map(|chunk| Ok(f(&token_ids(tok, chunk, len, device)?)?.detach()))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&out, 0)?)
-}
-
-/// L2-normalised projected text embeddings of the prompts (the CLIP score's side).
-pub fn text_embeds(
-    text: &ClipText,
-    tok: &ClipTokenizer,
-    prompts: &[String],
-    device: &Device,
-) -> Result<Tensor> {
-    encode(text, tok, prompts, device, |ids| {
-        clip::l2_normalize(&text.text_embeds(ids)?)
-    })
-}
-
-/// The SD text encoder's last hidden states [n, 77, hidden] of prompts (what the UNet reads).
-pub fn text_states(
-    text: &ClipText,
-    tok: &ClipTokenizer,
-    prompts: &[String],
-    device: &Device,
-) -> Result<Tensor> {
-    encode(text, tok, prompts, device, |ids| text.forward(ids))
 }
 
 /// The SD text encoder's config (text_encoder/config.json, or CLIP ViT-L/14's text model).

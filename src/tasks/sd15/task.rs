@@ -5,7 +5,7 @@
 use super::layout::{self, Layout};
 use super::parts::{self, Sd15Parts};
 use super::prompt_unet::PromptUNet;
-use super::{lcm, prompts};
+use super::{lcm, prompt_text, prompts};
 use crate::diffusion::{BetaSchedule, DdimSampler, NoiseSchedule, Spacing};
 use crate::models::guidance::Guided;
 use crate::models::{Denoiser, UNet2DConditionModel, UNetConfig};
@@ -63,7 +63,7 @@ fn prompt_reward(
 
 /// The UNet's config (unet/config.json, or SD-1.5's).
 pub fn unet_config(layout: &Layout) -> Result<UNetConfig> {
-    let cfg = parts::config_or(layout.config_of(layout::UNET), UNetConfig::sd15(), |s| {
+    let cfg = layout::config_or(layout.config_of(layout::UNET), UNetConfig::sd15(), |s| {
         serde_json::from_str(s)
     })?;
     cfg.validate()
@@ -131,7 +131,7 @@ impl Task for Sd15Task {
         )?;
         let mut all = prompts.clone();
         all.push(String::new());
-        let states = parts::text_states(&text, &tokenizer, &all, device)?;
+        let states = prompt_text::text_states(&text, &tokenizer, &all, device)?;
         drop(text);
 
         let cfg = unet_config(&layout)?;
