@@ -13,6 +13,7 @@
 
 mod config;
 mod encoder;
+pub mod key_map;
 pub mod open_clip;
 mod text;
 mod vision;

@@ -15,9 +15,10 @@
 //! weights), as open_clip builds it.
 
 use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+use super::key_map::{self, Mapping, Params, Part};
 use super::{text::ClipText, vision::ClipVision};
 use crate::tensor_io::{check_params, expected_params, WeightFile};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -205,16 +206,6 @@ impl OpenClipConfig {
     }
 }
 
-/// How an open_clip tensor becomes the one a tower reads.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Part {
-    Whole,
-    /// Rows [i w, (i + 1) w) of `in_proj_*` (0 q, 1 k, 2 v).
-    Third(usize),
-    /// The transpose of a right-multiplied projection.
-    Transposed,
-}
-
 /// The open_clip key (and how to take it) of a transformers-layout key.
 fn source_of(key: &str) -> Option<(String, Part)> {
     let direct = [
@@ -297,30 +288,11 @@ fn build_towers(vb: VarBuilder, cfg: &ClipConfig) -> candle_core::Result<OpenCli
     })
 }
 
-/// (transformers key, open_clip key, how to take it).
-type Mapping = Vec<(String, String, Part)>;
-/// (key, shape) of a weight file.
-type Params = Vec<(String, Vec<usize>)>;
-
 /// Every (transformers key, open_clip key, part) the towers of `cfg` read, with the open_clip
 /// tensors' shapes (each `in_proj_*` once).
 fn plan(cfg: &ClipConfig) -> Result<(Mapping, Params)> {
     let expected = expected_params(|vb| build_towers(vb, cfg))?;
-    let (mut map, mut sources): (Mapping, Params) = (Vec::new(), Vec::new());
-    for (key, shape) in expected {
-        let (src, part) =
-            source_of(&key).ok_or_else(|| anyhow!("no open_clip name for `{key}`"))?;
-        let src_shape = match part {
-            Part::Whole => shape.clone(),
-            Part::Third(_) => [vec![3 * shape[0]], shape[1..].to_vec()].concat(),
-            Part::Transposed => shape.iter().rev().copied().collect(),
-        };
-        if !sources.iter().any(|(s, _)| *s == src) {
-            sources.push((src.clone(), src_shape));
-        }
-        map.push((key, src, part));
-    }
-    Ok((map, sources))
+    key_map::plan(expected, source_of, |_, shape| shape.to_vec())
 }
 
 /// The open_clip keys and shapes of a model of `cfg` (what `sqdf random-weights` writes).
@@ -345,19 +317,10 @@ pub fn load_open_clip(
         metadata: HashMap::new(),
     };
     check_params(path, &file, &sources)?;
-    let mut tensors = HashMap::new();
-    for (key, src, part) in map {
-        let t = &file.tensors[&src];
-        let t = match part {
-            Part::Whole => t.clone(),
-            Part::Third(i) => {
-                let w = t.dim(0)? / 3;
-                t.narrow(0, i * w, w)?
-            }
-            Part::Transposed => t.t()?,
-        };
-        tensors.insert(key, t.to_dtype(dtype)?.to_device(device)?.contiguous()?);
-    }
+    let expected: HashMap<String, Vec<usize>> = expected_params(|vb| build_towers(vb, &clip_cfg))?
+        .into_iter()
+        .collect();
+    let tensors = key_map::take_parts(map, &file.tensors, &expected, dtype, device)?;
     build_towers(VarBuilder::from_tensors(tensors, dtype, device), &clip_cfg)
         .with_context(|| format!("building the OpenCLIP towers from {}", path.display()))
 }

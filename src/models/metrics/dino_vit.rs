@@ -13,6 +13,7 @@
 //! | `norm.*` | `post_layernorm.*` |
 //! | `proj` [D, P] (x @ proj) | `visual_projection.weight` [P, D] |
 
+use crate::models::clip::key_map::{self, Mapping, Params, Part};
 use crate::models::clip::weights::read_tensors;
 use crate::models::clip::{Activation, ClipVision, ClipVisionConfig, VisionLayout};
 use crate::tensor_io::{check_params, expected_params, WeightFile};
@@ -71,15 +72,6 @@ impl DinoVitConfig {
     }
 }
 
-/// How a checkpoint tensor becomes the one the tower reads (then reshaped to its shape).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Part {
-    Whole,
-    /// Rows [i D, (i + 1) D) of the fused qkv (0 q, 1 k, 2 v).
-    Third(usize),
-    Transposed,
-}
-
 /// The DINO key (and how to take it) of a tower key (without `vision_model.`).
 fn source_of(key: &str) -> Option<(String, Part)> {
     let whole = |k: &str| Some((k.to_string(), Part::Whole));
@@ -122,30 +114,15 @@ pub struct QkvLora {
     pub scale: f64,
 }
 
-type Mapping = Vec<(String, String, Part)>;
-type Params = Vec<(String, Vec<usize>)>;
-
 /// Every (tower key, DINO key, part) the tower of `cfg` reads, and the DINO keys' shapes.
 fn plan(cfg: &ClipVisionConfig, layout: VisionLayout) -> Result<(Mapping, Params)> {
     let expected = expected_params(|vb| ClipVision::new_with(vb, cfg, None, layout))?;
-    let (mut map, mut sources): (Mapping, Params) = (Vec::new(), Vec::new());
-    for (key, shape) in expected {
-        let (src, part) =
-            source_of(&key).ok_or_else(|| anyhow!("no DINO-layout name for `{key}`"))?;
-        let d = cfg.hidden_size;
-        let src_shape = match (part, src.as_str()) {
-            (Part::Third(_), _) => [vec![3 * shape[0]], shape[1..].to_vec()].concat(),
-            (Part::Transposed, _) => shape.iter().rev().copied().collect(),
-            (_, "cls_token") => vec![1, 1, d],
-            (_, "pos_embed") => [vec![1], shape.clone()].concat(),
-            _ => shape.clone(),
-        };
-        if !sources.iter().any(|(s, _)| *s == src) {
-            sources.push((src.clone(), src_shape));
-        }
-        map.push((key, src, part));
-    }
-    Ok((map, sources))
+    let d = cfg.hidden_size;
+    key_map::plan(expected, source_of, |src, shape| match src {
+        "cls_token" => vec![1, 1, d],
+        "pos_embed" => [vec![1], shape.to_vec()].concat(),
+        _ => shape.to_vec(),
+    })
 }
 
 /// The DINO-layout keys and shapes of a tower (what `sqdf random-weights` writes).
@@ -209,23 +186,7 @@ pub fn load_dino_vit(
         expected_params(|vb| ClipVision::new_with(vb, cfg, None, layout))?
             .into_iter()
             .collect();
-    let mut tensors = HashMap::new();
-    for (key, src, part) in map {
-        let t = &file.tensors[&src];
-        let t = match part {
-            Part::Whole => t.clone(),
-            Part::Third(i) => {
-                let w = t.dim(0)? / 3;
-                t.narrow(0, i * w, w)?
-            }
-            Part::Transposed => t.t()?,
-        };
-        let t = t.reshape(expected[&key].as_slice())?;
-        tensors.insert(
-            key,
-            t.to_dtype(DType::F32)?.to_device(device)?.contiguous()?,
-        );
-    }
+    let tensors = key_map::take_parts(map, &file.tensors, &expected, DType::F32, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     ClipVision::new_with(vb, cfg, None, layout)
         .with_context(|| format!("building the ViT from {}", path.display()))
