@@ -12,6 +12,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod distributed;
 pub mod eval;
 pub mod lora_files;
 pub mod models;

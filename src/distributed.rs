@@ -1,0 +1,151 @@
+//! The processes of one job. Built with the `mpi` feature and started by `mpirun` or Slurm's
+//! `srun`, a process is one rank of several (MPI: OpenMPI, MPICH); otherwise it is rank 0 of
+//! 1 and nothing here talks to anyone. `sqdf compare` spreads its runs over the ranks.
+//!
+//! A rank that fails calls `abort`, which MPI turns into the end of every rank: a rank
+//! waiting for the others never hangs on one that is gone (mpirun also ends the job when a
+//! rank dies). The processes a rank starts (a comparison's runs) are single-process: the
+//! launcher's variables are removed from their environment (`detach`), so that they do not
+//! take themselves for ranks.
+
+use std::process::Command;
+
+/// Environment variables by which OpenMPI, MPICH/Hydra, PMIx and Slurm tell a process it
+/// is a rank.
+const LAUNCHER_PREFIXES: [&str; 5] = ["OMPI_", "PMI_", "PMIX_", "MPI_LOCALRANK", "SLURM_PROCID"];
+
+/// Whether a launcher started this process as a rank.
+pub fn launched_as_rank() -> bool {
+    std::env::vars_os().any(|(k, _)| {
+        let k = k.to_string_lossy();
+        ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+            .iter()
+            .any(|v| k == *v)
+    })
+}
+
+/// Removes the launcher's variables from a child's environment.
+pub fn detach(cmd: &mut Command) {
+    detach_from(cmd, std::env::vars_os().map(|(k, _)| k));
+}
+
+/// Removes those of `inherited` that are the launcher's.
+fn detach_from(cmd: &mut Command, inherited: impl Iterator<Item = std::ffi::OsString>) {
+    for k in inherited {
+        let name = k.to_string_lossy();
+        if LAUNCHER_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(&k);
+        }
+    }
+}
+
+/// This process's place in the job.
+pub struct Job {
+    rank: usize,
+    size: usize,
+    #[cfg(feature = "mpi")]
+    world: Option<(
+        mpi::environment::Universe,
+        mpi::topology::SimpleCommunicator,
+    )>,
+}
+
+impl Job {
+    /// Rank 0 of 1.
+    pub fn single() -> Self {
+        Self {
+            rank: 0,
+            size: 1,
+            #[cfg(feature = "mpi")]
+            world: None,
+        }
+    }
+
+    /// MPI's world when a launcher started this process (and the `mpi` feature is built),
+    /// rank 0 of 1 otherwise. Started by a launcher without the feature is an error: N
+    /// copies would each run everything.
+    pub fn init() -> anyhow::Result<Self> {
+        if !launched_as_rank() {
+            return Ok(Self::single());
+        }
+        #[cfg(feature = "mpi")]
+        {
+            use mpi::traits::Communicator;
+            let universe = mpi::initialize()
+                .ok_or_else(|| anyhow::anyhow!("MPI was initialised twice in this process"))?;
+            let world = universe.world();
+            let (rank, size) = (world.rank() as usize, world.size() as usize);
+            Ok(Self {
+                rank,
+                size,
+                world: Some((universe, world)),
+            })
+        }
+        #[cfg(not(feature = "mpi"))]
+        anyhow::bail!(
+            "started by mpirun or srun, but this sqdf is built without MPI: build it with \
+             `cargo build --release --features mpi` (docs/scale-out.md)"
+        )
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Waits for every rank to get here.
+    pub fn barrier(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.world {
+            use mpi::collective::CommunicatorCollectives;
+            world.barrier();
+        }
+    }
+
+    /// Ends every rank of the job (a single process: this one) with `code`.
+    pub fn abort(&self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.world {
+            use mpi::traits::Communicator;
+            world.abort(code);
+        }
+        std::process::exit(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_loses_the_launchers_variables_and_keeps_the_rest() {
+        let mut cmd = Command::new("true");
+        let inherited = [
+            "OMPI_COMM_WORLD_RANK",
+            "PMI_RANK",
+            "SLURM_PROCID",
+            "SQDF_KEPT",
+        ];
+        detach_from(&mut cmd, inherited.iter().map(std::ffi::OsString::from));
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(!removed.contains(&"SQDF_KEPT".to_string()));
+    }
+
+    #[test]
+    fn without_a_launcher_a_process_is_rank_0_of_1() {
+        if launched_as_rank() {
+            return; // the tests themselves run under mpirun
+        }
+        let job = Job::init().unwrap();
+        assert_eq!((job.rank(), job.size()), (0, 1));
+        job.barrier();
+    }
+}
