@@ -350,8 +350,17 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 report_only,
                 log,
             };
-            let dir = compare::runner::compare(&opts)?;
-            println!("{}", dir.join("report.md").display());
+            let job = crate::distributed::Job::init()?;
+            match compare::runner::compare(&opts, &job) {
+                Ok(dir) if job.rank() == 0 => println!("{}", dir.join("report.md").display()),
+                Ok(_) => {}
+                // The other ranks may wait at the barrier for this one: end them all.
+                Err(e) if job.size() > 1 => {
+                    eprintln!("error (rank {}): {e:#}", job.rank());
+                    job.abort(1)
+                }
+                Err(e) => return Err(e),
+            }
             Ok(())
         }
         Command::Export(args) => export::run(args),

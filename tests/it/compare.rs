@@ -270,3 +270,27 @@ fn a_comparison_file_runs_in_the_sandbox_with_its_limits() {
     );
     assert!(e.contains("loop.lua:1:"), "{e}");
 }
+
+/// Started by a launcher (as `mpirun` would: its variables set) without the `mpi` feature,
+/// `sqdf compare` refuses rather than letting N copies each run everything.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn compare_started_as_a_rank_without_mpi_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = toy_comparison(
+        dir.path(),
+        r#"return { seeds = { 0 }, runs = { { label = "SQDF", script = "toy.lua" } } }"#,
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "compare"])
+        .arg(&file)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--features mpi"), "{err}");
+    assert!(!dir.path().join("out/runs").exists(), "nothing ran");
+}

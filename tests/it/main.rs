@@ -13,6 +13,8 @@ mod clip_tokenizer;
 mod common;
 mod compare;
 mod digits;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod frozen_map;
 mod hot_reload;
 mod kl;

@@ -4,12 +4,14 @@
 
 use super::plan::{self, PlannedRun};
 use super::{report, RunResult};
+use crate::distributed::Job;
 use crate::run_log::RunLog;
 use crate::train::along_training::EvalLog;
 use crate::train::checkpoint;
 use crate::train::metrics::{EpochMetrics, EvalReport};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as Json;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -47,6 +49,7 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
     }
     cmd.arg("--no-watch");
     crate::child_process::die_with_parent(&mut cmd);
+    crate::distributed::detach(&mut cmd);
     for (k, v) in &run.overrides {
         cmd.arg("--set").arg(set_arg(k, v));
     }
@@ -129,8 +132,10 @@ fn add_sweep_bases(runs: &[PlannedRun], results: &mut Vec<RunResult>, configs: &
 }
 
 /// Runs every planned run not yet finished, then writes report.md, the figures and
-/// results.json into the report folder; returns that folder.
-pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
+/// results.json into the report folder; returns that folder. Under MPI (`job` of several
+/// ranks) rank r runs the runs n with n mod size = r, and rank 0 reports once every rank is
+/// done (each run is a single process, as without MPI).
+pub fn compare(opts: &CompareOptions, job: &Job) -> Result<PathBuf> {
     let plan = plan::load(&opts.file, opts.quick)?;
     let stem = opts
         .file
@@ -145,29 +150,41 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
     });
     // One comparison per report folder: a second one would run the same runs beside it
     // (each run's folder is locked too, by the run itself). `--report-only` runs nothing and
-    // may look at a comparison in progress: its files are replaced atomically.
-    let _lock = match opts.report_only {
+    // may look at a comparison in progress: its files are replaced atomically. Rank 0 holds
+    // the lock for all ranks.
+    let _lock = match opts.report_only || job.rank() > 0 {
         true => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             None
         }
         false => Some(crate::train::run_dir::lock(&out)?),
     };
-    let log_path = out.join("compare.log");
+    let log_path = match job.rank() {
+        0 => out.join("compare.log"),
+        r => out.join(format!("compare.rank{r}.log")),
+    };
     opts.log
         .attach_file(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     opts.log.info(format!(
-        "{}: {} runs into {}",
+        "{}: {} runs into {}{}",
         opts.file.display(),
         plan.runs.len(),
-        out.display()
+        out.display(),
+        match job.size() {
+            1 => String::new(),
+            n => format!(" (rank {} of {n})", job.rank()),
+        }
     ));
-    let bar = opts
-        .log
-        .progress(plan.runs.len() as u64, "", "runs", opts.progress);
-    let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for (n, run) in plan.runs.iter().enumerate() {
+    let mine = |n: usize| n % job.size() == job.rank();
+    let bar = opts.log.progress(
+        (0..plan.runs.len()).filter(|&n| mine(n)).count() as u64,
+        "",
+        "runs",
+        opts.progress,
+    );
+    let mut own: HashMap<usize, Result<(RunResult, Json)>> = HashMap::new();
+    for (n, run) in plan.runs.iter().enumerate().filter(|(n, _)| mine(*n)) {
         let dir = out.join("runs").join(&run.dir_name);
         bar.set_message(run.name());
         let started = Instant::now();
@@ -180,37 +197,66 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         } else {
             execute(run, &dir, &opts.exe)
         };
-        match outcome.and_then(|_| read_result(run, &dir)) {
-            Ok((r, config)) => {
-                opts.log.info(format!(
-                    "run {}/{} {}: {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
-                    n + 1,
-                    plan.runs.len(),
-                    if done { "already done" } else { "finished" },
-                    run.name(),
-                    r.after["reward"].as_f64().unwrap_or(f64::NAN),
-                    r.after["alignment_prob"].as_f64().unwrap_or(f64::NAN),
-                    r.after["diversity_feature"].as_f64().unwrap_or(f64::NAN),
-                    started.elapsed().as_secs_f64()
-                ));
-                results.push(r);
-                configs.push(config);
-            }
-            Err(e) => {
-                opts.log.error(format!(
-                    "run {}/{} failed: {} ({}):\n{e:#}",
-                    n + 1,
-                    plan.runs.len(),
-                    run.name(),
-                    dir.display()
-                ));
-                failed.push(run.name());
-            }
+        let read = outcome.and_then(|_| read_result(run, &dir));
+        match &read {
+            Ok((r, _)) => opts.log.info(format!(
+                "run {}/{} {}: {}: reward {:.3}, alignment {:.3}, diversity {:.3} ({:.0} s)",
+                n + 1,
+                plan.runs.len(),
+                if done { "already done" } else { "finished" },
+                run.name(),
+                r.after["reward"].as_f64().unwrap_or(f64::NAN),
+                r.after["alignment_prob"].as_f64().unwrap_or(f64::NAN),
+                r.after["diversity_feature"].as_f64().unwrap_or(f64::NAN),
+                started.elapsed().as_secs_f64()
+            )),
+            Err(e) => opts.log.error(format!(
+                "run {}/{} failed: {} ({}):\n{e:#}",
+                n + 1,
+                plan.runs.len(),
+                run.name(),
+                dir.display()
+            )),
         }
+        own.insert(n, read);
         bar.inc(1);
     }
     bar.finish_and_clear();
     opts.log.set_bar(None);
+    job.barrier();
+    if job.rank() > 0 {
+        return Ok(out);
+    }
+    // Rank 0: its own runs as they went, the other ranks' from their folders.
+    let (mut results, mut configs, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, run) in plan.runs.iter().enumerate() {
+        let dir = out.join("runs").join(&run.dir_name);
+        let read = match own.remove(&n) {
+            Some(r) => r,
+            None if opts.report_only && !dir.join("eval.json").is_file() => continue,
+            None => read_result(run, &dir)
+                .with_context(|| format!("see {}", dir.join("stderr.log").display())),
+        };
+        match read {
+            Ok((r, config)) => {
+                results.push(r);
+                configs.push(config);
+            }
+            Err(_) if opts.report_only => {}
+            Err(e) => {
+                if !mine(n) {
+                    opts.log.error(format!(
+                        "run {}/{} failed on rank {}: {}:\n{e:#}",
+                        n + 1,
+                        plan.runs.len(),
+                        n % job.size(),
+                        run.name()
+                    ));
+                }
+                failed.push(run.name());
+            }
+        }
+    }
     let finished = results.len();
     add_sweep_bases(&plan.runs, &mut results, &configs);
     let machine = crate::cli::bench::machine();
@@ -235,10 +281,14 @@ pub fn compare(opts: &CompareOptions) -> Result<PathBuf> {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (docs/digits.md, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
+        "`sqdf compare {}{}`: {} runs{}, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (docs/digits.md, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),
+        match job.size() {
+            1 => String::new(),
+            n => format!(" spread over {n} MPI ranks (the machine is rank 0's)"),
+        },
         if seeds == 1 { "" } else { "s" },
         machine["cpu"].as_str().unwrap_or("unknown"),
         machine["cores"],
