@@ -1,5 +1,6 @@
 //! Text: CLIP's byte-level BPE tokenizer and BERT's WordPiece tokenizer (ImageReward's).
 
+mod bert_normalize;
 pub mod bert_tokenizer;
 pub mod clip_tokenizer;
 
