@@ -69,6 +69,13 @@ fn execute(run: &PlannedRun, dir: &Path, exe: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The first of `keys` an evaluation reports (the digits' metric, else SD-1.5's), or NaN.
+fn first_of(eval: &Json, keys: &[&str]) -> f64 {
+    keys.iter()
+        .find_map(|k| eval[*k].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
 /// The sum of the epochs' `seconds` in a run's metrics.jsonl (resumed parts included).
 fn training_seconds(dir: &Path) -> Option<f64> {
     let lines = EpochMetrics::read_all(&dir.join("metrics.jsonl")).ok()?;
@@ -206,8 +213,8 @@ pub fn compare(opts: &CompareOptions, job: &Job) -> Result<PathBuf> {
                 if done { "already done" } else { "finished" },
                 run.name(),
                 r.after["reward"].as_f64().unwrap_or(f64::NAN),
-                r.after["alignment_prob"].as_f64().unwrap_or(f64::NAN),
-                r.after["diversity_feature"].as_f64().unwrap_or(f64::NAN),
+                first_of(&r.after, &["alignment_prob", "image_reward", "hps"]),
+                first_of(&r.after, &["diversity_feature", "diversity_dreamsim"]),
                 started.elapsed().as_secs_f64()
             )),
             Err(e) => opts.log.error(format!(
