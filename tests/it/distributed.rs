@@ -11,12 +11,16 @@ fn sqdf() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sqdf"))
 }
 
-/// `mpirun -n 2 sqdf ARGS` (as root and on fewer cores than ranks where need be).
-fn mpirun(args: &[&std::ffi::OsStr]) -> Output {
+/// `mpirun -n 2 sqdf --quiet compare FILE --out OUT` (as root and on fewer cores than
+/// ranks where need be).
+fn compare_on_two_ranks(file: &Path, out: &Path) -> Output {
     Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
         .arg(env!("CARGO_BIN_EXE_sqdf"))
-        .args(args)
+        .args(["--quiet", "compare"])
+        .arg(file)
+        .arg("--out")
+        .arg(out)
         .output()
         .expect("mpirun (OpenMPI or MPICH) must be on the PATH for the mpi feature's tests")
 }
@@ -83,13 +87,7 @@ fn a_two_rank_compare_reports_what_one_process_does() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = mpirun(&[
-        "--quiet".as_ref(),
-        "compare".as_ref(),
-        file.as_os_str(),
-        "--out".as_ref(),
-        two.as_os_str(),
-    ]);
+    let o = compare_on_two_ranks(&file, &two);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Each run is the same single process wherever it ran: the same numbers.
     assert_eq!(rows(&one), rows(&two));
@@ -119,13 +117,7 @@ fn a_run_failing_on_rank_1_is_reported_by_rank_0() {
         r#"{ label = "Broken", script = "broken.lua" },"#,
     );
     let out = dir.path().join("out");
-    let o = mpirun(&[
-        "--quiet".as_ref(),
-        "compare".as_ref(),
-        file.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let o = compare_on_two_ranks(&file, &out);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("2 of 6 runs failed"), "{err}");
@@ -147,13 +139,7 @@ fn a_comparison_file_error_stops_every_rank_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = comparison(dir.path(), r#"{ label = "Gone", script = "missing.lua" },"#);
     let out = dir.path().join("out");
-    let o = mpirun(&[
-        "--quiet".as_ref(),
-        "compare".as_ref(),
-        file.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let o = compare_on_two_ranks(&file, &out);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missing.lua not found"), "{err}");

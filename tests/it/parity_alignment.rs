@@ -172,16 +172,7 @@ fn image_reward_resize_and_crop_follow_the_package_up_to_pils_rounding() {
     let images = big.affine(2.0 / 255.0, -1.0).unwrap();
     let ours = m.preprocess(&images).unwrap();
     let want = &io["big_pixels"];
-    let worst = (&ours - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let worst = crate::common::max_abs_diff(&ours, want);
     // PIL's 8-bit rounding in and after each pass: about a level of 255, over CLIP's std.
     assert!(worst <= 1.5 / 255.0 / 0.26, "off PIL's pixels by {worst}");
     // Given the package's pixels, the package's score.

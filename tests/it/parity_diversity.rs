@@ -179,29 +179,24 @@ fn dreamsim_backbones_without_the_adapter_match_the_package_with_it_disabled() {
     }
 }
 
-#[test]
-fn dreamsim_resize_is_pils_bicubic_up_to_its_8_bit_rounding() {
-    let io = io("dreamsim/dreamsim_io.safetensors");
-    // [H, W, C] bytes -> [1, C, H, W] in [0, 1].
-    let raw = io["raw_image_hwc_u8"]
+/// The fixture's 64 x 40 8-bit image, [H, W, C] bytes -> [1, C, H, W] in [0, 1].
+fn raw_image(io: &std::collections::HashMap<String, Tensor>) -> Tensor {
+    io["raw_image_hwc_u8"]
         .permute((2, 0, 1))
         .unwrap()
         .unsqueeze(0)
         .unwrap()
         .affine(1.0 / 255.0, 0.0)
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn dreamsim_resize_is_pils_bicubic_up_to_its_8_bit_rounding() {
+    let io = io("dreamsim/dreamsim_io.safetensors");
+    let raw = raw_image(&io);
     let ours = resize(&raw, 48, 48, Filter::Bicubic).unwrap();
     let want = &io["raw_image_preprocessed"];
-    let worst = (&ours - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let worst = common::max_abs_diff(&ours, want);
     // PIL rounds to 8 bits after each of its two passes and clips the first pass's
     // overshoot: about one level of 255 in all.
     assert!(worst <= 1.5 / 255.0, "bicubic resize off PIL's by {worst}");
@@ -241,13 +236,7 @@ fn dreamsim_of_an_image_the_package_resized_itself() {
     let io = io("dreamsim/dreamsim_io.safetensors");
     let m = dreamsim_model();
     // A 64 x 40 8-bit image through sqdf's float bicubic (the package: PIL's 8-bit one).
-    let raw = io["raw_image_hwc_u8"]
-        .permute((2, 0, 1))
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
-        .affine(1.0 / 255.0, 0.0)
-        .unwrap();
+    let raw = raw_image(&io);
     let ours = m.embed_pixels(&raw).unwrap();
     let want = &io["raw_image_embedding"];
     let worst = common::max_abs_diff(&ours, want);

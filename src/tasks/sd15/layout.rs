@@ -143,6 +143,12 @@ impl Layout {
         p.is_file().then_some(p)
     }
 
+    /// DIR/rel when the folder has it (an optional config file).
+    pub fn optional_file(&self, rel: &str) -> Option<PathBuf> {
+        let p = self.dir.join(rel);
+        p.is_file().then_some(p)
+    }
+
     /// The metric file `rel` when present, or the message saying what is missing.
     pub fn metric(&self, rel: &str) -> std::result::Result<PathBuf, String> {
         let p = self.path(rel);

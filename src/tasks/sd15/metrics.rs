@@ -69,10 +69,10 @@ pub fn optional<T>(
     key: &str,
     load: impl FnOnce(&[PathBuf]) -> Result<T>,
 ) -> Result<Optional<T>> {
-    let rels = FILES
+    let (_, rels) = FILES
         .iter()
         .find(|(k, _)| *k == key)
-        .map_or(&[][..], |(_, r)| *r);
+        .ok_or_else(|| anyhow::anyhow!("no metric `{key}`"))?;
     match layout.metric_files(rels) {
         Ok(paths) => Ok(Ok(load(&paths).with_context(|| {
             format!("loading `{key}` from {}", paths[0].display())
@@ -222,9 +222,8 @@ pub fn load_hps(
     device: &Device,
     dtype: DType,
 ) -> Result<ClipScoreReward> {
-    let cfg_path = layout.dir.join(layout::HPS_CONFIG);
     let cfg = config_or(
-        cfg_path.is_file().then_some(cfg_path),
+        layout.optional_file(layout::HPS_CONFIG),
         OpenClipConfig::vit_h14(),
         OpenClipConfig::from_json,
     )?;
@@ -263,14 +262,10 @@ pub fn load_image_reward(
     prompts: &[String],
     device: &Device,
 ) -> Result<ImageReward> {
-    let present = |rel: &str| Some(layout.dir.join(rel)).filter(|p| p.is_file());
-    let med = config_or(
-        present(layout::IMAGE_REWARD_MED),
-        MedConfig::blip(),
-        MedConfig::from_json,
-    )?;
+    let med_path = layout.optional_file(layout::IMAGE_REWARD_MED);
+    let med = config_or(med_path.clone(), MedConfig::blip(), MedConfig::from_json)?;
     let vit = config_or(
-        present(layout::IMAGE_REWARD_VIT),
+        layout.optional_file(layout::IMAGE_REWARD_VIT),
         image_reward::blip_vit_large(),
         |s| serde_json::from_str::<DinoVitConfig>(s),
     )?;
@@ -282,7 +277,7 @@ pub fn load_image_reward(
             p[1].display(),
             tok.vocab_size(),
             med.vocab_size,
-            present(layout::IMAGE_REWARD_MED).map_or("BLIP's med_config.json".into(), |p| p.display().to_string())
+            med_path.map_or("BLIP's med_config.json".into(), |p| p.display().to_string())
         );
     }
     if image_reward::MAX_TOKENS > med.max_position_embeddings {
@@ -303,9 +298,8 @@ pub fn load_dreamsim(
     p: &[std::path::PathBuf],
     device: &Device,
 ) -> Result<DreamSim> {
-    let cfg_path = layout.dir.join(layout::DREAMSIM_CONFIG);
     let cfg = config_or(
-        cfg_path.is_file().then_some(cfg_path),
+        layout.optional_file(layout::DREAMSIM_CONFIG),
         DreamSimConfig::default(),
         DreamSimConfig::from_json,
     )?;
