@@ -39,6 +39,8 @@ fn keep_freed_memory() {
 /// candle runs them on a second pool of spinning threads beside rayon's (which the gemm and
 /// this project's kernels use): on 2 cores the two pools' spin-waits took half of a
 /// UNet forward when anything else ran, and a little even on an idle machine.
+///
+/// Ranks started on one machine by mpirun or srun share its cores: each takes its part.
 fn pin_thread_count() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -47,6 +49,7 @@ fn pin_thread_count() {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let n = (n / sqdf::distributed::ranks_on_this_node()).max(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }

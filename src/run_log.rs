@@ -11,6 +11,8 @@ pub struct RunLog {
     file: Mutex<Option<std::fs::File>>,
     bar: Mutex<Option<ProgressBar>>,
     quiet: bool,
+    /// Keep nothing (a quiet log keeps its lines otherwise).
+    discard: bool,
     lines: Mutex<Vec<String>>,
 }
 
@@ -24,6 +26,15 @@ impl RunLog {
     pub fn captured() -> Arc<Self> {
         Arc::new(Self {
             quiet: true,
+            ..Self::default()
+        })
+    }
+
+    /// A log that prints and keeps nothing (the ranks other than 0 of a data-parallel run).
+    pub fn discarding() -> Arc<Self> {
+        Arc::new(Self {
+            quiet: true,
+            discard: true,
             ..Self::default()
         })
     }
@@ -86,7 +97,9 @@ impl RunLog {
             let _ = f.write_all(format!("{msg}\n").as_bytes());
         }
         if self.quiet {
-            self.lines.lock().unwrap().push(msg.to_string());
+            if !self.discard {
+                self.lines.lock().unwrap().push(msg.to_string());
+            }
             return;
         }
         match self.bar.lock().unwrap().as_ref() {

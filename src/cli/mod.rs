@@ -219,16 +219,33 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             resume,
             no_watch,
         } => {
+            let job = std::rc::Rc::new(crate::distributed::Job::init()?);
             let mut opts = RunOptions::new(script);
             opts.overrides = overrides(&set)?;
             opts.out = out;
             opts.resume = resume;
             opts.watch = !no_watch;
-            opts.progress = !cli.quiet;
-            opts.log = log;
-            let mut trainer = Trainer::new(opts)?;
-            let eval = trainer.run()?;
-            println!("{}", serde_json::to_string_pretty(&eval.to_json())?);
+            // Rank 0 speaks for the job; the others' lines would repeat its own.
+            opts.progress = !cli.quiet && job.rank() == 0;
+            opts.log = if job.rank() == 0 {
+                log
+            } else {
+                RunLog::discarding()
+            };
+            opts.job = job.clone();
+            let ran = Trainer::new(opts).and_then(|mut t| t.run());
+            match ran {
+                Ok(eval) if job.rank() == 0 => {
+                    println!("{}", serde_json::to_string_pretty(&eval.to_json())?)
+                }
+                Ok(_) => {}
+                // The other ranks wait for this one in the next exchange: end them all.
+                Err(e) if job.size() > 1 => {
+                    eprintln!("error (rank {}): {e:#}", job.rank());
+                    job.abort(1)
+                }
+                Err(e) => return Err(e),
+            }
             Ok(())
         }
         Command::Pretrain {

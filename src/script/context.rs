@@ -37,6 +37,15 @@ pub struct LossContext {
     pub micro_batch: usize,
     /// (condition, final reward) of every trajectory in the replay buffer, oldest first.
     pub buffer_rewards: Arc<(Vec<u32>, Vec<f32>)>,
+    /// One noise stream per row of this micro-batch (`rng::row_stream` of the update's key
+    /// and the row's place in the whole batch): `randn_like` and `noise_to` of a tensor with
+    /// one row per batch row draw row j from stream j, so the noise does not depend on how
+    /// the batch is split into micro-batches or ranks. None: every draw from `rng`.
+    pub rows: Option<Arc<std::sync::Mutex<Vec<crate::rng::Rng>>>>,
+    /// This process's rank and the job's number of ranks (0 and 1 on one process): a loss
+    /// sees its rank's share of the batch.
+    pub rank: usize,
+    pub ranks: usize,
 }
 
 /// A step's tensors as a table, each charged to the script (with `x`, which their graph
@@ -100,6 +109,23 @@ fn step_from(t: &LuaTable) -> LuaResult<(LuaTensor, LuaTensor)> {
 }
 
 impl LossContext {
+    /// Standard normal noise of `shape`: per row from `rows` when its first dimension is
+    /// the batch's rows, else from the shared stream.
+    pub fn randn(
+        &self,
+        shape: &candle_core::Shape,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(rows) = &self.rows {
+            let mut rows = rows.lock().unwrap_or_else(|p| p.into_inner());
+            if shape.dims().first() == Some(&rows.len()) {
+                return crate::rng::randn_rows(&mut rows, shape, device);
+            }
+        }
+        let mut rng = lock_rng(&self.rng);
+        crate::rng::randn(&mut rng, shape, device)
+    }
+
     /// One step of p_θ (policy = true, with gradient) or of the KL's reference (detached):
     /// p', or the previous round's policy with `config.kl_reference = "previous"`.
     pub fn step(&self, b: &Batch, policy: bool) -> candle_core::Result<Step> {
@@ -123,10 +149,7 @@ impl LossContext {
     pub fn noise_to(&self, x0: &Tensor, b: &Batch) -> LuaResult<Tensor> {
         let m = &self.models;
         let a: Vec<f64> = b.idx.iter().map(|&i| m.sampler.alpha_bar(i)).collect();
-        let eps = {
-            let mut rng = lock_rng(&self.rng);
-            crate::rng::randn(&mut rng, x0.shape(), x0.device()).map_err(lua_err)?
-        };
+        let eps = self.randn(x0.shape(), x0.device()).map_err(lua_err)?;
         let sa: Vec<f64> = a.iter().map(|v| v.sqrt()).collect();
         let sb: Vec<f64> = a.iter().map(|v| (1.0 - v).sqrt()).collect();
         (|| {
@@ -229,6 +252,8 @@ impl UserData for LossContext {
         f.add_field_method_get("epoch", |_, c| Ok(c.epoch));
         f.add_field_method_get("update", |_, c| Ok(c.update));
         f.add_field_method_get("micro_batch", |_, c| Ok(c.micro_batch));
+        f.add_field_method_get("rank", |_, c| Ok(c.rank));
+        f.add_field_method_get("ranks", |_, c| Ok(c.ranks));
         f.add_field_method_get("steps", |_, c| Ok(c.models.sampler.steps()));
     }
 
@@ -333,8 +358,7 @@ impl UserData for LossContext {
         m.add_method("randn_like", |lua, c, t: LuaTensor| {
             let op = Op::start(lua, "ctx:randn_like")?;
             op.admit(lua, &[t.0.elem_count() as u128], crate::DTYPE)?;
-            let mut rng = lock_rng(&c.rng);
-            op.made(crate::rng::randn(&mut rng, t.0.shape(), t.0.device()), &[])
+            op.made(c.randn(t.0.shape(), t.0.device()), &[])
         });
         m.add_method(
             "kl",

@@ -61,19 +61,11 @@ impl Script {
         overrides: &[(String, Json)],
         opts: &SandboxOptions,
     ) -> Result<Script> {
-        // A source larger than the state's memory could never load.
-        if let Ok(m) = std::fs::metadata(path) {
-            if m.len() > opts.memory_limit as u64 {
-                bail!(
-                    "{}: the script is {}, more than the sandbox's Lua memory of {}",
-                    path.display(),
-                    show_bytes(m.len()),
-                    show_bytes(opts.memory_limit as u64)
-                );
-            }
-        }
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))?;
+        let given = opts.sources.as_ref().and_then(|s| s.get(path)).cloned();
+        let src = match given {
+            Some(src) => src,
+            None => read_source(path, opts.memory_limit)?,
+        };
         let origin = path.display().to_string();
         let (lua, limits, required) = new_state(opts)?;
         // Top-level randomness (`local W = tensor.randn(...)`) is the same at every load.
@@ -340,6 +332,22 @@ impl Script {
     pub fn has_on_epoch_end(&self) -> bool {
         self.on_epoch_end.is_some()
     }
+}
+
+/// A script's source, refused before it is read when it is larger than the state's memory
+/// (it could never load).
+fn read_source(path: &Path, memory_limit: usize) -> Result<String> {
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.len() > memory_limit as u64 {
+            bail!(
+                "{}: the script is {}, more than the sandbox's Lua memory of {}",
+                path.display(),
+                show_bytes(m.len()),
+                show_bytes(memory_limit as u64)
+            );
+        }
+    }
+    std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read script {}: {e}", path.display()))
 }
 
 /// Stops the script's clock when a hook call returns.

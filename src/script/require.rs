@@ -29,7 +29,13 @@ pub fn strip_bom(src: &str) -> &str {
 
 /// `require "name"` (or "dir.name"): `<script dir>/name.lua`, else the built-in library.
 /// A module must resolve, symlinks followed, to a file inside the script's folder.
-pub(super) fn install_require(lua: &Lua, script_dir: &Path, required: Required) -> LuaResult<()> {
+/// A module listed in `sources` is taken from there instead of its file.
+pub(super) fn install_require(
+    lua: &Lua,
+    script_dir: &Path,
+    required: Required,
+    sources: Option<Arc<std::collections::BTreeMap<PathBuf, String>>>,
+) -> LuaResult<()> {
     let dir = script_dir.to_path_buf();
     let loaded = lua.create_table()?;
     let f = lua.create_function(move |lua, name: String| {
@@ -52,7 +58,11 @@ pub(super) fn install_require(lua: &Lua, script_dir: &Path, required: Required) 
         }
         let rel = format!("{}.lua", name.replace('.', "/"));
         let path = dir.join(&rel);
-        let (chunk_name, src) = if path.is_file() {
+        let given = sources.as_ref().and_then(|s| s.get(&path));
+        let (chunk_name, src) = if let Some(src) = given {
+            lock(&required.0).push((path.clone(), src.clone()));
+            (format!("@{}", path.display()), src.clone())
+        } else if path.is_file() {
             let src = read_module(&name, &dir, &path, limits.lua_memory())?;
             lock(&required.0).push((path.clone(), src.clone()));
             (format!("@{}", path.display()), src)

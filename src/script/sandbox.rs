@@ -61,6 +61,10 @@ pub struct SandboxOptions {
     pub print_per_run: u64,
     pub log: Arc<RunLog>,
     pub tensors: TensorEnv,
+    /// Sources to load instead of the files at these paths (the script and its modules):
+    /// the other ranks of a data-parallel run load the very version rank 0 read and
+    /// accepted, not whatever is on disk when they get to it.
+    pub sources: Option<Arc<std::collections::BTreeMap<PathBuf, String>>>,
     /// What the run's scripts printed so far, shared by every version of the script.
     printed: Arc<RunPrint>,
 }
@@ -81,6 +85,7 @@ impl SandboxOptions {
             print_per_run: 16 * MIB,
             log,
             tensors,
+            sources: None,
             printed: Arc::default(),
         }
     }
@@ -260,7 +265,12 @@ pub fn new_state(opts: &SandboxOptions) -> anyhow::Result<(Lua, Limits, Required
     ))?;
 
     let required = Required::default();
-    install_require(&lua, &opts.script_dir, required.clone())?;
+    install_require(
+        &lua,
+        &opts.script_dir,
+        required.clone(),
+        opts.sources.clone(),
+    )?;
 
     limits.install_hook(&lua)?;
     lua.set_memory_limit(opts.memory_limit)?;

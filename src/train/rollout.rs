@@ -4,9 +4,27 @@
 use crate::diffusion::log_prob::gaussian_log_prob;
 use crate::diffusion::DdimSampler;
 use crate::models::Denoiser;
-use crate::rng::{randn, Rng};
+use crate::rng::{randn, randn_rows, Rng};
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Shape, Tensor};
+
+/// Where a sampling run's noise comes from.
+pub enum Noise<'a> {
+    /// One stream for the whole batch.
+    Shared(&'a mut Rng),
+    /// One stream per trajectory (`rng::row_stream`): a trajectory is the same whichever
+    /// batch, micro-batch or rank samples it.
+    PerTrajectory(&'a mut [Rng]),
+}
+
+impl Noise<'_> {
+    fn draw(&mut self, shape: &Shape, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Noise::Shared(rng) => randn(rng, shape, device),
+            Noise::PerTrajectory(rows) => randn_rows(rows, shape, device),
+        }
+    }
+}
 
 /// What a sampling run kept.
 pub struct Rollout {
@@ -24,7 +42,7 @@ fn run(
     x_start: Tensor,
     start: usize,
     cond: &Tensor,
-    rng: &mut Rng,
+    noise: &mut Noise,
     keep: bool,
 ) -> Result<Rollout> {
     let b = x_start.dim(0)?;
@@ -39,7 +57,7 @@ fn run(
         let eps = model.eps(&x, &t, cond)?.detach();
         let step = sampler.step(&x, &eps, &idx)?;
         x = if sampler.sigma(i) > 0.0 {
-            let z = randn(rng, x.shape(), x.device())?;
+            let z = noise.draw(x.shape(), x.device())?;
             let next = step.mean.add(&z.broadcast_mul(&step.sigma)?)?;
             if keep {
                 log_probs.push(gaussian_log_prob(&next, &step.mean, &step.sigma)?);
@@ -71,14 +89,22 @@ pub fn denoise(
     rng: &mut Rng,
     keep: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let r = run(model, sampler, x_start, start, cond, rng, keep)?;
+    let r = run(
+        model,
+        sampler,
+        x_start,
+        start,
+        cond,
+        &mut Noise::Shared(rng),
+        keep,
+    )?;
     Ok((r.x0, r.states))
 }
 
-fn noise(sampler_shape: &[usize], cond: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+fn noise(sampler_shape: &[usize], cond: &Tensor, noise: &mut Noise) -> Result<Tensor> {
     let mut shape = vec![cond.dim(0)?];
     shape.extend(sampler_shape);
-    Ok(randn(rng, shape, cond.device())?)
+    Ok(noise.draw(&shape.into(), cond.device())?)
 }
 
 /// B trajectories from pure noise: x_T ~ N(0, I), then T policy steps (Eq. 1).
@@ -90,19 +116,20 @@ pub fn sample(
     rng: &mut Rng,
     keep: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let x_t = noise(state_shape, cond, rng)?;
+    let x_t = noise(state_shape, cond, &mut Noise::Shared(rng))?;
     denoise(model, sampler, x_t, 0, cond, rng, keep)
 }
 
 /// B whole trajectories from pure noise with their states and log-probabilities, as the
-/// trainer stores them.
+/// trainer stores them; trajectory b's noise (x_T and every step's) from `streams[b]`.
 pub fn sample_trajectories(
     model: &dyn Denoiser,
     sampler: &DdimSampler,
     state_shape: &[usize],
     cond: &Tensor,
-    rng: &mut Rng,
+    streams: &mut [Rng],
 ) -> Result<Rollout> {
-    let x_t = noise(state_shape, cond, rng)?;
-    run(model, sampler, x_t, 0, cond, rng, true)
+    let mut noise_source = Noise::PerTrajectory(streams);
+    let x_t = noise(state_shape, cond, &mut noise_source)?;
+    run(model, sampler, x_t, 0, cond, &mut noise_source, true)
 }

@@ -109,6 +109,9 @@ fn smoke_loss(
         update: 1,
         micro_batch: 1,
         buffer_rewards: Arc::new((vec![cond; n], (0..n).map(|i| i as f32).collect())),
+        rows: None,
+        rank: 0,
+        ranks: 1,
     };
     let refusing = oracle.map(|r| r.access(OracleAccess::Refuse));
     let out = match script.config.update_on {

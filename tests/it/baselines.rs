@@ -95,7 +95,7 @@ fn draft3_gradient_is_backprop_through_the_last_three_steps() {
 }
 
 /// DRaFT-K's loss and gradient on the epoch's trajectories equal -mean r(x_0) of the same
-/// trajectory sampled again from the same RNG state, the graph kept on its last K steps.
+/// trajectory sampled again from the same noise streams, the graph kept on its last K steps.
 fn draft_k_gradient_is_backprop_through_the_last_k_steps(k: usize) {
     let dir = tempfile::tempdir().unwrap();
     let script = baseline_script(
@@ -111,14 +111,19 @@ fn draft_k_gradient_is_backprop_through_the_last_k_steps(k: usize) {
     let lua_loss = t.script.loss(latest(&t), t.context()).unwrap().loss;
     let lua_grads = grads(&t, &lua_loss);
 
-    // The same trajectory sampled again from the same RNG state, the graph kept on the last
+    // The same trajectory sampled again from the same noise streams, the graph kept on the last
     // K steps only: -mean r(x_0) differentiated by plain backpropagation.
     let m = t.models.clone();
     let mut rng = rng_before;
     let b = t.script.config.batch;
     let cond = t.task.conditions(b, &mut rng);
+    // Trajectory j's noise is stream j of a key from the run's stream.
+    let key: u64 = rand::Rng::random(&mut rng);
+    let mut streams: Vec<_> = (0..b as u64)
+        .map(|j| sqdf::rng::row_stream(key, j))
+        .collect();
     let ct = cond_tensor(&cond, &m.device).unwrap();
-    let mut x = sqdf::rng::randn(&mut rng, (b, 2), &m.device).unwrap();
+    let mut x = sqdf::rng::randn_rows(&mut streams, (b, 2), &m.device).unwrap();
     let steps = m.sampler.steps();
     for i in 0..steps {
         let idx = vec![i; b];
@@ -127,7 +132,7 @@ fn draft_k_gradient_is_backprop_through_the_last_k_steps(k: usize) {
             .sampler
             .step(&x, &m.policy.eps(&x, &tt, &ct).unwrap(), &idx)
             .unwrap();
-        let z = sqdf::rng::randn(&mut rng, x.shape(), &m.device).unwrap();
+        let z = sqdf::rng::randn_rows(&mut streams, x.shape(), &m.device).unwrap();
         x = step
             .mean
             .add(&z.broadcast_mul(&step.sigma).unwrap())

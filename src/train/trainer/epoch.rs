@@ -1,39 +1,52 @@
 //! One epoch of Algorithm 1: collect B trajectories, then `updates_per_epoch` updates of
 //! the script's `loss`, then a line of metrics.
 
+use super::data_parallel::{StreamSwap, UpdateParts};
 use super::*;
 use crate::blackbox::rounds::{OracleAccess, OracleAccessGuard};
 
 impl Trainer {
     /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
     /// by the script's `buffer_reward` (its `reward` unless it has one) and stored with their
-    /// priorities. Returns the rewards.
+    /// priorities. Returns the rewards. Trajectory b's noise is stream b of a key drawn from
+    /// the run's stream, so it is the same whichever micro-batch or rank samples it.
     pub fn collect(&mut self) -> Result<Vec<f32>> {
+        self.check_batch_covers_ranks()?;
         let cfg = self.script.config.clone();
         let m = self.models.clone();
         let steps = m.sampler.steps();
         self.updates_since_collect = 0;
         let micro = cfg.micro_batch_size();
-        let cond = self
-            .task
-            .conditions(cfg.batch, &mut self.rng.lock().unwrap());
-        // Sampled and scored `micro_batch` trajectories at a time, so that batch 64 at SD-1.5
+        let (cond, key) = {
+            let mut rng = self.rng.lock().unwrap();
+            let cond = self.task.conditions(cfg.batch, &mut rng);
+            (cond, rand::Rng::random::<u64>(&mut *rng))
+        };
+        // This rank's share, `micro_batch` trajectories at a time, so that batch 64 at SD-1.5
         // size fits any GPU; states go to host memory as soon as they are sampled.
-        let (mut rewards, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
-        for chunk in cond.chunks(micro) {
-            let ct = cond_tensor(chunk, &m.device)?;
+        let mine = self.opts.job.share(cfg.batch);
+        let (mut x0s, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
+        for start in mine.clone().step_by(micro) {
+            let end = (start + micro).min(mine.end);
+            let ct = cond_tensor(&cond[start..end], &m.device)?;
+            let mut streams: Vec<_> = (start..end)
+                .map(|b| rng::row_stream(key, b as u64))
+                .collect();
             let r = rollout::sample_trajectories(
                 m.sampling_policy().as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,
-                &mut self.rng.lock().unwrap(),
+                &mut streams,
             )?;
             // [B, T]: the behaviour policy's log-probabilities, for PPO-style losses.
             if r.log_probs.len() == steps {
-                log_probs.extend(Tensor::stack(&r.log_probs, 1)?.to_vec2::<f32>()?);
+                log_probs.extend(
+                    Tensor::stack(&r.log_probs, 1)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
             }
-            rewards.extend(self.script.buffer_reward(&r.x0, &ct)?.to_vec1::<f32>()?);
             traj.extend(
                 Tensor::stack(&r.states, 1)?
                     .to_device(&Device::Cpu)?
@@ -41,8 +54,26 @@ impl Trainer {
                     .flatten_all()?
                     .to_vec1::<f32>()?,
             );
+            x0s.push(r.x0);
         }
+        let (traj, log_probs) = self.gather_trajectories(traj, log_probs);
         let per = traj.len() / cfg.batch;
+        let log_probs: Vec<&[f32]> = match log_probs.len() == cfg.batch * steps {
+            true => log_probs.chunks(steps).collect(),
+            false => Vec::new(),
+        };
+        // Scored on every rank, micro-batch by micro-batch of the whole batch: the reward
+        // hooks see what one process would show them.
+        let mut rewards = Vec::with_capacity(cfg.batch);
+        for (k, start) in (0..cfg.batch).step_by(micro).enumerate() {
+            let end = (start + micro).min(cfg.batch);
+            let x0 = match self.opts.job.size() {
+                1 => x0s[k].clone(),
+                _ => last_states(&traj, per, start..end, &m.state_shape, &x0s[0])?,
+            };
+            let ct = cond_tensor(&cond[start..end], &m.device)?;
+            rewards.extend(self.script.buffer_reward(&x0, &ct)?.to_vec1::<f32>()?);
+        }
         for (b, chunk) in traj.chunks(per).enumerate() {
             let slot = self.buffer.push(chunk, cond[b], rewards[b])?;
             if let Some(lp) = log_probs.get(b) {
@@ -77,13 +108,20 @@ impl Trainer {
             UpdateOn::States => (self.sample_states(cfg.batch, cfg.sampling)?, Vec::new()),
             UpdateOn::Trajectories => (Vec::new(), self.buffer.latest(cfg.batch)),
         };
+        // The hook's noise: row g of the batch draws from stream g of this key, and its other
+        // draws (`math.random`, `tensor.randn`) from the key's shared stream, which every
+        // micro-batch starts afresh. The loss is then the same however the batch is split.
+        let key = rand::Rng::random::<u64>(&mut *self.rng.lock().unwrap());
         let units = refs.len().max(slots.len());
-        for start in (0..units).step_by(micro) {
-            let len = micro.min(units - start);
+        let mine = self.opts.job.share(units);
+        for (k, start) in mine.clone().step_by(micro).enumerate() {
+            let len = micro.min(mine.end - start);
             let ctx = LossContext {
-                micro_batch: start / micro + 1,
+                micro_batch: k + 1,
+                rows: Some(Self::row_streams(key, start, len)),
                 ..self.context()
             };
+            let stream = StreamSwap::new(&self.rng, rng::row_stream(key, rng::SHARED_STREAM));
             let out = match cfg.update_on {
                 UpdateOn::States => {
                     let batch = Batch::gather(
@@ -106,6 +144,7 @@ impl Trainer {
                     self.script.loss(traj, ctx)?
                 }
             };
+            drop(stream);
             let w = len as f64 / units as f64;
             let l = out
                 .loss
@@ -136,6 +175,10 @@ impl Trainer {
             } else {
                 add_grads(grads, scale_grads(part, w)?)?
             };
+        }
+        if self.opts.job.size() > 1 {
+            let sum = self.sum_over_ranks(UpdateParts { loss, stats, grads })?;
+            (loss, stats, grads) = (sum.loss, sum.stats, sum.grads);
         }
         let norm = if loss.is_finite() && !grads.is_empty() {
             clip_grad_norm(&mut grads, cfg.grad_clip)?
@@ -227,6 +270,12 @@ impl Trainer {
             queries_used: self.rounds.as_ref().map(|r| r.oracle.used()),
             extra: Default::default(),
         };
+        let exchange = self.take_exchange_seconds();
+        if self.opts.job.size() > 1 {
+            // Gathering trajectories and summing gradients, waiting for slower ranks included.
+            line.extra
+                .insert("exchange_seconds".into(), json!(exchange));
+        }
         // Numbers from the hooks go beside the framework's, never over them.
         for (k, v) in &stats {
             if k != "kl" {
@@ -241,7 +290,9 @@ impl Trainer {
             let key = line.free_key(&k);
             line.extra.insert(key, json!(v));
         }
-        self.metrics.append(&line.to_json())?;
+        if self.leads() {
+            self.metrics.append(&line.to_json())?;
+        }
         Ok(line)
     }
 
@@ -332,4 +383,25 @@ fn add_grads(a: Vec<Option<Tensor>>, b: Vec<Option<Tensor>>) -> Result<Vec<Optio
             (x, y) => Ok(x.or(y)),
         })
         .collect()
+}
+
+/// x_0 of trajectories `rows` from the gathered states (`per` numbers a trajectory, x_0
+/// last), on the device and in the dtype of `like`.
+fn last_states(
+    traj: &[f32],
+    per: usize,
+    rows: std::ops::Range<usize>,
+    state_shape: &[usize],
+    like: &Tensor,
+) -> Result<Tensor> {
+    let n: usize = state_shape.iter().product();
+    let mut v = Vec::with_capacity(rows.len() * n);
+    for b in rows.clone() {
+        v.extend_from_slice(&traj[(b + 1) * per - n..(b + 1) * per]);
+    }
+    let mut shape = vec![rows.len()];
+    shape.extend(state_shape);
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
+        .to_dtype(like.dtype())?
+        .to_device(like.device())?)
 }

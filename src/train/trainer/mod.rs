@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod data_parallel;
 mod epoch;
 mod reload;
 mod run;
@@ -50,6 +51,9 @@ pub struct RunOptions {
     pub watch: bool,
     pub progress: bool,
     pub log: Arc<RunLog>,
+    /// The processes training this model: rank 0 of 1, or a rank of an MPI job (data
+    /// parallel; `data_parallel.rs`).
+    pub job: std::rc::Rc<crate::distributed::Job>,
 }
 
 impl RunOptions {
@@ -63,6 +67,7 @@ impl RunOptions {
             watch: true,
             progress: true,
             log: RunLog::stderr(),
+            job: std::rc::Rc::new(crate::distributed::Job::single()),
         }
     }
 }
@@ -108,8 +113,11 @@ pub struct Trainer {
     last_rejected: Option<Vec<Option<String>>>,
     /// The files changed while the last reload attempt read them: check again next epoch.
     recheck: bool,
-    /// The run folder's lock, released when the trainer goes (or the process ends).
-    _lock: run_dir::FolderLock,
+    /// Seconds this epoch spent exchanging with the other ranks, waiting for them included.
+    exchange_seconds: std::cell::Cell<f64>,
+    /// The run folder's lock, released when the trainer goes (or the process ends); held
+    /// by rank 0, which alone writes the folder.
+    _lock: Option<run_dir::FolderLock>,
 }
 
 impl Trainer {
@@ -117,11 +125,18 @@ impl Trainer {
     /// Everything a user can get wrong fails here, before the first epoch.
     pub fn new(opts: RunOptions) -> Result<Self> {
         let log = opts.log.clone();
+        let lead = opts.job.rank() == 0;
+        if opts.job.size() > 1 {
+            log.info(format!(
+                "data parallel on {} ranks: each samples and differentiates its share of every batch",
+                opts.job.size()
+            ));
+        }
         // A folder another run holds is refused before anything else; a new folder is
         // created (and locked) only once the script and the models have passed their checks.
         let run_dir = run_folder(&opts)?;
         let fresh_default = opts.out.is_none() && opts.resume.is_none();
-        let held = match run_dir.is_dir() && !fresh_default {
+        let held = match lead && run_dir.is_dir() && !fresh_default {
             true => Some(run_dir::lock(&run_dir)?),
             false => None,
         };
@@ -167,14 +182,25 @@ impl Trainer {
         let optim = AdamW::new(sorted_vars(&models.policy_vars))?;
         let buffer = ReplayBuffer::new(cfg.capacity, cfg.steps, &models.state_shape);
         let lock = match held {
-            Some(l) => l,
+            _ if !lead => None,
+            Some(l) => Some(l),
             // A default folder is always a new one (never another run's of the same second).
-            None if fresh_default => run_dir::lock_new(&run_dir)?,
-            None => run_dir::lock(&run_dir)?,
+            None if fresh_default => Some(run_dir::lock_new(&run_dir)?),
+            None => Some(run_dir::lock(&run_dir)?),
         };
-        let run_dir = lock.dir().to_path_buf();
-        log.attach_file(&run_dir.join("run.log"))
-            .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
+        // The other ranks learn the folder from rank 0 (a default folder's name has the time).
+        let run_dir = match &lock {
+            Some(l) => l.dir().to_path_buf(),
+            None => run_dir,
+        };
+        let named = opts
+            .job
+            .broadcast_from_root(run_dir.to_string_lossy().into_owned().into_bytes());
+        let run_dir = PathBuf::from(String::from_utf8_lossy(&named).into_owned());
+        if lead {
+            log.attach_file(&run_dir.join("run.log"))
+                .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
+        }
         let discounts = script.discounts(cfg.steps)?;
         let mut t = Self {
             metrics: MetricsWriter::new(&run_dir.join("metrics.jsonl")),
@@ -197,19 +223,22 @@ impl Trainer {
             watcher: None,
             last_rejected: None,
             recheck: false,
+            exchange_seconds: Default::default(),
             _lock: lock,
             opts,
         };
         if let Some(dir) = t.opts.resume.clone() {
             t.restore(&dir)?;
-        } else {
+        } else if lead {
             t.start_fresh_in_folder()?;
         }
         t.recompute_priorities()?;
         if let Some(w) = unstarted_rounds(&t.script.config) {
             t.log.warn(w);
         }
-        if t.opts.watch {
+        t.check_batch_covers_ranks()?;
+        // Rank 0 watches the script and sends the others what it reloads.
+        if t.opts.watch && lead {
             match ScriptWatcher::new().and_then(|mut w| w.watch(&t.source_paths()).map(|_| w)) {
                 Ok(w) => t.watcher = Some(w),
                 Err(e) => t.log.warn(format!(
@@ -253,6 +282,9 @@ impl Trainer {
             update: self.updates_since_collect + 1,
             micro_batch: 1,
             buffer_rewards: { Arc::new(self.buffer.rewards_in_push_order()) },
+            rows: None,
+            rank: self.opts.job.rank(),
+            ranks: self.opts.job.size(),
         }
     }
 }

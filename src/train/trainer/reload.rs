@@ -70,60 +70,69 @@ impl Trainer {
                 ReloadOutcome::Rejected
             }
             Reload::Rejected(msg) => self.reject(disk, msg),
-            Reload::Accepted(new, diffs) => {
-                new.set_tensor_env(TensorEnv {
-                    device: self.opts.device.clone(),
-                    rng: self.rng.clone(),
-                });
-                let old = std::mem::replace(&mut self.script, *new);
-                let applied = self
+            Reload::Accepted(new, diffs) => self.install(new, diffs, disk),
+        }
+    }
+
+    /// Makes an accepted version the running one (its discounts and priorities computed
+    /// first: should they fail, the old version stays and `disk` is remembered as rejected).
+    pub(super) fn install(
+        &mut self,
+        new: Box<Script>,
+        diffs: ConfigChanges,
+        disk: Vec<Option<String>>,
+    ) -> ReloadOutcome {
+        new.set_tensor_env(TensorEnv {
+            device: self.opts.device.clone(),
+            rng: self.rng.clone(),
+        });
+        let old = std::mem::replace(&mut self.script, *new);
+        let applied = self
+            .script
+            .discounts(self.models.sampler.steps())
+            .and_then(|d| {
+                self.discounts = d;
+                self.recompute_priorities()
+            });
+        if let Err(e) = applied {
+            self.script = old;
+            self.discounts = self
+                .script
+                .discounts(self.models.sampler.steps())
+                .unwrap_or_default();
+            let _ = self.recompute_priorities();
+            return self.reject(disk, format!("{e:#}"));
+        }
+        self.generation += 1;
+        self.last_rejected = None;
+        let changes: Vec<String> = diffs
+            .iter()
+            .map(|(k, a, b)| format!("{k} {a} -> {b}"))
+            .collect();
+        self.log.info(format!(
+            "reloaded {} (generation {}){}",
+            self.script.path.display(),
+            self.generation,
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!("; config: {}", changes.join(", "))
+            }
+        ));
+        if let Some(w) = self.watcher.as_mut() {
+            if let Err(e) = w.watch(
+                &self
                     .script
-                    .discounts(self.models.sampler.steps())
-                    .and_then(|d| {
-                        self.discounts = d;
-                        self.recompute_priorities()
-                    });
-                if let Err(e) = applied {
-                    self.script = old;
-                    self.discounts = self
-                        .script
-                        .discounts(self.models.sampler.steps())
-                        .unwrap_or_default();
-                    let _ = self.recompute_priorities();
-                    return self.reject(disk, format!("{e:#}"));
-                }
-                self.generation += 1;
-                self.last_rejected = None;
-                let changes: Vec<String> = diffs
+                    .sources
                     .iter()
-                    .map(|(k, a, b)| format!("{k} {a} -> {b}"))
-                    .collect();
-                self.log.info(format!(
-                    "reloaded {} (generation {}){}",
-                    self.script.path.display(),
-                    self.generation,
-                    if changes.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; config: {}", changes.join(", "))
-                    }
-                ));
-                if let Some(w) = self.watcher.as_mut() {
-                    if let Err(e) = w.watch(
-                        &self
-                            .script
-                            .sources
-                            .iter()
-                            .map(|(p, _)| p.clone())
-                            .collect::<Vec<_>>(),
-                    ) {
-                        self.log
-                            .warn(format!("cannot watch the new script's modules: {e}"));
-                    }
-                }
-                ReloadOutcome::Reloaded
+                    .map(|(p, _)| p.clone())
+                    .collect::<Vec<_>>(),
+            ) {
+                self.log
+                    .warn(format!("cannot watch the new script's modules: {e}"));
             }
         }
+        ReloadOutcome::Reloaded
     }
 
     fn reject(&mut self, disk: Vec<Option<String>>, msg: String) -> ReloadOutcome {
@@ -191,7 +200,7 @@ pub fn try_reload(
     }
 }
 
-fn load_checked(
+pub(super) fn load_checked(
     running: &Script,
     overrides: &[(String, Json)],
     sandbox: &SandboxOptions,

@@ -19,6 +19,9 @@ impl Trainer {
             cfg.sampling
         ));
         let started = Instant::now();
+        if !self.leads() {
+            return self.follow_run(started);
+        }
         let before = self.evaluate_before()?;
         if cfg.evals > 0 && !self.evals.has(0) {
             // The curve's first point: the pretrained model at the along-training size.
@@ -37,6 +40,7 @@ impl Trainer {
         plot_training_curve(&self.run_dir.join("metrics.jsonl"), &curve)?;
         self.log.info(format!("wrote {}", curve.display()));
         self.log.info("evaluating the fine-tuned model");
+        let stream = self.evaluation_stream(self.epoch);
         let after = self.with_queries(self.task.evaluate(
             &self.models,
             self.models.sampling_policy().as_ref(),
@@ -46,6 +50,7 @@ impl Trainer {
             &self.log,
             false,
         )?);
+        drop(stream);
         if self.after_is_last_point() && !self.evals.has(self.epoch) {
             // The last along-training point (skipped in `evaluate_along`) is this evaluation.
             self.evals.append(self.epoch, &after)?;
@@ -77,15 +82,19 @@ impl Trainer {
 
     fn train_epochs(&mut self, bar: &ProgressBar) -> Result<()> {
         // A run stopped between its checkpoint and that epoch's evaluation makes it up.
-        self.evaluate_along()?;
+        if self.leads() {
+            self.evaluate_along()?;
+        }
         while self.epoch < self.script.config.epochs {
             if self.epoch > 0 {
-                self.maybe_reload();
+                self.reload_on_every_rank()?;
             }
             bar.set_length(self.script.config.epochs as u64);
             let m = self.run_epoch()?;
-            self.save_checkpoint()?;
-            self.evaluate_along()?;
+            if self.leads() {
+                self.save_checkpoint()?;
+                self.evaluate_along()?;
+            }
             bar.set_position(self.epoch as u64);
             bar.set_message(format!(
                 "reward {:.3} ± {:.3}, kl {}, gen {}",
@@ -123,6 +132,7 @@ impl Trainer {
     ) -> Result<Json> {
         let dir = self.run_dir.join("along_training");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _stream = self.evaluation_stream(epoch);
         let m = self.task.evaluate(
             &self.models,
             model,
@@ -160,6 +170,7 @@ impl Trainer {
             }
         }
         self.log.info("evaluating the pretrained model");
+        let _stream = self.evaluation_stream(0);
         let v = self.task.evaluate(
             &self.models,
             self.models.reference.as_ref(),
@@ -171,5 +182,33 @@ impl Trainer {
         )?;
         crate::tensor_io::write_file_atomic(&path, serde_json::to_string_pretty(&v)?)?;
         Ok(v)
+    }
+}
+
+impl Trainer {
+    /// What an evaluation's hooks draw from (`math.random` in a reward, say) instead of the
+    /// run's stream: evaluations, which rank 0 alone makes, never move the training stream.
+    fn evaluation_stream(&self, epoch: usize) -> super::data_parallel::StreamSwap<'_> {
+        let stream = rng::row_stream(self.script.config.seed, epoch as u64);
+        super::data_parallel::StreamSwap::new(&self.rng, stream)
+    }
+
+    /// A rank other than 0: the epochs only (their metrics, checkpoints and evaluations are
+    /// rank 0's); the report's evaluations are empty.
+    fn follow_run(&mut self, started: Instant) -> Result<EvalReport> {
+        let bar = ProgressBar::hidden();
+        self.train_epochs(&bar)?;
+        Ok(EvalReport {
+            before: Json::Null,
+            after: Json::Null,
+            epochs: self.epoch,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            peak_rss_mib: None,
+            script: self.script.path.display().to_string(),
+            script_generation: self.generation,
+            config: self.script.config.clone(),
+            queries_used: self.rounds.as_ref().map(|r| r.oracle.used()),
+            oracle_budget: self.rounds.as_ref().map(|r| r.oracle.budget()),
+        })
     }
 }

@@ -107,8 +107,10 @@ impl Trainer {
                 self.generation
             ));
         }
-        self.metrics.truncate_after(self.epoch)?;
-        self.evals.truncate_after(self.epoch)?;
+        if self.leads() {
+            self.metrics.truncate_after(self.epoch)?;
+            self.evals.truncate_after(self.epoch)?;
+        }
         self.log
             .info(format!("resumed {} at epoch {}", dir.display(), self.epoch));
         Ok(())

@@ -2,21 +2,15 @@
 //! the ranks give the report one process gives, and a run that fails on rank 1 is reported
 //! by rank 0. Needs `mpirun` (OpenMPI or MPICH) on the PATH.
 
+use super::{mpirun, sqdf};
 use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn sqdf() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sqdf"))
-}
-
-/// `mpirun -n 2 sqdf --quiet compare FILE --out OUT` (as root and on fewer cores than
-/// ranks where need be).
+/// `mpirun -n 2 sqdf --quiet compare FILE --out OUT`.
 fn compare_on_two_ranks(file: &Path, out: &Path) -> Output {
-    Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
-        .arg(env!("CARGO_BIN_EXE_sqdf"))
+    mpirun(2)
         .args(["--quiet", "compare"])
         .arg(file)
         .arg("--out")

@@ -1,6 +1,8 @@
 //! The processes of one job. Built with the `mpi` feature and started by `mpirun` or Slurm's
 //! `srun`, a process is one rank of several (MPI: OpenMPI, MPICH); otherwise it is rank 0 of
-//! 1 and nothing here talks to anyone. `sqdf compare` spreads its runs over the ranks.
+//! 1 and nothing here talks to anyone. `sqdf compare` spreads its runs over the ranks;
+//! `sqdf run` trains one model on all of them (data parallel, `train::trainer`), exchanging
+//! what `collectives` offers.
 //!
 //! A rank that fails calls `abort`, which MPI turns into the end of every rank: a rank
 //! waiting for the others never hangs on one that is gone (mpirun also ends the job when a
@@ -9,6 +11,8 @@
 //! take themselves for ranks.
 
 use std::process::Command;
+
+mod collectives;
 
 /// Environment variables by which OpenMPI, MPICH/Hydra, PMIx and Slurm tell a process it
 /// is a rank.
@@ -22,6 +26,16 @@ pub fn launched_as_rank() -> bool {
             .iter()
             .any(|v| k == *v)
     })
+}
+
+/// How many ranks the launcher started on this machine (1 without a launcher): they share
+/// its cores.
+pub fn ranks_on_this_node() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(1)
 }
 
 /// Removes the launcher's variables from a child's environment.

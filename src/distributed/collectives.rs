@@ -1,0 +1,152 @@
+//! What data-parallel training exchanges between ranks: every rank's share gathered to
+//! every rank, sums taken in rank order (so that every rank gets the same bits, whatever
+//! MPI's reduction tree would have done), and a message from rank 0. On one process each is
+//! the identity.
+
+use super::Job;
+use std::ops::Range;
+
+impl Job {
+    /// This rank's contiguous share of `n` items: the first `n mod size` ranks take one more.
+    pub fn share(&self, n: usize) -> Range<usize> {
+        share_of(n, self.rank, self.size)
+    }
+
+    /// Every rank's `mine`, in rank order (lengths may differ).
+    pub fn all_gather_f32(&self, mine: &[f32]) -> Vec<Vec<f32>> {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.world {
+            return gather_varcount(world, mine);
+        }
+        vec![mine.to_vec()]
+    }
+
+    /// Every rank's `mine`, in rank order.
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.world {
+            return gather_varcount(world, mine);
+        }
+        vec![mine.to_vec()]
+    }
+
+    /// The element-wise sum of every rank's `mine` (all of one length), added in rank order
+    /// on every rank: the result is bitwise the same everywhere and from run to run.
+    pub fn sum_in_rank_order(&self, mine: Vec<f32>) -> anyhow::Result<Vec<f32>> {
+        if self.size == 1 {
+            return Ok(mine);
+        }
+        let parts = self.all_gather_f32(&mine);
+        let mut sum = vec![0f32; mine.len()];
+        for (r, p) in parts.iter().enumerate() {
+            anyhow::ensure!(
+                p.len() == sum.len(),
+                "rank {r} sent {} numbers to sum where rank {} has {}",
+                p.len(),
+                self.rank,
+                sum.len()
+            );
+            for (s, v) in sum.iter_mut().zip(p) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Rank 0's `message` on every rank (the others pass anything: it is not read).
+    pub fn broadcast_from_root(&self, message: Vec<u8>) -> Vec<u8> {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.world {
+            use mpi::traits::{Communicator, Root};
+            let root = world.process_at_rank(0);
+            let mut len = [message.len() as u64];
+            root.broadcast_into(&mut len[..]);
+            if len[0] == 0 {
+                // An empty Vec<u8>'s pointer is 1, which OpenMPI reads as MPI_IN_PLACE.
+                return Vec::new();
+            }
+            let mut buf = if self.rank == 0 {
+                message
+            } else {
+                vec![0u8; len[0] as usize]
+            };
+            root.broadcast_into(&mut buf[..]);
+            return buf;
+        }
+        message
+    }
+}
+
+fn share_of(n: usize, rank: usize, size: usize) -> Range<usize> {
+    let (base, extra) = (n / size, n % size);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+#[cfg(feature = "mpi")]
+fn gather_varcount<T>(world: &mpi::topology::SimpleCommunicator, mine: &[T]) -> Vec<Vec<T>>
+where
+    T: mpi::datatype::Equivalence + Copy + Default,
+{
+    use mpi::datatype::PartitionMut;
+    use mpi::traits::{Communicator, CommunicatorCollectives};
+    let size = world.size() as usize;
+    let mut counts = vec![0 as mpi::Count; size];
+    world.all_gather_into(&(mine.len() as mpi::Count), &mut counts[..]);
+    let displs: Vec<mpi::Count> = counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let d = *acc;
+            *acc += c;
+            Some(d)
+        })
+        .collect();
+    let total = counts.iter().map(|&c| c as usize).sum();
+    if total == 0 {
+        return vec![Vec::new(); size];
+    }
+    let mut all = vec![T::default(); total];
+    // An empty slice's pointer is its alignment, which OpenMPI may read as MPI_IN_PLACE (1):
+    // an empty send goes from a real allocation.
+    let holder = [T::default()];
+    let send = if mine.is_empty() { &holder[..0] } else { mine };
+    {
+        let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+        world.all_gather_varcount_into(send, &mut part);
+    }
+    let mut out = Vec::with_capacity(size);
+    let mut rest = &all[..];
+    for &c in &counts {
+        let (head, tail) = rest.split_at(c as usize);
+        out.push(head.to_vec());
+        rest = tail;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_item_once_in_order() {
+        for n in [0, 1, 5, 64, 65] {
+            for size in [1, 2, 3, 7] {
+                let parts: Vec<Range<usize>> = (0..size).map(|r| share_of(n, r, size)).collect();
+                let flat: Vec<usize> = parts.iter().flat_map(|p| p.clone()).collect();
+                assert_eq!(flat, (0..n).collect::<Vec<_>>(), "n {n}, size {size}");
+                let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn one_process_gathers_and_sums_to_itself() {
+        let job = Job::single();
+        assert_eq!(job.all_gather_f32(&[1.0, 2.0]), vec![vec![1.0, 2.0]]);
+        assert_eq!(job.sum_in_rank_order(vec![3.0]).unwrap(), vec![3.0]);
+        assert_eq!(job.broadcast_from_root(b"x".to_vec()), b"x".to_vec());
+        assert_eq!(job.share(7), 0..7);
+    }
+}

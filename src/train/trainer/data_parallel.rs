@@ -1,0 +1,271 @@
+//! Training on several ranks (`mpirun -n N sqdf run`, docs/scale-out.md). Every rank holds
+//! the whole run state: the same weights, AdamW moments, replay buffer and RNG. Each rank
+//! draws everything the run's stream decides (conditions, buffer indices, the keys of the
+//! noise streams) exactly as one process would, then computes only its share of the work:
+//! its share of the epoch's trajectories, which every rank then gathers, and its share of
+//! each update's batch, whose gradients every rank sums in rank order before AdamW. Noise is
+//! drawn per trajectory and per batch row (`rng::row_stream`), so N ranks compute what one
+//! process computes, up to the order of the gradient sum's additions. Rank 0 alone writes
+//! the run folder and evaluates; it decides hot reloads and sends the accepted sources.
+
+use super::*;
+use crate::rng::Rng;
+use crate::script::SandboxOptions;
+use std::sync::Mutex;
+
+impl Trainer {
+    /// Whether this process writes the run folder, evaluates and watches the script: rank 0.
+    pub fn leads(&self) -> bool {
+        self.opts.job.rank() == 0
+    }
+
+    fn count_exchange(&self, since: Instant) {
+        let s = self.exchange_seconds.get() + since.elapsed().as_secs_f64();
+        self.exchange_seconds.set(s);
+    }
+
+    /// Seconds spent exchanging with the other ranks since the last call.
+    pub(super) fn take_exchange_seconds(&self) -> f64 {
+        self.exchange_seconds.replace(0.0)
+    }
+
+    /// Every rank samples at least one trajectory of each batch.
+    pub(super) fn check_batch_covers_ranks(&self) -> Result<()> {
+        let (batch, ranks) = (self.script.config.batch, self.opts.job.size());
+        if batch < ranks {
+            bail!(
+                "{}: config.batch = {batch} is smaller than the {ranks} ranks; each rank needs a trajectory of every batch",
+                self.script.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Every rank's states ([n, T+1, state] flattened, contiguous shares in rank order) and
+    /// log-probabilities ([n, T], absent when the sampler is deterministic) of the epoch.
+    pub(super) fn gather_trajectories(
+        &self,
+        states: Vec<f32>,
+        log_probs: Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let job = &self.opts.job;
+        if job.size() == 1 {
+            return (states, log_probs);
+        }
+        let start = Instant::now();
+        let states = job.all_gather_f32(&states).concat();
+        let log_probs = job.all_gather_f32(&log_probs).concat();
+        self.count_exchange(start);
+        (states, log_probs)
+    }
+
+    /// The sums over ranks of an update's loss, logged numbers and gradients (each rank's
+    /// already weighted by its share of the batch). Every rank gets the same bits. A rank
+    /// with a non-finite loss sends no gradient; the sum's loss is then not finite either,
+    /// so every rank skips the step.
+    pub(super) fn sum_over_ranks(&self, mine: UpdateParts) -> Result<UpdateParts> {
+        let UpdateParts { loss, stats, grads } = mine;
+        let job = &self.opts.job;
+        let start = Instant::now();
+        let numbers = serde_json::to_vec(&(loss, &stats))?;
+        let (mut loss, mut stats) = (0.0, BTreeMap::new());
+        for (r, bytes) in job.all_gather_bytes(&numbers).iter().enumerate() {
+            // JSON has no NaN: serde writes a non-finite loss as null.
+            let (l, s): (Option<f64>, BTreeMap<String, Option<f64>>) =
+                serde_json::from_slice(bytes)
+                    .with_context(|| format!("reading rank {r}'s loss and logged numbers"))?;
+            loss += l.unwrap_or(f64::NAN);
+            for (k, v) in s {
+                *stats.entry(k).or_insert(0.0) += v.unwrap_or(f64::NAN);
+            }
+        }
+        let params: Vec<Tensor> = self
+            .optim
+            .params
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let flat = flatten_grads(&params, &grads)?;
+        let summed = job.sum_in_rank_order(flat)?;
+        let grads = if loss.is_finite() {
+            unflatten_grads(&params, &summed)?
+        } else {
+            Vec::new()
+        };
+        self.count_exchange(start);
+        Ok(UpdateParts { loss, stats, grads })
+    }
+
+    /// Between epochs on every rank: rank 0 checks the script for edits (`maybe_reload`)
+    /// and sends the sources of a version it accepted; the others load that very version.
+    /// A version rank 0 rejected is rejected everywhere, since no other rank sees it.
+    pub(super) fn reload_on_every_rank(&mut self) -> Result<ReloadOutcome> {
+        let job = self.opts.job.clone();
+        if job.size() == 1 {
+            return Ok(self.maybe_reload());
+        }
+        let message = if job.rank() == 0 {
+            match self.maybe_reload() {
+                ReloadOutcome::Reloaded => serde_json::to_vec(&self.script.sources)?,
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let message = job.broadcast_from_root(message);
+        if job.rank() == 0 || message.is_empty() {
+            return Ok(ReloadOutcome::NoChange);
+        }
+        let sources: Vec<(PathBuf, String)> =
+            serde_json::from_slice(&message).context("reading the sources rank 0 reloaded")?;
+        let mut sandbox: SandboxOptions = self.sandbox.clone();
+        sandbox.sources = Some(Arc::new(sources.into_iter().collect()));
+        let cond0 = self.task.conditions(1, &mut rng::seeded(0))[0];
+        let (new, diffs) = reload::load_checked(
+            &self.script,
+            &self.opts.overrides,
+            &sandbox,
+            &self.models,
+            cond0,
+            self.rounds.as_ref(),
+        )
+        .with_context(|| {
+            format!(
+                "rank {}: the version of {} that rank 0 accepted does not load here",
+                job.rank(),
+                self.script.path.display()
+            )
+        })?;
+        match self.install(Box::new(new), diffs, Vec::new()) {
+            ReloadOutcome::Reloaded => Ok(ReloadOutcome::Reloaded),
+            _ => bail!(
+                "rank {}: the version of {} that rank 0 accepted was refused here",
+                job.rank(),
+                self.script.path.display()
+            ),
+        }
+    }
+
+    /// The streams of one micro-batch's rows, `first..first + len` of the update's batch.
+    pub(super) fn row_streams(key: u64, first: usize, len: usize) -> Arc<Mutex<Vec<Rng>>> {
+        let rows = (first..first + len)
+            .map(|g| rng::row_stream(key, g as u64))
+            .collect();
+        Arc::new(Mutex::new(rows))
+    }
+}
+
+/// An update's loss, logged numbers and gradients (one per parameter, None where it has
+/// none), as a rank's share or as their sum over the ranks.
+pub(super) struct UpdateParts {
+    pub loss: f64,
+    pub stats: BTreeMap<String, f64>,
+    pub grads: Vec<Option<Tensor>>,
+}
+
+/// While it lives, the run's shared generator (which `math.random`, `tensor.randn` and
+/// `ctx` draw from) is another stream; the run's own state comes back when it goes, however
+/// the hook call in between ended.
+pub(super) struct StreamSwap<'a> {
+    rng: &'a SharedRng,
+    saved: Option<Rng>,
+}
+
+impl<'a> StreamSwap<'a> {
+    pub(super) fn new(rng: &'a SharedRng, stream: Rng) -> Self {
+        let saved = std::mem::replace(&mut *lock(rng), stream);
+        Self {
+            rng,
+            saved: Some(saved),
+        }
+    }
+}
+
+impl Drop for StreamSwap<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.saved.take() {
+            *lock(self.rng) = s;
+        }
+    }
+}
+
+fn lock(rng: &SharedRng) -> std::sync::MutexGuard<'_, Rng> {
+    rng.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every gradient in f32, one after the other in the parameters' order (zeros where a
+/// parameter has none), then one presence flag per parameter.
+fn flatten_grads(params: &[Tensor], grads: &[Option<Tensor>]) -> Result<Vec<f32>> {
+    let total: usize = params.iter().map(Tensor::elem_count).sum();
+    let mut flat = Vec::with_capacity(total + params.len());
+    for (j, p) in params.iter().enumerate() {
+        match grads.get(j).and_then(Option::as_ref) {
+            Some(g) => flat.extend(
+                g.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            None => flat.extend(std::iter::repeat_n(0.0, p.elem_count())),
+        }
+    }
+    flat.extend(params.iter().enumerate().map(|(j, _)| {
+        let present = matches!(grads.get(j), Some(Some(_)));
+        f32::from(u8::from(present))
+    }));
+    Ok(flat)
+}
+
+/// `flatten_grads`' inverse: a parameter no rank had a gradient for gets none.
+fn unflatten_grads(params: &[Tensor], flat: &[f32]) -> Result<Vec<Option<Tensor>>> {
+    let total: usize = params.iter().map(Tensor::elem_count).sum();
+    anyhow::ensure!(
+        flat.len() == total + params.len(),
+        "the summed gradients have {} numbers where the parameters need {}",
+        flat.len(),
+        total + params.len()
+    );
+    let (values, present) = flat.split_at(total);
+    let mut at = 0;
+    let mut out = Vec::with_capacity(params.len());
+    for (p, &flag) in params.iter().zip(present) {
+        let n = p.elem_count();
+        out.push(if flag > 0.0 {
+            Some(
+                Tensor::from_slice(&values[at..at + n], p.shape(), &Device::Cpu)?
+                    .to_dtype(p.dtype())?
+                    .to_device(p.device())?,
+            )
+        } else {
+            None
+        });
+        at += n;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradients_survive_flattening_and_missing_ones_stay_missing() {
+        let dev = Device::Cpu;
+        let params = vec![
+            Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap(),
+            Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap(),
+        ];
+        let g0 = Tensor::arange(0f32, 6.0, &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let flat = flatten_grads(&params, &[Some(g0.clone()), None]).unwrap();
+        assert_eq!(flat.len(), 6 + 4 + 2);
+        let back = unflatten_grads(&params, &flat).unwrap();
+        assert_eq!(
+            back[0].as_ref().unwrap().to_vec2::<f32>().unwrap(),
+            g0.to_vec2::<f32>().unwrap()
+        );
+        assert!(back[1].is_none());
+        assert!(unflatten_grads(&params, &flat[1..]).is_err());
+    }
+}
