@@ -211,6 +211,13 @@ fn overrides(set: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
 /// Runs one subcommand.
 pub fn dispatch(cli: Cli) -> Result<()> {
     let log = RunLog::stderr();
+    let several = matches!(cli.command, Command::Run { .. } | Command::Compare { .. });
+    let ranks = crate::distributed::launched_ranks();
+    if ranks > 1 && !several {
+        anyhow::bail!(
+            "started as one of {ranks} ranks, but only `sqdf run` and `sqdf compare` run on several processes; start this command without mpirun or srun"
+        );
+    }
     match cli.command {
         Command::Run {
             script,

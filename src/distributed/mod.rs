@@ -28,6 +28,15 @@ pub fn launched_as_rank() -> bool {
     })
 }
 
+/// How many ranks the launcher started in all (1 without a launcher).
+pub fn launched_ranks() -> usize {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(1)
+}
+
 /// How many ranks the launcher started on this machine (1 without a launcher): they share
 /// its cores.
 pub fn ranks_on_this_node() -> usize {

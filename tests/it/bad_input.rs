@@ -324,3 +324,45 @@ fn bad_cli_input_is_an_error_not_a_panic() {
     );
     assert!(!ok && err.contains("cannot resume"), "{err}");
 }
+
+/// Started by a launcher (its variables set, as `mpirun -n 2` would), a command that runs on
+/// one process only refuses rather than letting two copies write the same files.
+#[test]
+fn a_one_process_command_started_as_a_rank_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "random-weights"])
+        .arg(dir.path().join("w"))
+        .args(["--size", "tiny"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("only `sqdf run` and `sqdf compare` run on several processes"),
+        "{err}"
+    );
+    assert!(!dir.path().join("w").exists(), "nothing was written");
+}
+
+/// `sqdf run` started by a launcher without the `mpi` feature says how to build it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn run_started_as_a_rank_without_mpi_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_weights(dir.path());
+    let script = common::write_script(dir.path(), "toy.lua", &common::standard_script(&w, ""));
+    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(["--quiet", "run"])
+        .arg(&script)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--features mpi"), "{err}");
+    assert!(!dir.path().join("out").exists(), "nothing ran");
+}

@@ -19,14 +19,9 @@ impl Trainer {
         self.opts.job.rank() == 0
     }
 
-    fn count_exchange(&self, since: Instant) {
-        let s = self.exchange_seconds.get() + since.elapsed().as_secs_f64();
-        self.exchange_seconds.set(s);
-    }
-
-    /// Seconds spent exchanging with the other ranks since the last call.
-    pub(super) fn take_exchange_seconds(&self) -> f64 {
-        self.exchange_seconds.replace(0.0)
+    /// Seconds spent gathering trajectories and summing gradients since the last call.
+    pub(super) fn take_exchange_seconds(&self) -> (f64, f64) {
+        self.exchange_seconds.replace((0.0, 0.0))
     }
 
     /// Every rank samples at least one trajectory of each batch.
@@ -55,7 +50,9 @@ impl Trainer {
         let start = Instant::now();
         let states = job.all_gather_f32(&states).concat();
         let log_probs = job.all_gather_f32(&log_probs).concat();
-        self.count_exchange(start);
+        let (gather, sum) = self.exchange_seconds.get();
+        self.exchange_seconds
+            .set((gather + start.elapsed().as_secs_f64(), sum));
         (states, log_probs)
     }
 
@@ -92,7 +89,9 @@ impl Trainer {
         } else {
             Vec::new()
         };
-        self.count_exchange(start);
+        let (gather, sum) = self.exchange_seconds.get();
+        self.exchange_seconds
+            .set((gather, sum + start.elapsed().as_secs_f64()));
         Ok(UpdateParts { loss, stats, grads })
     }
 

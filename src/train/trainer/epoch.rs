@@ -270,11 +270,11 @@ impl Trainer {
             queries_used: self.rounds.as_ref().map(|r| r.oracle.used()),
             extra: Default::default(),
         };
-        let exchange = self.take_exchange_seconds();
+        let (gather, sum) = self.take_exchange_seconds();
         if self.opts.job.size() > 1 {
-            // Gathering trajectories and summing gradients, waiting for slower ranks included.
-            line.extra
-                .insert("exchange_seconds".into(), json!(exchange));
+            // Waiting for slower ranks included.
+            line.extra.insert("gather_seconds".into(), json!(gather));
+            line.extra.insert("grad_sum_seconds".into(), json!(sum));
         }
         // Numbers from the hooks go beside the framework's, never over them.
         for (k, v) in &stats {

@@ -113,8 +113,9 @@ pub struct Trainer {
     last_rejected: Option<Vec<Option<String>>>,
     /// The files changed while the last reload attempt read them: check again next epoch.
     recheck: bool,
-    /// Seconds this epoch spent exchanging with the other ranks, waiting for them included.
-    exchange_seconds: std::cell::Cell<f64>,
+    /// Seconds this epoch spent exchanging with the other ranks, waiting for them included:
+    /// gathering trajectories, and summing gradients.
+    exchange_seconds: std::cell::Cell<(f64, f64)>,
     /// The run folder's lock, released when the trainer goes (or the process ends); held
     /// by rank 0, which alone writes the folder.
     _lock: Option<run_dir::FolderLock>,

@@ -116,6 +116,12 @@ fn two_ranks_train_as_one_process(script: &Path, dir: &Path) {
     // Rank 0 alone wrote the folder: one line per epoch, one evaluation.
     let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for k in ["gather_seconds", "grad_sum_seconds"] {
+            assert!(v[k].as_f64().is_some_and(|s| s >= 0.0), "{k}: {line}");
+        }
+    }
     assert!(two.join("eval.json").is_file());
 }
 
