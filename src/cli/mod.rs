@@ -240,7 +240,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 RunLog::discarding()
             };
             opts.job = job.clone();
-            let ran = Trainer::new(opts).and_then(|mut t| t.run());
+            let train = || Trainer::new(opts).and_then(|mut t| t.run());
+            let ran = match job.size() {
+                1 => train(),
+                // A panic would unwind into MPI_Finalize, which waits for the other ranks
+                // while they wait for this one: it ends every rank instead, like an error.
+                _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(train))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (the message is above)"))),
+            };
             match ran {
                 Ok(eval) if job.rank() == 0 => {
                     println!("{}", serde_json::to_string_pretty(&eval.to_json())?)

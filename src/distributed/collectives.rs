@@ -13,21 +13,21 @@ impl Job {
     }
 
     /// Every rank's `mine`, in rank order (lengths may differ).
-    pub fn all_gather_f32(&self, mine: &[f32]) -> Vec<Vec<f32>> {
+    pub fn all_gather_f32(&self, mine: &[f32]) -> anyhow::Result<Vec<Vec<f32>>> {
         #[cfg(feature = "mpi")]
         if let Some((_, world)) = &self.world {
             return gather_varcount(world, mine);
         }
-        vec![mine.to_vec()]
+        Ok(vec![mine.to_vec()])
     }
 
     /// Every rank's `mine`, in rank order.
-    pub fn all_gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         #[cfg(feature = "mpi")]
         if let Some((_, world)) = &self.world {
             return gather_varcount(world, mine);
         }
-        vec![mine.to_vec()]
+        Ok(vec![mine.to_vec()])
     }
 
     /// The element-wise sum of every rank's `mine` (all of one length), added in rank order
@@ -36,9 +36,10 @@ impl Job {
         if self.size == 1 {
             return Ok(mine);
         }
-        let parts = self.all_gather_f32(&mine);
-        let mut sum = vec![0f32; mine.len()];
-        for (r, p) in parts.iter().enumerate() {
+        let mut parts = self.all_gather_f32(&mine)?.into_iter();
+        // Rank 0's numbers as they are (a -0.0 stays one), then each other rank's added.
+        let mut sum = parts.next().unwrap_or_default();
+        for (r, p) in parts.enumerate().map(|(i, p)| (i + 1, p)) {
             anyhow::ensure!(
                 p.len() == sum.len(),
                 "rank {r} sent {} numbers to sum where rank {} has {}",
@@ -83,27 +84,36 @@ fn share_of(n: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
+/// MPI counts and offsets are 32-bit: a gather of more numbers in all (2^31 - 1) is an error
+/// before anything is sent, never a wrapped count.
 #[cfg(feature = "mpi")]
-fn gather_varcount<T>(world: &mpi::topology::SimpleCommunicator, mine: &[T]) -> Vec<Vec<T>>
+fn gather_varcount<T>(
+    world: &mpi::topology::SimpleCommunicator,
+    mine: &[T],
+) -> anyhow::Result<Vec<Vec<T>>>
 where
     T: mpi::datatype::Equivalence + Copy + Default,
 {
     use mpi::datatype::PartitionMut;
     use mpi::traits::{Communicator, CommunicatorCollectives};
     let size = world.size() as usize;
+    // A length past i32 is sent as -1, so that every rank sees it and stops.
+    let len = mpi::Count::try_from(mine.len()).unwrap_or(-1);
     let mut counts = vec![0 as mpi::Count; size];
-    world.all_gather_into(&(mine.len() as mpi::Count), &mut counts[..]);
-    let displs: Vec<mpi::Count> = counts
-        .iter()
-        .scan(0, |acc, &c| {
-            let d = *acc;
-            *acc += c;
-            Some(d)
-        })
-        .collect();
-    let total = counts.iter().map(|&c| c as usize).sum();
+    world.all_gather_into(&len, &mut counts[..]);
+    let mut displs = Vec::with_capacity(size);
+    let mut total: mpi::Count = 0;
+    for (r, &c) in counts.iter().enumerate() {
+        displs.push(total);
+        total = total.checked_add(c).filter(|_| c >= 0).ok_or_else(|| {
+            anyhow::anyhow!(
+                "rank {r}'s share of a gather takes the total past MPI's 2^31 - 1 numbers; use fewer ranks or a smaller batch"
+            )
+        })?;
+    }
+    let total = total as usize;
     if total == 0 {
-        return vec![Vec::new(); size];
+        return Ok(vec![Vec::new(); size]);
     }
     let mut all = vec![T::default(); total];
     // An empty slice's pointer is its alignment, which OpenMPI may read as MPI_IN_PLACE (1):
@@ -121,7 +131,7 @@ where
         out.push(head.to_vec());
         rest = tail;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -144,7 +154,10 @@ mod tests {
     #[test]
     fn one_process_gathers_and_sums_to_itself() {
         let job = Job::single();
-        assert_eq!(job.all_gather_f32(&[1.0, 2.0]), vec![vec![1.0, 2.0]]);
+        assert_eq!(
+            job.all_gather_f32(&[1.0, 2.0]).unwrap(),
+            vec![vec![1.0, 2.0]]
+        );
         assert_eq!(job.sum_in_rank_order(vec![3.0]).unwrap(), vec![3.0]);
         assert_eq!(job.broadcast_from_root(b"x".to_vec()), b"x".to_vec());
         assert_eq!(job.share(7), 0..7);

@@ -16,21 +16,32 @@ mod collectives;
 
 /// Environment variables by which OpenMPI, MPICH/Hydra, PMIx and Slurm tell a process it
 /// is a rank.
-const LAUNCHER_PREFIXES: [&str; 5] = ["OMPI_", "PMI_", "PMIX_", "MPI_LOCALRANK", "SLURM_PROCID"];
+const LAUNCHER_PREFIXES: [&str; 8] = [
+    "OMPI_",
+    "PMI_",
+    "PMIX_",
+    "MPI_LOCALRANK",
+    "MPI_LOCALNRANKS",
+    "SLURM_PROCID",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_LOCALID",
+];
 
 /// Whether a launcher started this process as a rank.
 pub fn launched_as_rank() -> bool {
-    std::env::vars_os().any(|(k, _)| {
-        let k = k.to_string_lossy();
-        ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-            .iter()
-            .any(|v| k == *v)
-    })
+    launched_ranks() > 1
+        || std::env::vars_os().any(|(k, _)| {
+            let k = k.to_string_lossy();
+            ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+                .iter()
+                .any(|v| k == *v)
+        })
 }
 
-/// How many ranks the launcher started in all (1 without a launcher).
+/// How many ranks the launcher started in all (1 without a launcher): OpenMPI's, Hydra's
+/// (MPICH) or Slurm's count for this step (`srun -n N`; set whatever its MPI plugin).
 pub fn launched_ranks() -> usize {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
         .filter(|&n: &usize| n > 0)
@@ -45,6 +56,19 @@ pub fn ranks_on_this_node() -> usize {
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
         .filter(|&n: &usize| n > 0)
         .unwrap_or(1)
+}
+
+/// This rank's place among the ranks on its machine (0 without a launcher): OpenMPI's,
+/// MPICH's or Slurm's.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
 }
 
 /// Removes the launcher's variables from a child's environment.
@@ -98,6 +122,12 @@ impl Job {
                 .ok_or_else(|| anyhow::anyhow!("MPI was initialised twice in this process"))?;
             let world = universe.world();
             let (rank, size) = (world.rank() as usize, world.size() as usize);
+            if size == 1 && launched_ranks() > 1 {
+                anyhow::bail!(
+                    "started as one of {} ranks, but MPI sees a job of 1: the launcher and the MPI library do not speak (under Slurm, `srun --mpi=pmix` or the plugin your MPI was built with)",
+                    launched_ranks()
+                );
+            }
             Ok(Self {
                 rank,
                 size,
@@ -150,6 +180,7 @@ mod tests {
             "OMPI_COMM_WORLD_RANK",
             "PMI_RANK",
             "SLURM_PROCID",
+            "SLURM_STEP_NUM_TASKS",
             "SQDF_KEPT",
         ];
         detach_from(&mut cmd, inherited.iter().map(std::ffi::OsString::from));
@@ -158,7 +189,7 @@ mod tests {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert_eq!(removed.len(), 4, "{removed:?}");
         assert!(!removed.contains(&"SQDF_KEPT".to_string()));
     }
 

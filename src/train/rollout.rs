@@ -120,16 +120,17 @@ pub fn sample(
     denoise(model, sampler, x_t, 0, cond, rng, keep)
 }
 
-/// B whole trajectories from pure noise with their states and log-probabilities, as the
-/// trainer stores them; trajectory b's noise (x_T and every step's) from `streams[b]`.
+/// B whole trajectories from pure noise, trajectory b's noise (x_T and every step's) from
+/// `streams[b]`; with `keep`, their states and log-probabilities, as the trainer stores them.
 pub fn sample_trajectories(
     model: &dyn Denoiser,
     sampler: &DdimSampler,
     state_shape: &[usize],
     cond: &Tensor,
     streams: &mut [Rng],
+    keep: bool,
 ) -> Result<Rollout> {
     let mut noise_source = Noise::PerTrajectory(streams);
     let x_t = noise(state_shape, cond, &mut noise_source)?;
-    run(model, sampler, x_t, 0, cond, &mut noise_source, true)
+    run(model, sampler, x_t, 0, cond, &mut noise_source, keep)
 }

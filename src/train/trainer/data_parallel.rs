@@ -24,6 +24,61 @@ impl Trainer {
         self.exchange_seconds.replace((0.0, 0.0))
     }
 
+    /// Every rank holds the same run state: config, script generation, RNG, buffer rewards
+    /// and weights (CRC-32s). Ranks that drifted apart (weight files that differ between
+    /// machines, a reward that is not deterministic on the GPU) stop with an error naming
+    /// what differs, rather than training on with different buffers.
+    pub(super) fn check_ranks_agree(&self, when: &str) -> Result<()> {
+        let job = &self.opts.job;
+        if job.size() == 1 {
+            return Ok(());
+        }
+        let mut weights = crc32fast::Hasher::new();
+        for (_, v) in &self.optim.params {
+            let t = v.as_tensor().to_dtype(candle_core::DType::F32)?;
+            for x in t.flatten_all()?.to_vec1::<f32>()? {
+                weights.update(&x.to_le_bytes());
+            }
+        }
+        let rewards: Vec<u8> = self
+            .buffer
+            .rewards_in_push_order()
+            .1
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        let mine = json!({
+            "config": serde_json::to_string(&self.script.config)?,
+            "script generation": self.generation,
+            "RNG": serde_json::to_string(&*self.rng.lock().unwrap())?,
+            "buffer rewards": crc32fast::hash(&rewards),
+            "weights": weights.finalize(),
+        });
+        let all = job.all_gather_bytes(&serde_json::to_vec(&mine)?)?;
+        let root: Json = serde_json::from_slice(&all[0])?;
+        for (r, bytes) in all.iter().enumerate().skip(1) {
+            let theirs: Json = serde_json::from_slice(bytes)?;
+            let differ: Vec<&str> = [
+                "config",
+                "script generation",
+                "RNG",
+                "buffer rewards",
+                "weights",
+            ]
+            .into_iter()
+            .filter(|k| theirs[*k] != root[*k])
+            .collect();
+            if !differ.is_empty() {
+                bail!(
+                    "rank {r}'s {} differ from rank 0's {when} (epoch {}): the ranks no longer train one model. Check that every machine has the same weight files and build",
+                    differ.join(", "),
+                    self.epoch
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Every rank samples at least one trajectory of each batch.
     pub(super) fn check_batch_covers_ranks(&self) -> Result<()> {
         let (batch, ranks) = (self.script.config.batch, self.opts.job.size());
@@ -36,24 +91,23 @@ impl Trainer {
         Ok(())
     }
 
-    /// Every rank's states ([n, T+1, state] flattened, contiguous shares in rank order) and
-    /// log-probabilities ([n, T], absent when the sampler is deterministic) of the epoch.
-    pub(super) fn gather_trajectories(
-        &self,
-        states: Vec<f32>,
-        log_probs: Vec<f32>,
-    ) -> (Vec<f32>, Vec<f32>) {
+    /// Every rank's states ([n, T+1, state] flattened), log-probabilities ([n, T], absent
+    /// when the sampler is deterministic) and rewards ([n]) of the epoch, in batch order (the
+    /// shares are contiguous and in rank order).
+    pub(super) fn gather_trajectories(&self, mine: [Vec<f32>; 3]) -> Result<[Vec<f32>; 3]> {
         let job = &self.opts.job;
         if job.size() == 1 {
-            return (states, log_probs);
+            return Ok(mine);
         }
         let start = Instant::now();
-        let states = job.all_gather_f32(&states).concat();
-        let log_probs = job.all_gather_f32(&log_probs).concat();
+        let mut all: [Vec<f32>; 3] = Default::default();
+        for (a, m) in all.iter_mut().zip(&mine) {
+            *a = job.all_gather_f32(m)?.concat();
+        }
         let (gather, sum) = self.exchange_seconds.get();
         self.exchange_seconds
             .set((gather + start.elapsed().as_secs_f64(), sum));
-        (states, log_probs)
+        Ok(all)
     }
 
     /// The sums over ranks of an update's loss, logged numbers and gradients (each rank's
@@ -66,7 +120,7 @@ impl Trainer {
         let start = Instant::now();
         let numbers = serde_json::to_vec(&(loss, &stats))?;
         let (mut loss, mut stats) = (0.0, BTreeMap::new());
-        for (r, bytes) in job.all_gather_bytes(&numbers).iter().enumerate() {
+        for (r, bytes) in job.all_gather_bytes(&numbers)?.iter().enumerate() {
             // JSON has no NaN: serde writes a non-finite loss as null.
             let (l, s): (Option<f64>, BTreeMap<String, Option<f64>>) =
                 serde_json::from_slice(bytes)
@@ -152,6 +206,27 @@ impl Trainer {
             .collect();
         Arc::new(Mutex::new(rows))
     }
+}
+
+/// The script as rank 0 read it: rank 0 loads it from its files and sends the sources it
+/// read, from which the other ranks load theirs, so that a file saved while the ranks start,
+/// or a different copy on another machine, cannot give them different scripts.
+pub(super) fn load_as_rank_0_did(opts: &RunOptions, sandbox: &SandboxOptions) -> Result<Script> {
+    let job = &opts.job;
+    if job.size() == 1 {
+        return Script::load(&opts.script, &opts.overrides, sandbox);
+    }
+    if job.rank() == 0 {
+        let script = Script::load(&opts.script, &opts.overrides, sandbox)?;
+        job.broadcast_from_root(serde_json::to_vec(&script.sources)?);
+        return Ok(script);
+    }
+    let message = job.broadcast_from_root(Vec::new());
+    let sources: Vec<(PathBuf, String)> =
+        serde_json::from_slice(&message).context("reading the script sources rank 0 loaded")?;
+    let mut given = sandbox.clone();
+    given.sources = Some(Arc::new(sources.into_iter().collect()));
+    Script::load(&opts.script, &opts.overrides, &given)
 }
 
 /// An update's loss, logged numbers and gradients (one per parameter, None where it has

@@ -25,7 +25,7 @@ impl Trainer {
         // This rank's share, `micro_batch` trajectories at a time, so that batch 64 at SD-1.5
         // size fits any GPU; states go to host memory as soon as they are sampled.
         let mine = self.opts.job.share(cfg.batch);
-        let (mut x0s, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rewards, mut traj, mut log_probs) = (Vec::new(), Vec::new(), Vec::new());
         for start in mine.clone().step_by(micro) {
             let end = (start + micro).min(mine.end);
             let ct = cond_tensor(&cond[start..end], &m.device)?;
@@ -38,6 +38,7 @@ impl Trainer {
                 &m.state_shape,
                 &ct,
                 &mut streams,
+                true,
             )?;
             // [B, T]: the behaviour policy's log-probabilities, for PPO-style losses.
             if r.log_probs.len() == steps {
@@ -47,6 +48,11 @@ impl Trainer {
                         .to_vec1::<f32>()?,
                 );
             }
+            // The reward hook's own draws (`math.random`) come from the key's shared stream,
+            // started afresh for each micro-batch, as in the loss.
+            let stream = StreamSwap::new(&self.rng, rng::row_stream(key, rng::SHARED_STREAM));
+            rewards.extend(self.script.buffer_reward(&r.x0, &ct)?.to_vec1::<f32>()?);
+            drop(stream);
             traj.extend(
                 Tensor::stack(&r.states, 1)?
                     .to_device(&Device::Cpu)?
@@ -54,26 +60,13 @@ impl Trainer {
                     .flatten_all()?
                     .to_vec1::<f32>()?,
             );
-            x0s.push(r.x0);
         }
-        let (traj, log_probs) = self.gather_trajectories(traj, log_probs);
+        let [traj, log_probs, rewards] = self.gather_trajectories([traj, log_probs, rewards])?;
         let per = traj.len() / cfg.batch;
         let log_probs: Vec<&[f32]> = match log_probs.len() == cfg.batch * steps {
             true => log_probs.chunks(steps).collect(),
             false => Vec::new(),
         };
-        // Scored on every rank, micro-batch by micro-batch of the whole batch: the reward
-        // hooks see what one process would show them.
-        let mut rewards = Vec::with_capacity(cfg.batch);
-        for (k, start) in (0..cfg.batch).step_by(micro).enumerate() {
-            let end = (start + micro).min(cfg.batch);
-            let x0 = match self.opts.job.size() {
-                1 => x0s[k].clone(),
-                _ => last_states(&traj, per, start..end, &m.state_shape, &x0s[0])?,
-            };
-            let ct = cond_tensor(&cond[start..end], &m.device)?;
-            rewards.extend(self.script.buffer_reward(&x0, &ct)?.to_vec1::<f32>()?);
-        }
         for (b, chunk) in traj.chunks(per).enumerate() {
             let slot = self.buffer.push(chunk, cond[b], rewards[b])?;
             if let Some(lp) = log_probs.get(b) {
@@ -286,10 +279,22 @@ impl Trainer {
         if let Some(Json::Object(fields)) = round {
             line.extra.extend(fields);
         }
-        for (k, v) in self.script.on_epoch_end(&line.to_json())? {
+        // The hook sees rank 0's line (its times) on every rank, so that it decides alike.
+        let shown = match self.opts.job.size() {
+            1 => line.to_json(),
+            _ => {
+                let sent = self
+                    .opts
+                    .job
+                    .broadcast_from_root(serde_json::to_vec(&line.to_json())?);
+                serde_json::from_slice(&sent).context("reading rank 0's epoch line")?
+            }
+        };
+        for (k, v) in self.script.on_epoch_end(&shown)? {
             let key = line.free_key(&k);
             line.extra.insert(key, json!(v));
         }
+        self.check_ranks_agree("after the epoch")?;
         if self.leads() {
             self.metrics.append(&line.to_json())?;
         }
@@ -311,19 +316,29 @@ impl Trainer {
         let rounds = self.rounds.as_ref().expect("a black-box run");
         let n = cfg.queries[rounds.round];
         let micro = cfg.micro_batch_size();
-        let cond = self.task.conditions(n, &mut self.rng.lock().unwrap());
+        let (cond, key) = {
+            let mut rng = self.rng.lock().unwrap();
+            let cond = self.task.conditions(n, &mut rng);
+            (cond, rand::Rng::random::<u64>(&mut *rng))
+        };
+        // Every rank samples all of them (the labelled set is the whole run's); each sample's
+        // noise is its own stream of `key`, as in `collect`.
         let mut xs = Vec::new();
-        for chunk in cond.chunks(micro) {
-            let ct = cond_tensor(chunk, &m.device)?;
-            let (x0, _) = rollout::sample(
+        for start in (0..n).step_by(micro) {
+            let end = (start + micro).min(n);
+            let ct = cond_tensor(&cond[start..end], &m.device)?;
+            let mut streams: Vec<_> = (start..end)
+                .map(|b| rng::row_stream(key, b as u64))
+                .collect();
+            let r = rollout::sample_trajectories(
                 m.sampling_policy().as_ref(),
                 &m.sampler,
                 &m.state_shape,
                 &ct,
-                &mut self.rng.lock().unwrap(),
+                &mut streams,
                 false,
             )?;
-            xs.push(x0);
+            xs.push(r.x0);
         }
         let x0 = Tensor::cat(&xs, 0)?;
         let ct = cond_tensor(&cond, &m.device)?;
@@ -383,25 +398,4 @@ fn add_grads(a: Vec<Option<Tensor>>, b: Vec<Option<Tensor>>) -> Result<Vec<Optio
             (x, y) => Ok(x.or(y)),
         })
         .collect()
-}
-
-/// x_0 of trajectories `rows` from the gathered states (`per` numbers a trajectory, x_0
-/// last), on the device and in the dtype of `like`.
-fn last_states(
-    traj: &[f32],
-    per: usize,
-    rows: std::ops::Range<usize>,
-    state_shape: &[usize],
-    like: &Tensor,
-) -> Result<Tensor> {
-    let n: usize = state_shape.iter().product();
-    let mut v = Vec::with_capacity(rows.len() * n);
-    for b in rows.clone() {
-        v.extend_from_slice(&traj[(b + 1) * per - n..(b + 1) * per]);
-    }
-    let mut shape = vec![rows.len()];
-    shape.extend(state_shape);
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
-        .to_dtype(like.dtype())?
-        .to_device(like.device())?)
 }

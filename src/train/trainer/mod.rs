@@ -154,7 +154,7 @@ impl Trainer {
                 rng: rng::shared(crate::script::experiment::LOAD_SEED),
             },
         );
-        let script = Script::load(&opts.script, &opts.overrides, &sandbox)?;
+        let script = data_parallel::load_as_rank_0_did(&opts, &sandbox)?;
         let cfg = script.config.clone();
         let task =
             tasks::by_name(&cfg.task).map_err(|e| anyhow!("{}: {e}", opts.script.display()))?;
@@ -197,7 +197,11 @@ impl Trainer {
         let named = opts
             .job
             .broadcast_from_root(run_dir.to_string_lossy().into_owned().into_bytes());
-        let run_dir = PathBuf::from(String::from_utf8_lossy(&named).into_owned());
+        let run_dir = match lead {
+            true => run_dir,
+            // Only named in the other ranks' messages: they write nothing there.
+            false => PathBuf::from(String::from_utf8_lossy(&named).into_owned()),
+        };
         if lead {
             log.attach_file(&run_dir.join("run.log"))
                 .with_context(|| format!("opening {}", run_dir.join("run.log").display()))?;
@@ -238,6 +242,7 @@ impl Trainer {
             t.log.warn(w);
         }
         t.check_batch_covers_ranks()?;
+        t.check_ranks_agree("at the start")?;
         // Rank 0 watches the script and sends the others what it reloads.
         if t.opts.watch && lead {
             match ScriptWatcher::new().and_then(|mut w| w.watch(&t.source_paths()).map(|_| w)) {

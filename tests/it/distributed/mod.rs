@@ -23,24 +23,34 @@ fn mpirun(ranks: usize) -> Command {
 }
 
 /// Runs `cmd` to its end, or fails the test if it is still running after `limit`: a rank
-/// waiting forever for another is the bug these tests look for.
+/// waiting forever for another is the bug these tests look for. Its output goes to files,
+/// so a chatty run never blocks on a full pipe.
 fn finish_within(mut cmd: Command, limit: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
         .spawn()
         .expect("mpirun (OpenMPI or MPICH) must be on the PATH for the mpi feature's tests");
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
+            let _ = child.wait();
             panic!(
                 "still running after {limit:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
+                std::fs::read_to_string(&err).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
     }
-    child.wait_with_output().unwrap()
 }

@@ -133,6 +133,20 @@ fn sqdf_on_two_ranks_trains_what_one_process_trains() {
 }
 
 #[test]
+fn uneven_shares_and_prioritised_replay_train_what_one_process_trains() {
+    // Batch 5 on 2 ranks: shares of 3 and 2, one process's micro-batches of 3.
+    let dir = tempfile::tempdir().unwrap();
+    let script = toy_script(dir.path(), "batch = 5, sampling = \"priority\"");
+    let (two, half) = (dir.path().join("two"), dir.path().join("half"));
+    ok(&run(2, &script, &two, &[], false));
+    ok(&run(0, &script, &half, &[HALF_BATCH], false));
+    assert!(
+        run_state(&two) == run_state(&half),
+        "2 ranks differ from 1 process"
+    );
+}
+
+#[test]
 fn draft_on_two_ranks_trains_what_one_process_trains() {
     let dir = tempfile::tempdir().unwrap();
     let script = draft_script(dir.path());
@@ -213,7 +227,13 @@ fn a_reload_reaches_every_rank_at_the_same_epoch() {
     let child = std::thread::spawn(move || finish_within(cmd, LIMIT));
     // Edit the script once the run is under way.
     let metrics = out.join("metrics.jsonl");
+    let start = std::time::Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(
+            !child.is_finished(),
+            "the run ended before its second epoch"
+        );
+        assert!(start.elapsed() < LIMIT, "no second epoch after {LIMIT:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::write(&script, version("new")).unwrap();
