@@ -122,7 +122,68 @@ pub fn sample(
 
 /// B whole trajectories from pure noise, trajectory b's noise (x_T and every step's) from
 /// `streams[b]`; with `keep`, their states and log-probabilities, as the trainer stores them.
+///
+/// On the CPU the batch is split into parts of `CPU_PART` trajectories, sampled side by
+/// side on the thread pool: much of a forward pass (candle's elementwise ops, small kernels)
+/// runs on one thread, and parts side by side keep every core busy. The parts' size is
+/// fixed, not the thread count's: a trajectory's noise is its own stream, but a matmul's
+/// rounding can depend on how many rows it has, so results stay the same on any machine.
 pub fn sample_trajectories(
+    model: &dyn Denoiser,
+    sampler: &DdimSampler,
+    state_shape: &[usize],
+    cond: &Tensor,
+    streams: &mut [Rng],
+    keep: bool,
+) -> Result<Rollout> {
+    let b = streams.len();
+    let size = match cond.device() {
+        candle_core::Device::Cpu => CPU_PART,
+        _ => b,
+    };
+    if b <= size {
+        return sample_part(model, sampler, state_shape, cond, streams, keep);
+    }
+    let mut chunks: Vec<(usize, &mut [Rng])> = Vec::new();
+    let mut rest = streams;
+    let mut start = 0;
+    while !rest.is_empty() {
+        let (head, tail) = rest.split_at_mut(size.min(rest.len()));
+        let len = head.len();
+        chunks.push((start, head));
+        start += len;
+        rest = tail;
+    }
+    use rayon::prelude::*;
+    let rollouts: Vec<Result<Rollout>> = chunks
+        .into_par_iter()
+        .map(|(start, part)| {
+            let c = cond.narrow(0, start, part.len())?;
+            sample_part(model, sampler, state_shape, &c, part, keep)
+        })
+        .collect();
+    let rollouts = rollouts.into_iter().collect::<Result<Vec<_>>>()?;
+    let cat = |pick: &dyn Fn(&Rollout) -> &Vec<Tensor>| -> Result<Vec<Tensor>> {
+        (0..pick(&rollouts[0]).len())
+            .map(|i| {
+                let parts: Vec<&Tensor> = rollouts.iter().map(|r| &pick(r)[i]).collect();
+                Ok(Tensor::cat(&parts, 0)?)
+            })
+            .collect()
+    };
+    let x0s: Vec<&Tensor> = rollouts.iter().map(|r| &r.x0).collect();
+    Ok(Rollout {
+        x0: Tensor::cat(&x0s, 0)?,
+        states: cat(&|r| &r.states)?,
+        log_probs: cat(&|r| &r.log_probs)?,
+    })
+}
+
+/// Trajectories per part on the CPU: batch 64 makes four parts, enough for 4 cores; on 2
+/// cores parts of 8, 16 and 32 sampled the digits batch equally fast.
+pub const CPU_PART: usize = 16;
+
+fn sample_part(
     model: &dyn Denoiser,
     sampler: &DdimSampler,
     state_shape: &[usize],

@@ -306,3 +306,86 @@ fn shipped_consistency_model_gives_its_documented_error() {
     );
     assert!(e.consistency < e.tweedie);
 }
+
+/// `n` threads' worth of rayon pool, to run `f` in.
+fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Trajectories sampled in parts side by side on the thread pool are bit for bit the same
+/// on one thread or two, and the same as each part sampled alone.
+#[test]
+fn trajectories_sampled_in_parts_do_not_depend_on_the_thread_count() {
+    use sqdf::train::rollout::{sample_trajectories, Rollout, CPU_PART};
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let m = t.models.clone();
+    let n = CPU_PART + 3;
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+    let cond = sqdf::tasks::cond_tensor(&labels, &Device::Cpu).unwrap();
+    let streams = || -> Vec<_> { (0..n as u64).map(|g| sqdf::rng::row_stream(9, g)).collect() };
+    let sample = |rows: std::ops::Range<usize>| -> Rollout {
+        let c = cond.narrow(0, rows.start, rows.len()).unwrap();
+        sample_trajectories(
+            m.sampling_policy().as_ref(),
+            &m.sampler,
+            &m.state_shape,
+            &c,
+            &mut streams()[rows],
+            true,
+        )
+        .unwrap()
+    };
+    let one = in_pool(1, || sample(0..n));
+    let two = in_pool(2, || sample(0..n));
+    assert_eq!(one.states.len(), two.states.len());
+    for (i, (a, b)) in one.states.iter().zip(&two.states).enumerate() {
+        assert!(
+            values(a) == values(b),
+            "state {i} differs on 1 and 2 threads"
+        );
+    }
+    for (i, (a, b)) in one.log_probs.iter().zip(&two.log_probs).enumerate() {
+        assert!(
+            values(a) == values(b),
+            "log-prob {i} differs on 1 and 2 threads"
+        );
+    }
+    let (head, tail) = (sample(0..CPU_PART), sample(CPU_PART..n));
+    let alone = Tensor::cat(&[head.x0, tail.x0], 0).unwrap();
+    assert!(
+        values(&two.x0) == values(&alone),
+        "parts sampled alone differ"
+    );
+}
+
+/// The evaluation's batches, sampled side by side, give what one thread gives.
+#[test]
+fn evaluation_batches_side_by_side_are_the_batches_one_by_one() {
+    use sqdf::tasks::digits::evaluate::sample_all;
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::tiny_digits_weights(dir.path());
+    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
+    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let m = t.models.as_ref();
+    // 32 per prompt: three batches of 4, 4 and 2 prompts.
+    let run = || sample_all(m, m.policy.as_ref(), true, 5, 32).unwrap();
+    let (x1, kl1) = in_pool(1, run);
+    let (x2, kl2) = in_pool(2, run);
+    assert_eq!(x1.dim(0).unwrap(), 320);
+    assert!(
+        values(&x1) == values(&x2),
+        "samples differ on 1 and 2 threads"
+    );
+    assert_eq!(kl1, kl2);
+}

@@ -160,8 +160,8 @@ pub fn sample_all(
     let mut shape = vec![per_prompt];
     shape.extend(&models.state_shape);
     let classes: Vec<u32> = (0..PROMPTS as u32).collect();
-    let (mut xs, mut kls) = (Vec::new(), Vec::new());
-    for chunk in classes.chunks((BATCH_ROWS / per_prompt).max(1)) {
+    let chunks: Vec<&[u32]> = classes.chunks((BATCH_ROWS / per_prompt).max(1)).collect();
+    let sample_chunk = |chunk: &&[u32]| -> Result<(Tensor, Option<Tensor>)> {
         // The same x_T and the same step noise for every model: grids compare cell by cell.
         let x_t = chunk
             .iter()
@@ -177,14 +177,27 @@ pub fn sample_all(
             .iter()
             .map(|&c| seed.wrapping_add(1000 + c as u64))
             .collect();
-        let (x0, kl) = sample_prompts(
+        sample_prompts(
             models,
             policy,
             Tensor::cat(&x_t, 0)?,
             chunk,
             with_kl,
             &rng_seeds,
-        )?;
+        )
+    };
+    // On the CPU the batches run side by side on the thread pool, as sampling trajectories
+    // does (`rollout::sample_trajectories`); each batch is the same whichever thread runs it.
+    let sampled: Vec<Result<(Tensor, Option<Tensor>)>> = match models.device {
+        candle_core::Device::Cpu => {
+            use rayon::prelude::*;
+            chunks.par_iter().map(sample_chunk).collect()
+        }
+        _ => chunks.iter().map(sample_chunk).collect(),
+    };
+    let (mut xs, mut kls) = (Vec::new(), Vec::new());
+    for r in sampled {
+        let (x0, kl) = r?;
         xs.push(x0);
         kls.extend(kl);
     }
