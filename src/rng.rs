@@ -38,8 +38,43 @@ pub fn row_stream(key: u64, row: u64) -> Rng {
     r
 }
 
+/// The streams of rows `rows` under `key`, one per row.
+pub fn row_streams(key: u64, rows: std::ops::Range<usize>) -> Vec<Rng> {
+    rows.map(|r| row_stream(key, r as u64)).collect()
+}
+
 /// The stream of a key's draws that belong to no row (`math.random` in a `loss` hook).
 pub const SHARED_STREAM: u64 = u64::MAX;
+
+/// While it lives, a shared generator (the run's, which `math.random`, `tensor.randn` and
+/// `ctx` draw from) is another stream; its own state comes back when it goes, however the
+/// hook call in between ended.
+pub struct StreamSwap<'a> {
+    rng: &'a SharedRng,
+    saved: Option<Rng>,
+}
+
+impl<'a> StreamSwap<'a> {
+    pub fn new(rng: &'a SharedRng, stream: Rng) -> Self {
+        let saved = std::mem::replace(&mut *lock(rng), stream);
+        Self {
+            rng,
+            saved: Some(saved),
+        }
+    }
+}
+
+impl Drop for StreamSwap<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.saved.take() {
+            *lock(self.rng) = s;
+        }
+    }
+}
+
+fn lock(rng: &SharedRng) -> std::sync::MutexGuard<'_, Rng> {
+    rng.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Standard normal noise of `shape` whose row j (along the first dimension) is drawn from
 /// `rows[j]`; each row's stream continues where its last draw left it.

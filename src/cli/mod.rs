@@ -240,25 +240,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 RunLog::discarding()
             };
             opts.job = job.clone();
-            let train = || Trainer::new(opts).and_then(|mut t| t.run());
-            let ran = match job.size() {
-                1 => train(),
-                // A panic would unwind into MPI_Finalize, which waits for the other ranks
-                // while they wait for this one: it ends every rank instead, like an error.
-                _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(train))
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (the message is above)"))),
-            };
-            match ran {
-                Ok(eval) if job.rank() == 0 => {
-                    println!("{}", serde_json::to_string_pretty(&eval.to_json())?)
-                }
-                Ok(_) => {}
-                // The other ranks wait for this one in the next exchange: end them all.
-                Err(e) if job.size() > 1 => {
-                    eprintln!("error (rank {}): {e:#}", job.rank());
-                    job.abort(1)
-                }
-                Err(e) => return Err(e),
+            let eval = job.run_or_abort(|| Trainer::new(opts).and_then(|mut t| t.run()))?;
+            if job.rank() == 0 {
+                println!("{}", serde_json::to_string_pretty(&eval.to_json())?);
             }
             Ok(())
         }
@@ -382,15 +366,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 log,
             };
             let job = crate::distributed::Job::init()?;
-            match compare::runner::compare(&opts, &job) {
-                Ok(dir) if job.rank() == 0 => println!("{}", dir.join("report.md").display()),
-                Ok(_) => {}
-                // The other ranks may wait at the barrier for this one: end them all.
-                Err(e) if job.size() > 1 => {
-                    eprintln!("error (rank {}): {e:#}", job.rank());
-                    job.abort(1)
-                }
-                Err(e) => return Err(e),
+            let dir = job.run_or_abort(|| compare::runner::compare(&opts, &job))?;
+            if job.rank() == 0 {
+                println!("{}", dir.join("report.md").display());
             }
             Ok(())
         }

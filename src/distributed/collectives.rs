@@ -12,22 +12,22 @@ impl Job {
         share_of(n, self.rank, self.size)
     }
 
-    /// Every rank's `mine`, in rank order (lengths may differ).
-    pub fn all_gather_f32(&self, mine: &[f32]) -> anyhow::Result<Vec<Vec<f32>>> {
+    /// Every rank's `mine`, one after the other in rank order (lengths may differ).
+    pub fn all_gather_f32(&self, mine: &[f32]) -> anyhow::Result<Gathered<f32>> {
         #[cfg(feature = "mpi")]
         if let Some((_, world)) = &self.world {
             return gather_varcount(world, mine);
         }
-        Ok(vec![mine.to_vec()])
+        Ok(Gathered::one(mine))
     }
 
-    /// Every rank's `mine`, in rank order.
-    pub fn all_gather_bytes(&self, mine: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    /// Every rank's `mine`, one after the other in rank order.
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> anyhow::Result<Gathered<u8>> {
         #[cfg(feature = "mpi")]
         if let Some((_, world)) = &self.world {
             return gather_varcount(world, mine);
         }
-        Ok(vec![mine.to_vec()])
+        Ok(Gathered::one(mine))
     }
 
     /// The element-wise sum of every rank's `mine` (all of one length), added in rank order
@@ -36,9 +36,10 @@ impl Job {
         if self.size == 1 {
             return Ok(mine);
         }
-        let mut parts = self.all_gather_f32(&mine)?.into_iter();
+        let gathered = self.all_gather_f32(&mine)?;
+        let mut parts = gathered.parts();
         // Rank 0's numbers as they are (a -0.0 stays one), then each other rank's added.
-        let mut sum = parts.next().unwrap_or_default();
+        let mut sum = parts.next().unwrap_or_default().to_vec();
         for (r, p) in parts.enumerate().map(|(i, p)| (i + 1, p)) {
             anyhow::ensure!(
                 p.len() == sum.len(),
@@ -78,6 +79,32 @@ impl Job {
     }
 }
 
+/// What a gather brings every rank: all ranks' numbers, one after the other in rank order
+/// (one copy, as MPI writes it), and how many each rank sent.
+pub struct Gathered<T> {
+    pub all: Vec<T>,
+    pub counts: Vec<usize>,
+}
+
+impl<T: Clone> Gathered<T> {
+    fn one(mine: &[T]) -> Self {
+        Self {
+            all: mine.to_vec(),
+            counts: vec![mine.len()],
+        }
+    }
+
+    /// Each rank's numbers, in rank order.
+    pub fn parts(&self) -> impl Iterator<Item = &[T]> {
+        let mut rest = &self.all[..];
+        self.counts.iter().map(move |&c| {
+            let (head, tail) = rest.split_at(c);
+            rest = tail;
+            head
+        })
+    }
+}
+
 fn share_of(n: usize, rank: usize, size: usize) -> Range<usize> {
     let (base, extra) = (n / size, n % size);
     let start = rank * base + rank.min(extra);
@@ -90,7 +117,7 @@ fn share_of(n: usize, rank: usize, size: usize) -> Range<usize> {
 fn gather_varcount<T>(
     world: &mpi::topology::SimpleCommunicator,
     mine: &[T],
-) -> anyhow::Result<Vec<Vec<T>>>
+) -> anyhow::Result<Gathered<T>>
 where
     T: mpi::datatype::Equivalence + Copy + Default,
 {
@@ -99,11 +126,11 @@ where
     let size = world.size() as usize;
     // A length past i32 is sent as -1, so that every rank sees it and stops.
     let len = mpi::Count::try_from(mine.len()).unwrap_or(-1);
-    let mut counts = vec![0 as mpi::Count; size];
-    world.all_gather_into(&len, &mut counts[..]);
+    let mut counts_i32 = vec![0 as mpi::Count; size];
+    world.all_gather_into(&len, &mut counts_i32[..]);
     let mut displs = Vec::with_capacity(size);
     let mut total: mpi::Count = 0;
-    for (r, &c) in counts.iter().enumerate() {
+    for (r, &c) in counts_i32.iter().enumerate() {
         displs.push(total);
         total = total.checked_add(c).filter(|_| c >= 0).ok_or_else(|| {
             anyhow::anyhow!(
@@ -112,8 +139,12 @@ where
         })?;
     }
     let total = total as usize;
+    let counts: Vec<usize> = counts_i32.iter().map(|&c| c as usize).collect();
     if total == 0 {
-        return Ok(vec![Vec::new(); size]);
+        return Ok(Gathered {
+            all: Vec::new(),
+            counts,
+        });
     }
     let mut all = vec![T::default(); total];
     // An empty slice's pointer is its alignment, which OpenMPI may read as MPI_IN_PLACE (1):
@@ -121,17 +152,10 @@ where
     let holder = [T::default()];
     let send = if mine.is_empty() { &holder[..0] } else { mine };
     {
-        let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+        let mut part = PartitionMut::new(&mut all[..], &counts_i32[..], &displs[..]);
         world.all_gather_varcount_into(send, &mut part);
     }
-    let mut out = Vec::with_capacity(size);
-    let mut rest = &all[..];
-    for &c in &counts {
-        let (head, tail) = rest.split_at(c as usize);
-        out.push(head.to_vec());
-        rest = tail;
-    }
-    Ok(out)
+    Ok(Gathered { all, counts })
 }
 
 #[cfg(test)]
@@ -154,9 +178,10 @@ mod tests {
     #[test]
     fn one_process_gathers_and_sums_to_itself() {
         let job = Job::single();
+        let gathered = job.all_gather_f32(&[1.0, 2.0]).unwrap();
         assert_eq!(
-            job.all_gather_f32(&[1.0, 2.0]).unwrap(),
-            vec![vec![1.0, 2.0]]
+            gathered.parts().collect::<Vec<_>>(),
+            vec![&[1.0f32, 2.0][..]]
         );
         assert_eq!(job.sum_in_rank_order(vec![3.0]).unwrap(), vec![3.0]);
         assert_eq!(job.broadcast_from_root(b"x".to_vec()), b"x".to_vec());

@@ -30,44 +30,41 @@ const LAUNCHER_PREFIXES: [&str; 8] = [
 /// Whether a launcher started this process as a rank.
 pub fn launched_as_rank() -> bool {
     launched_ranks() > 1
-        || std::env::vars_os().any(|(k, _)| {
-            let k = k.to_string_lossy();
-            ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-                .iter()
-                .any(|v| k == *v)
-        })
+        || ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+}
+
+/// The first of these variables that holds a number.
+fn env_number(vars: &[&str]) -> Option<usize> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 /// How many ranks the launcher started in all (1 without a launcher): OpenMPI's, Hydra's
 /// (MPICH) or Slurm's count for this step (`srun -n N`; set whatever its MPI plugin).
 pub fn launched_ranks() -> usize {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .filter(|&n: &usize| n > 0)
+    env_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])
+        .filter(|&n| n > 0)
         .unwrap_or(1)
 }
 
 /// How many ranks the launcher started on this machine (1 without a launcher): they share
 /// its cores.
 pub fn ranks_on_this_node() -> usize {
-    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .filter(|&n: &usize| n > 0)
+    env_number(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"])
+        .filter(|&n| n > 0)
         .unwrap_or(1)
 }
 
 /// This rank's place among the ranks on its machine (0 without a launcher): OpenMPI's,
 /// MPICH's or Slurm's.
 pub fn local_rank() -> usize {
-    [
+    env_number(&[
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "MPI_LOCALRANKID",
         "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    ])
     .unwrap_or(0)
 }
 
@@ -156,6 +153,21 @@ impl Job {
             use mpi::collective::CommunicatorCollectives;
             world.barrier();
         }
+    }
+
+    /// `work`'s result; on several ranks an error or a panic instead prints the error with
+    /// this rank and ends every rank (the others may wait for this one in an exchange, and a
+    /// panic would unwind into MPI_Finalize, which waits for them too).
+    pub fn run_or_abort<T>(&self, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.size == 1 {
+            return work();
+        }
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (the message is above)")));
+        ran.or_else(|e| {
+            eprintln!("error (rank {}): {e:#}", self.rank);
+            self.abort(1)
+        })
     }
 
     /// Ends every rank of the job (a single process: this one) with `code`.

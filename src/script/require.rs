@@ -58,12 +58,13 @@ pub(super) fn install_require(
         }
         let rel = format!("{}.lua", name.replace('.', "/"));
         let path = dir.join(&rel);
-        let given = sources.as_ref().and_then(|s| s.get(&path));
-        let (chunk_name, src) = if let Some(src) = given {
-            lock(&required.0).push((path.clone(), src.clone()));
-            (format!("@{}", path.display()), src.clone())
-        } else if path.is_file() {
-            let src = read_module(&name, &dir, &path, limits.lua_memory())?;
+        let given = sources.as_ref().and_then(|s| s.get(&path)).cloned();
+        let from_file = match given {
+            Some(src) => Some(src),
+            None if path.is_file() => Some(read_module(&name, &dir, &path, limits.lua_memory())?),
+            None => None,
+        };
+        let (chunk_name, src) = if let Some(src) = from_file {
             lock(&required.0).push((path.clone(), src.clone()));
             (format!("@{}", path.display()), src)
         } else if let Some(src) = library::find(&name) {

@@ -81,12 +81,7 @@ impl BertTokenizer {
     /// `[PAD]` or `[UNK]`, is an error naming it. (`[MASK]` is optional: as in
     /// transformers, a vocabulary without it gets it as the next id.)
     pub fn from_vocab_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow!("BERT vocabulary {} not found", path.display())
-            }
-            _ => anyhow!("cannot read BERT vocabulary {}: {e}", path.display()),
-        })?;
+        let text = super::clip_tokenizer::read_text(path, "BERT vocabulary")?;
         Self::from_vocab_str(&text).map_err(|e| anyhow!("BERT vocabulary {}: {e}", path.display()))
     }
 

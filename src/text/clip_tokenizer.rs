@@ -330,7 +330,8 @@ impl ClipTokenizer {
     }
 }
 
-fn read_text(path: &Path, what: &str) -> Result<String> {
+/// A text file's contents; a missing or unreadable file is an error naming `what` and it.
+pub(super) fn read_text(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("{what} {} not found", path.display()),
         _ => anyhow!("cannot read {what} {}: {e}", path.display()),

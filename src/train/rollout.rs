@@ -144,21 +144,12 @@ pub fn sample_trajectories(
     if b <= size {
         return sample_part(model, sampler, state_shape, cond, streams, keep);
     }
-    let mut chunks: Vec<(usize, &mut [Rng])> = Vec::new();
-    let mut rest = streams;
-    let mut start = 0;
-    while !rest.is_empty() {
-        let (head, tail) = rest.split_at_mut(size.min(rest.len()));
-        let len = head.len();
-        chunks.push((start, head));
-        start += len;
-        rest = tail;
-    }
     use rayon::prelude::*;
-    let rollouts: Vec<Result<Rollout>> = chunks
-        .into_par_iter()
-        .map(|(start, part)| {
-            let c = cond.narrow(0, start, part.len())?;
+    let rollouts: Vec<Result<Rollout>> = streams
+        .par_chunks_mut(size)
+        .enumerate()
+        .map(|(k, part)| {
+            let c = cond.narrow(0, k * size, part.len())?;
             sample_part(model, sampler, state_shape, &c, part, keep)
         })
         .collect();

@@ -32,11 +32,16 @@ const SD_PANELS: &Panels = &[
     ("diversity_dreamsim", "diversity (DreamSim)", "DreamSim diversity"),
 ];
 
-/// SD-1.5's panels when some run is an sd15 run (its evaluations always report the
-/// aesthetic and CLIP scores), the digits' otherwise.
-fn trade_off_panels(results: &[RunResult]) -> &'static Panels {
+/// Whether some run is an sd15 run (its evaluations always report the aesthetic and CLIP
+/// scores).
+pub(super) fn has_sd15_runs(results: &[RunResult]) -> bool {
     let sd = |e: &Json| metric(e, "aesthetic").is_some() && metric(e, "clip_score").is_some();
-    if results.iter().any(|r| sd(&r.after)) {
+    results.iter().any(|r| sd(&r.after))
+}
+
+/// SD-1.5's panels when some run is an sd15 run, the digits' otherwise.
+fn trade_off_panels(results: &[RunResult]) -> &'static Panels {
+    if has_sd15_runs(results) {
         SD_PANELS
     } else {
         PANELS

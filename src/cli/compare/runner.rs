@@ -288,7 +288,7 @@ pub fn compare(opts: &CompareOptions, job: &Job) -> Result<PathBuf> {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     let notes = format!(
-        "`sqdf compare {}{}`: {} runs{}, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: the digits evaluation (docs/digits.md, \"The digits evaluation\"); training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
+        "`sqdf compare {}{}`: {} runs{}, {seeds} seed{} per method, evaluated along training at evenly spaced epochs. Machine: {} ({} cores). Metrics: {}; training time is the sum of the epochs' times (sampling and updates, no evaluation); peak resident memory is each run's own process (models, buffer and evaluations included).{}{}",
         opts.file.display(),
         if opts.quick { " --quick" } else { "" },
         plan.runs.len(),
@@ -299,6 +299,10 @@ pub fn compare(opts: &CompareOptions, job: &Job) -> Result<PathBuf> {
         if seeds == 1 { "" } else { "s" },
         machine["cpu"].as_str().unwrap_or("unknown"),
         machine["cores"],
+        match super::plots::has_sd15_runs(&results) {
+            true => "SD-1.5's evaluation (docs/sd15_metrics.md)",
+            false => "the digits evaluation (docs/digits.md, \"The digits evaluation\")",
+        },
         if failed.is_empty() {
             String::new()
         } else {

@@ -64,7 +64,7 @@ impl DreamSimConfig {
         Ok(cfg)
     }
 
-    /// (name, config, layout, normalisation) of the three backbones, in dreamsim's order.
+    /// (name, config, layout) of the three backbones, in dreamsim's order.
     fn parts(&self) -> [(&'static str, &BackboneConfig, VisionLayout); 3] {
         let converted = VisionLayout {
             patch_bias: true,

@@ -16,8 +16,8 @@ use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// lpips' `ScalingLayer`: images in [-1, 1] become (x − shift) / scale per channel.
-const SHIFT: [f32; 3] = [-0.030, -0.088, -0.188];
-const SCALE: [f32; 3] = [0.458, 0.448, 0.450];
+const SHIFT: [f64; 3] = [-0.030, -0.088, -0.188];
+const SCALE: [f64; 3] = [0.458, 0.448, 0.450];
 /// lpips' `normalize_tensor`: x / (‖x‖_channels + eps).
 const NORM_EPS: f64 = 1e-10;
 
@@ -81,16 +81,13 @@ impl Lpips {
     /// The normalised feature maps of images [B, 3, H, W] in [-1, 1] (clamped to it; at
     /// least 31 px a side).
     pub fn features(&self, images: &Tensor) -> candle_core::Result<LpipsFeatures> {
-        let dev = images.device();
-        let shift = Tensor::new(&SHIFT, dev)?.reshape((1, 3, 1, 1))?;
-        let scale = Tensor::new(&SCALE, dev)?.reshape((1, 3, 1, 1))?;
         // Clamped: decoded latents overshoot [-1, 1], and lpips is fed images read from
         // 8-bit files, which cannot.
-        let x = images
-            .to_dtype(DType::F32)?
-            .clamp(-1f32, 1f32)?
-            .broadcast_sub(&shift)?
-            .broadcast_div(&scale)?;
+        let x = crate::rewards::clip_preprocess::normalize(
+            &images.to_dtype(DType::F32)?.clamp(-1f32, 1f32)?,
+            SHIFT,
+            SCALE,
+        )?;
         let maps = self
             .alexnet
             .taps(&x)?

@@ -49,18 +49,19 @@ impl Tally {
         self.0.entry(key).or_default().push(v);
     }
 
-    fn mean(&self, key: &str) -> Value {
-        match self.0.get(key) {
-            Some(v) if !v.is_empty() => (v.iter().sum::<f64>() / v.len() as f64).into(),
-            _ => Value::Null,
-        }
-    }
-
-    fn std(&self, key: &str) -> f64 {
+    /// Mean and standard deviation of the finite values (`eval::stats::mean_std`).
+    fn mean_std(&self, key: &str) -> Option<(f64, f64)> {
         self.0
             .get(key)
             .and_then(|v| crate::eval::stats::mean_std(v))
-            .map_or(0.0, |(_, s)| s)
+    }
+
+    fn mean(&self, key: &str) -> Value {
+        self.mean_std(key).map_or(Value::Null, |(m, _)| m.into())
+    }
+
+    fn std(&self, key: &str) -> f64 {
+        self.mean_std(key).map_or(0.0, |(_, s)| s)
     }
 }
 

@@ -159,7 +159,10 @@ impl Layout {
             .iter()
             .find(|(r, _)| *r == rel)
             .map_or("", |(_, w)| w);
-        Err(format!("{} not found ({what}; docs/sd15.md)", p.display()))
+        Err(format!(
+            "{} not found ({what}; docs/sd15_metrics.md)",
+            p.display()
+        ))
     }
 
     /// The metric files `rels` when all are present, or the message naming the missing ones.

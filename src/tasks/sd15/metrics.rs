@@ -3,7 +3,7 @@
 //! the reason, which eval.json reports as `null` and the log states.
 //!
 //! They are loaded for each evaluation and dropped after it (`MetricSource::load`), so that
-//! training does not hold them: together they are about 2.6B parameters. HPSv2 and
+//! training does not hold them: together they are about 1.97B parameters. HPSv2 and
 //! PickScore, which a script may train on (`rewards.hps`), are kept from their first use as
 //! a reward, and an evaluation then shares them. A run checks every present metric's files
 //! once when it starts, so that a broken file stops it before training, not at its end.

@@ -9,9 +9,7 @@
 //! the run folder and evaluates; it decides hot reloads and sends the accepted sources.
 
 use super::*;
-use crate::rng::Rng;
 use crate::script::SandboxOptions;
-use std::sync::Mutex;
 
 impl Trainer {
     /// Whether this process writes the run folder, evaluates and watches the script: rank 0.
@@ -21,7 +19,7 @@ impl Trainer {
 
     /// Seconds spent gathering trajectories and summing gradients since the last call.
     pub(super) fn take_exchange_seconds(&self) -> (f64, f64) {
-        self.exchange_seconds.replace((0.0, 0.0))
+        (self.gather_seconds.take(), self.grad_sum_seconds.take())
     }
 
     /// Every rank holds the same run state: config, script generation, RNG, buffer rewards
@@ -55,8 +53,9 @@ impl Trainer {
             "weights": weights.finalize(),
         });
         let all = job.all_gather_bytes(&serde_json::to_vec(&mine)?)?;
-        let root: Json = serde_json::from_slice(&all[0])?;
-        for (r, bytes) in all.iter().enumerate().skip(1) {
+        let mut parts = all.parts();
+        let root: Json = serde_json::from_slice(parts.next().unwrap_or_default())?;
+        for (r, bytes) in parts.enumerate().map(|(i, b)| (i + 1, b)) {
             let theirs: Json = serde_json::from_slice(bytes)?;
             let differ: Vec<&str> = [
                 "config",
@@ -102,11 +101,9 @@ impl Trainer {
         let start = Instant::now();
         let mut all: [Vec<f32>; 3] = Default::default();
         for (a, m) in all.iter_mut().zip(&mine) {
-            *a = job.all_gather_f32(m)?.concat();
+            *a = job.all_gather_f32(m)?.all;
         }
-        let (gather, sum) = self.exchange_seconds.get();
-        self.exchange_seconds
-            .set((gather + start.elapsed().as_secs_f64(), sum));
+        add_seconds(&self.gather_seconds, start);
         Ok(all)
     }
 
@@ -115,12 +112,15 @@ impl Trainer {
     /// with a non-finite loss sends no gradient; the sum's loss is then not finite either,
     /// so every rank skips the step.
     pub(super) fn sum_over_ranks(&self, mine: UpdateParts) -> Result<UpdateParts> {
-        let UpdateParts { loss, stats, grads } = mine;
         let job = &self.opts.job;
+        if job.size() == 1 {
+            return Ok(mine);
+        }
+        let UpdateParts { loss, stats, grads } = mine;
         let start = Instant::now();
         let numbers = serde_json::to_vec(&(loss, &stats))?;
         let (mut loss, mut stats) = (0.0, BTreeMap::new());
-        for (r, bytes) in job.all_gather_bytes(&numbers)?.iter().enumerate() {
+        for (r, bytes) in job.all_gather_bytes(&numbers)?.parts().enumerate() {
             // JSON has no NaN: serde writes a non-finite loss as null.
             let (l, s): (Option<f64>, BTreeMap<String, Option<f64>>) =
                 serde_json::from_slice(bytes)
@@ -143,9 +143,7 @@ impl Trainer {
         } else {
             Vec::new()
         };
-        let (gather, sum) = self.exchange_seconds.get();
-        self.exchange_seconds
-            .set((gather, sum + start.elapsed().as_secs_f64()));
+        add_seconds(&self.grad_sum_seconds, start);
         Ok(UpdateParts { loss, stats, grads })
     }
 
@@ -157,22 +155,20 @@ impl Trainer {
         if job.size() == 1 {
             return Ok(self.maybe_reload());
         }
-        let message = if job.rank() == 0 {
-            match self.maybe_reload() {
+        if job.rank() == 0 {
+            let outcome = self.maybe_reload();
+            let message = match outcome {
                 ReloadOutcome::Reloaded => serde_json::to_vec(&self.script.sources)?,
                 _ => Vec::new(),
-            }
-        } else {
-            Vec::new()
-        };
-        let message = job.broadcast_from_root(message);
-        if job.rank() == 0 || message.is_empty() {
+            };
+            job.broadcast_from_root(message);
+            return Ok(outcome);
+        }
+        let message = job.broadcast_from_root(Vec::new());
+        if message.is_empty() {
             return Ok(ReloadOutcome::NoChange);
         }
-        let sources: Vec<(PathBuf, String)> =
-            serde_json::from_slice(&message).context("reading the sources rank 0 reloaded")?;
-        let mut sandbox: SandboxOptions = self.sandbox.clone();
-        sandbox.sources = Some(Arc::new(sources.into_iter().collect()));
+        let sandbox = with_sources(&self.sandbox, &message)?;
         let cond0 = self.task.conditions(1, &mut rng::seeded(0))[0];
         let (new, diffs) = reload::load_checked(
             &self.script,
@@ -198,14 +194,6 @@ impl Trainer {
             ),
         }
     }
-
-    /// The streams of one micro-batch's rows, `first..first + len` of the update's batch.
-    pub(super) fn row_streams(key: u64, first: usize, len: usize) -> Arc<Mutex<Vec<Rng>>> {
-        let rows = (first..first + len)
-            .map(|g| rng::row_stream(key, g as u64))
-            .collect();
-        Arc::new(Mutex::new(rows))
-    }
 }
 
 /// The script as rank 0 read it: rank 0 loads it from its files and sends the sources it
@@ -222,11 +210,26 @@ pub(super) fn load_as_rank_0_did(opts: &RunOptions, sandbox: &SandboxOptions) ->
         return Ok(script);
     }
     let message = job.broadcast_from_root(Vec::new());
+    Script::load(
+        &opts.script,
+        &opts.overrides,
+        &with_sources(sandbox, &message)?,
+    )
+}
+
+/// `sandbox` loading the script sources rank 0 sent (`script.sources` as JSON) instead of
+/// the files.
+fn with_sources(sandbox: &SandboxOptions, message: &[u8]) -> Result<SandboxOptions> {
     let sources: Vec<(PathBuf, String)> =
-        serde_json::from_slice(&message).context("reading the script sources rank 0 loaded")?;
+        serde_json::from_slice(message).context("reading the script sources rank 0 sent")?;
     let mut given = sandbox.clone();
     given.sources = Some(Arc::new(sources.into_iter().collect()));
-    Script::load(&opts.script, &opts.overrides, &given)
+    Ok(given)
+}
+
+/// Adds the time since `start` to `seconds`.
+fn add_seconds(seconds: &std::cell::Cell<f64>, start: Instant) {
+    seconds.set(seconds.get() + start.elapsed().as_secs_f64());
 }
 
 /// An update's loss, logged numbers and gradients (one per parameter, None where it has
@@ -235,36 +238,6 @@ pub(super) struct UpdateParts {
     pub loss: f64,
     pub stats: BTreeMap<String, f64>,
     pub grads: Vec<Option<Tensor>>,
-}
-
-/// While it lives, the run's shared generator (which `math.random`, `tensor.randn` and
-/// `ctx` draw from) is another stream; the run's own state comes back when it goes, however
-/// the hook call in between ended.
-pub(super) struct StreamSwap<'a> {
-    rng: &'a SharedRng,
-    saved: Option<Rng>,
-}
-
-impl<'a> StreamSwap<'a> {
-    pub(super) fn new(rng: &'a SharedRng, stream: Rng) -> Self {
-        let saved = std::mem::replace(&mut *lock(rng), stream);
-        Self {
-            rng,
-            saved: Some(saved),
-        }
-    }
-}
-
-impl Drop for StreamSwap<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.saved.take() {
-            *lock(self.rng) = s;
-        }
-    }
-}
-
-fn lock(rng: &SharedRng) -> std::sync::MutexGuard<'_, Rng> {
-    rng.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every gradient in f32, one after the other in the parameters' order (zeros where a

@@ -1,9 +1,11 @@
 //! One epoch of Algorithm 1: collect B trajectories, then `updates_per_epoch` updates of
 //! the script's `loss`, then a line of metrics.
 
-use super::data_parallel::{StreamSwap, UpdateParts};
+use super::data_parallel::UpdateParts;
 use super::*;
 use crate::blackbox::rounds::{OracleAccess, OracleAccessGuard};
+use crate::rng::StreamSwap;
+use std::sync::Mutex;
 
 impl Trainer {
     /// Step 1 of an epoch: B fresh trajectories from the current policy, detached, scored
@@ -29,9 +31,7 @@ impl Trainer {
         for start in mine.clone().step_by(micro) {
             let end = (start + micro).min(mine.end);
             let ct = cond_tensor(&cond[start..end], &m.device)?;
-            let mut streams: Vec<_> = (start..end)
-                .map(|b| rng::row_stream(key, b as u64))
-                .collect();
+            let mut streams = rng::row_streams(key, start..end);
             let r = rollout::sample_trajectories(
                 m.sampling_policy().as_ref(),
                 &m.sampler,
@@ -111,7 +111,10 @@ impl Trainer {
             let len = micro.min(mine.end - start);
             let ctx = LossContext {
                 micro_batch: k + 1,
-                rows: Some(Self::row_streams(key, start, len)),
+                rows: Some(Arc::new(Mutex::new(rng::row_streams(
+                    key,
+                    start..start + len,
+                )))),
                 ..self.context()
             };
             let stream = StreamSwap::new(&self.rng, rng::row_stream(key, rng::SHARED_STREAM));
@@ -169,10 +172,11 @@ impl Trainer {
                 add_grads(grads, scale_grads(part, w)?)?
             };
         }
-        if self.opts.job.size() > 1 {
-            let sum = self.sum_over_ranks(UpdateParts { loss, stats, grads })?;
-            (loss, stats, grads) = (sum.loss, sum.stats, sum.grads);
-        }
+        let UpdateParts {
+            loss,
+            stats,
+            mut grads,
+        } = self.sum_over_ranks(UpdateParts { loss, stats, grads })?;
         let norm = if loss.is_finite() && !grads.is_empty() {
             clip_grad_norm(&mut grads, cfg.grad_clip)?
         } else {
@@ -327,9 +331,7 @@ impl Trainer {
         for start in (0..n).step_by(micro) {
             let end = (start + micro).min(n);
             let ct = cond_tensor(&cond[start..end], &m.device)?;
-            let mut streams: Vec<_> = (start..end)
-                .map(|b| rng::row_stream(key, b as u64))
-                .collect();
+            let mut streams = rng::row_streams(key, start..end);
             let r = rollout::sample_trajectories(
                 m.sampling_policy().as_ref(),
                 &m.sampler,

@@ -115,7 +115,8 @@ pub struct Trainer {
     recheck: bool,
     /// Seconds this epoch spent exchanging with the other ranks, waiting for them included:
     /// gathering trajectories, and summing gradients.
-    exchange_seconds: std::cell::Cell<(f64, f64)>,
+    gather_seconds: std::cell::Cell<f64>,
+    grad_sum_seconds: std::cell::Cell<f64>,
     /// The run folder's lock, released when the trainer goes (or the process ends); held
     /// by rank 0, which alone writes the folder.
     _lock: Option<run_dir::FolderLock>,
@@ -228,7 +229,8 @@ impl Trainer {
             watcher: None,
             last_rejected: None,
             recheck: false,
-            exchange_seconds: Default::default(),
+            gather_seconds: Default::default(),
+            grad_sum_seconds: Default::default(),
             _lock: lock,
             opts,
         };

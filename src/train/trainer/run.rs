@@ -188,9 +188,9 @@ impl Trainer {
 impl Trainer {
     /// What an evaluation's hooks draw from (`math.random` in a reward, say) instead of the
     /// run's stream: evaluations, which rank 0 alone makes, never move the training stream.
-    fn evaluation_stream(&self, epoch: usize) -> super::data_parallel::StreamSwap<'_> {
+    fn evaluation_stream(&self, epoch: usize) -> rng::StreamSwap<'_> {
         let stream = rng::row_stream(self.script.config.seed, epoch as u64);
-        super::data_parallel::StreamSwap::new(&self.rng, stream)
+        rng::StreamSwap::new(&self.rng, stream)
     }
 
     /// A rank other than 0: the epochs only (their metrics, checkpoints and evaluations are
