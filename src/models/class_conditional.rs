@@ -59,6 +59,14 @@ impl ClassConditionalUNet {
     }
 }
 
+impl ClassConditionalUNet {
+    /// Every variable among its weights (`UNet2DConditionModel::with_trainable`).
+    pub fn with_trainable(mut self, vars: Vec<candle_core::Var>) -> Self {
+        self.unet = self.unet.with_trainable(vars);
+        self
+    }
+}
+
 impl Denoiser for ClassConditionalUNet {
     fn eps(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let context = self.prompts.index_select(cond, 0)?;

@@ -256,6 +256,80 @@ fn full_finetuning_gradients_reach_every_variable() {
     );
 }
 
+/// A CPU batch over `CPU_PART_ROWS` rows runs in parts side by side: its output is each
+/// part run alone, bit for bit, on one thread or two; the gradients of every variable (the
+/// sum of the parts'), of x and of the context (the parts' rows) are the parts' alone, with
+/// the model's variables named (each part's backward side by side) or not (narrow and cat).
+#[test]
+fn cpu_forward_in_parts_is_the_parts_alone() {
+    use sqdf::models::unet::CPU_PART_ROWS;
+    let cfg = tiny();
+    let (model, varmap) = trainable(&cfg, 4);
+    let b = CPU_PART_ROWS + 5;
+    let inp = inputs(&cfg, b, &mut seeded(5));
+    let r = randn(&mut seeded(6), (b, 1, 16, 16), &DEV).unwrap();
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rows = |t: &Tensor, (start, n): (usize, usize)| t.narrow(0, start, n).unwrap();
+    let parts = [(0, CPU_PART_ROWS), (CPU_PART_ROWS, 5)];
+    // sum(out * r) over the rows given, with x and the context as variables.
+    type Pass = (Tensor, candle_core::backprop::GradStore, Var, Var);
+    let loss = |m: &UNet2DConditionModel, (start, n): (usize, usize)| {
+        let x = Var::from_tensor(&rows(&inp.x, (start, n))).unwrap();
+        let ctx = Var::from_tensor(&rows(&inp.ctx, (start, n))).unwrap();
+        let out = m.forward(&x, &rows(&inp.t, (start, n)), &ctx).unwrap();
+        let l = out.mul(&rows(&r, (start, n))).unwrap().sum_all().unwrap();
+        (out, l.backward().unwrap(), x, ctx)
+    };
+    let named = model.clone().with_trainable(varmap.all_vars());
+    for (label, m) in [("variables named", &named), ("variables not named", &model)] {
+        let whole = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| loss(m, (0, b)))
+        };
+        let (one, two) = (whole(1), whole(2));
+        assert!(
+            values(&one.0) == values(&two.0),
+            "{label}: 1 and 2 threads differ"
+        );
+        let alone: Vec<_> = parts.iter().map(|&p| loss(&model, p)).collect();
+        let cat = |f: &dyn Fn(&Pass) -> Tensor| {
+            Tensor::cat(&alone.iter().map(f).collect::<Vec<_>>(), 0).unwrap()
+        };
+        assert!(
+            values(&one.0) == values(&cat(&|a| a.0.clone())),
+            "{label}: the parts alone differ"
+        );
+        let close = |what: &str, g: &Tensor, want: &Tensor| {
+            let size = scalar(&want.abs().unwrap().max_all().unwrap()).max(1e-6);
+            let diff = max_abs_diff(g, want);
+            assert!(
+                diff <= 1e-5 * size,
+                "{label}, {what}: {diff} against {size}"
+            );
+        };
+        for (threads, (_, grads, x, ctx)) in [(1, &one), (2, &two)] {
+            let what = format!("{threads} threads");
+            close(
+                &format!("x, {what}"),
+                grads.get(x).unwrap(),
+                &cat(&|a| a.1.get(&a.2).unwrap().clone()),
+            );
+            close(
+                &format!("context, {what}"),
+                grads.get(ctx).unwrap(),
+                &cat(&|a| a.1.get(&a.3).unwrap().clone()),
+            );
+            for (name, var) in sorted_vars(&varmap) {
+                let sum = (alone[0].1.get(&var).unwrap() + alone[1].1.get(&var).unwrap()).unwrap();
+                close(&format!("{name}, {what}"), grads.get(&var).unwrap(), &sum);
+            }
+        }
+    }
+}
+
 #[test]
 fn finite_differences_match_backward() {
     let cfg = tiny();

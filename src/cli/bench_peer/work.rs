@@ -57,6 +57,7 @@ impl Nets {
             None,
         )?;
         crate::tensor_io::set_vars(&full_vars, &tensors, &path)?;
+        let full = full.with_trainable(full_vars.all_vars());
         let lora_vars = VarMap::new();
         let builder = LoraBuilder::new(
             LoraConfig {
@@ -72,6 +73,7 @@ impl Nets {
             Some(&builder),
         )?;
         crate::nn::init::seeded_init(&lora_vars, &mut seeded(seed ^ 0x10_4a))?;
+        let lora = lora.with_trainable(lora_vars.all_vars());
         Ok(Self { base, full, lora })
     }
 }

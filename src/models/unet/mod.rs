@@ -8,12 +8,14 @@
 
 mod blocks;
 mod config;
+mod parts;
 mod resnet;
 mod sampling;
 mod transformer;
 mod transformer_block;
 
 pub use config::{DownBlockType, UNetConfig, UpBlockType};
+pub use parts::CPU_PART_ROWS;
 
 use crate::nn::{
     conv2d_layer, group_norm, sinusoidal_embedding, Builders, Conv2d, GroupNorm, LoraBuilder,
@@ -21,7 +23,7 @@ use crate::nn::{
 };
 pub use blocks::Checkpointing;
 use blocks::{Ctx, DownBlock, MidBlock, UpBlock};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub struct UNet2DConditionModel {
     /// Which blocks may recompute their activations (none unless `with_checkpointing`).
     frozen: Checkpointing,
     checkpointing: bool,
+    /// Every variable among its weights, where the builder told (`with_trainable`).
+    trainable: Option<Vec<Var>>,
 }
 
 impl UNet2DConditionModel {
@@ -106,6 +110,7 @@ impl UNet2DConditionModel {
                 samplers: true,
             },
             checkpointing: false,
+            trainable: None,
         })
     }
 
@@ -117,6 +122,15 @@ impl UNet2DConditionModel {
     /// would notice its parameters and run twice, without checkpointing.
     pub fn with_checkpointing(mut self, on: bool) -> Self {
         self.checkpointing = on;
+        self
+    }
+
+    /// Names every variable among the model's weights (all those of the VarMap that built
+    /// it; none for a model on plain tensors). With them, the backward of a CPU batch in
+    /// parts runs the parts side by side too (`parts.rs`). The list must be complete: a
+    /// variable left out would get no gradient through a batch in parts.
+    pub fn with_trainable(mut self, vars: Vec<Var>) -> Self {
+        self.trainable = Some(vars);
         self
     }
 
@@ -139,7 +153,29 @@ impl UNet2DConditionModel {
     }
 
     /// `forward` with class ids (u32 [B]) for a model with `num_class_embeds`.
+    ///
+    /// On the CPU a batch of more than `CPU_PART_ROWS` rows runs as parts of that many rows,
+    /// side by side on the thread pool (`parts.rs`).
     pub fn forward_with_class(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dim(0)? <= CPU_PART_ROWS {
+            return self.forward_rows(x, t, context, class);
+        }
+        self.forward_in_parts(&parts::Batch {
+            x,
+            t,
+            context,
+            class,
+        })
+    }
+
+    /// `forward_with_class` on one part.
+    pub(super) fn forward_rows(
         &self,
         x: &Tensor,
         t: &Tensor,

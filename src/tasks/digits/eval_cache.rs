@@ -16,8 +16,9 @@ pub const FILE: &str = "eval_pretrained.safetensors";
 
 /// Bumped whenever the evaluation's sampling changes (prompts, samples per prompt, seeding,
 /// grid, batching): a cache of an older protocol is never used. 2: several prompts per
-/// sampling batch, which changes the samples by rounding (at most about 4e-4).
-pub const PROTOCOL: u32 = 2;
+/// sampling batch, which changes the samples by rounding (at most about 4e-4). 3: the
+/// UNet's CPU forward in parts of `unet::CPU_PART_ROWS` rows (rounding again).
+pub const PROTOCOL: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheKey {

@@ -40,10 +40,12 @@ pub fn load_unet(
         &file,
         &expected_params(|vb| ClassConditionalUNet::new(vb, &cfg, None))?,
     )?;
+    // Plain tensors: no variable among its weights.
     let net = ClassConditionalUNet::new(
         VarBuilder::from_tensors(file.tensors.clone(), crate::DTYPE, device),
         &cfg,
         None,
-    )?;
+    )?
+    .with_trainable(Vec::new());
     Ok((net, cfg, file.tensors))
 }

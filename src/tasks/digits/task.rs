@@ -97,11 +97,14 @@ impl Task for DigitsTask {
         let previous = if run.kl_reference == crate::script::config::KlReference::Previous
             && run.lora_rank > 0
         {
-            Some(with_adapters(VarBuilder::from_varmap(
-                &previous_vars,
-                crate::DTYPE,
-                device,
-            ))?)
+            Some(
+                with_adapters(VarBuilder::from_varmap(
+                    &previous_vars,
+                    crate::DTYPE,
+                    device,
+                ))?
+                .with_trainable(previous_vars.all_vars()),
+            )
         } else {
             None
         };
@@ -118,7 +121,8 @@ impl Task for DigitsTask {
             )?;
             crate::tensor_io::set_vars(&policy_vars, &base, &path)?;
             net
-        };
+        }
+        .with_trainable(policy_vars.all_vars());
         // The policy again on detached views of its variables, for sampling without a graph.
         let detached = policy_vars
             .data()
@@ -132,7 +136,8 @@ impl Task for DigitsTask {
             with_adapters(detached)?
         } else {
             ClassConditionalUNet::new(detached, &cfg, None)?
-        };
+        }
+        .with_trainable(Vec::new());
         let guided = |net: ClassConditionalUNet| -> Arc<dyn Denoiser> {
             Arc::new(Guided {
                 inner: Arc::new(net),
