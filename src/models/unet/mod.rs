@@ -163,25 +163,26 @@ impl UNet2DConditionModel {
         context: &Tensor,
         class: Option<&Tensor>,
     ) -> Result<Tensor> {
-        if !x.device().is_cpu() || x.dim(0)? <= CPU_PART_ROWS {
-            return self.forward_rows(x, t, context, class);
-        }
-        self.forward_in_parts(&parts::Batch {
+        let batch = parts::Batch {
             x,
             t,
             context,
             class,
-        })
+        };
+        match x.device().is_cpu() && x.dim(0)? > CPU_PART_ROWS {
+            true => self.forward_in_parts(&batch),
+            false => self.forward_rows(&batch),
+        }
     }
 
     /// `forward_with_class` on one part.
-    pub(super) fn forward_rows(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        context: &Tensor,
-        class: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn forward_rows(&self, batch: &parts::Batch) -> Result<Tensor> {
+        let parts::Batch {
+            x,
+            t,
+            context,
+            class,
+        } = *batch;
         // diffusers' Timesteps(block_out[0], flip_sin_to_cos=True, downscale_freq_shift=0).
         let temb = sinusoidal_embedding(t, self.cfg.block_out_channels[0])?;
         let mut temb = self.time_embedding.forward(&temb.to_dtype(x.dtype())?)?;

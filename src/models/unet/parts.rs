@@ -37,6 +37,7 @@ fn ranges(b: usize) -> Vec<(usize, usize)> {
 }
 
 /// The inputs of one forward: x [B, ...], t [B], context [B or 1, L, D], class ids [B].
+#[derive(Clone, Copy)]
 pub(super) struct Batch<'a> {
     pub x: &'a Tensor,
     pub t: &'a Tensor,
@@ -90,12 +91,12 @@ impl UNet2DConditionModel {
             .into_par_iter()
             .map(|r| {
                 let class = batch.class.map(|c| batch.rows(c, r)).transpose()?;
-                self.forward_rows(
-                    &batch.rows(batch.x, r)?,
-                    &batch.rows(batch.t, r)?,
-                    &batch.rows(batch.context, r)?,
-                    class.as_ref(),
-                )
+                self.forward_rows(&Batch {
+                    x: &batch.rows(batch.x, r)?,
+                    t: &batch.rows(batch.t, r)?,
+                    context: &batch.rows(batch.context, r)?,
+                    class: class.as_ref(),
+                })
             })
             .collect();
         Tensor::cat(&outs.into_iter().collect::<Result<Vec<_>>>()?, 0)
@@ -123,8 +124,12 @@ impl UNet2DConditionModel {
                 let (x, x_var) = leaf(batch.x, r, x_grad)?;
                 let (context, context_var) = leaf(batch.context, r, ctx_grad)?;
                 let class = batch.class.map(|c| batch.rows(c, r)).transpose()?;
-                let out =
-                    self.forward_rows(&x, &batch.rows(batch.t, r)?, &context, class.as_ref())?;
+                let out = self.forward_rows(&Batch {
+                    x: &x,
+                    t: &batch.rows(batch.t, r)?,
+                    context: &context,
+                    class: class.as_ref(),
+                })?;
                 Ok(PartGraph {
                     rows: r,
                     out,
@@ -162,21 +167,24 @@ impl UNet2DConditionModel {
                 Some(g) => Ok(g.clone()),
                 None => v.as_tensor().zeros_like(),
             };
-            let mut flat = Vec::new();
-            if x_grad {
-                let rows: Vec<Tensor> = parts
+            // Each part's gradient of one of its leaves.
+            let leaf_grads = |leaf: fn(&PartGraph) -> Option<&Var>| -> Result<Vec<Tensor>> {
+                parts
                     .iter()
                     .zip(&stores)
-                    .map(|(p, s)| grad_of(s, p.x.as_ref().expect("x leaf")))
-                    .collect::<Result<_>>()?;
+                    .map(|(p, s)| match leaf(p) {
+                        Some(v) => grad_of(s, v),
+                        None => candle_core::bail!("a part of the UNet's batch has no leaf"),
+                    })
+                    .collect()
+            };
+            let mut flat = Vec::new();
+            if x_grad {
+                let rows = leaf_grads(|p| p.x.as_ref())?;
                 flat.push(Tensor::cat(&rows, 0)?.flatten_all()?);
             }
             if ctx_grad {
-                let rows: Vec<Tensor> = parts
-                    .iter()
-                    .zip(&stores)
-                    .map(|(p, s)| grad_of(s, p.context.as_ref().expect("context leaf")))
-                    .collect::<Result<_>>()?;
+                let rows = leaf_grads(|p| p.context.as_ref())?;
                 let g = match ctx_rows {
                     true => Tensor::cat(&rows, 0)?,
                     false => sum_in_order(&rows)?,
