@@ -70,8 +70,9 @@ struct PartGraph {
 impl UNet2DConditionModel {
     /// `forward_with_class` of a CPU batch over `CPU_PART_ROWS` rows (see the module's note).
     pub(super) fn forward_in_parts(&self, batch: &Batch) -> Result<Tensor> {
-        let Some(vars) = &self.trainable else {
-            // Variables unknown: narrow and cat keep every gradient.
+        // Variables unknown, or a graph through the timesteps (not a leaf of the parts):
+        // narrow and cat keep every gradient.
+        let Some(vars) = self.trainable.as_ref().filter(|_| !batch.t.track_op()) else {
             return self.parts_joined(batch);
         };
         let tracked: Vec<Tensor> = vars
