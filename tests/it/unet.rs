@@ -310,6 +310,13 @@ fn cpu_forward_in_parts_is_the_parts_alone() {
                 "{label}, {what}: {diff} against {size}"
             );
         };
+        for (name, var) in sorted_vars(&varmap) {
+            let (g1, g2) = (one.1.get(&var).unwrap(), two.1.get(&var).unwrap());
+            assert!(
+                values(g1) == values(g2),
+                "{label}: {name}'s gradient differs on 1 and 2 threads"
+            );
+        }
         for (threads, (_, grads, x, ctx)) in [(1, &one), (2, &two)] {
             let what = format!("{threads} threads");
             close(
@@ -328,6 +335,35 @@ fn cpu_forward_in_parts_is_the_parts_alone() {
             }
         }
     }
+}
+
+/// With the variables named, x without a graph (LoRA training on stored states) still
+/// gives every variable the parts' summed gradient; a variable the list leaves out is an
+/// error, not a lost gradient.
+#[test]
+fn cpu_parts_with_named_variables_need_every_variable() {
+    use sqdf::models::unet::CPU_PART_ROWS;
+    let cfg = tiny();
+    let (model, varmap) = trainable(&cfg, 4);
+    let b = CPU_PART_ROWS + 5;
+    let inp = inputs(&cfg, b, &mut seeded(5));
+    let r = randn(&mut seeded(6), (b, 1, 16, 16), &DEV).unwrap();
+    let named = model.clone().with_trainable(varmap.all_vars());
+    let whole = readout_loss(&named, &inp, &inp.x, &r).backward().unwrap();
+    let plain = readout_loss(&model, &inp, &inp.x, &r).backward().unwrap();
+    for (name, var) in sorted_vars(&varmap) {
+        let (g, want) = (whole.get(&var).unwrap(), plain.get(&var).unwrap());
+        let size = scalar(&want.abs().unwrap().max_all().unwrap()).max(1e-6);
+        let diff = max_abs_diff(g, want);
+        assert!(diff <= 1e-5 * size, "{name}: {diff} against {size}");
+    }
+    let one = varmap.all_vars().into_iter().take(1).collect();
+    let partial = model.with_trainable(one);
+    let err = partial
+        .forward(&inp.x, &inp.t, &inp.ctx)
+        .expect_err("a variable left out of with_trainable")
+        .to_string();
+    assert!(err.contains("with_trainable"), "{err}");
 }
 
 #[test]

@@ -127,9 +127,16 @@ impl UNet2DConditionModel {
 
     /// Names every variable among the model's weights (all those of the VarMap that built
     /// it; none for a model on plain tensors). With them, the backward of a CPU batch in
-    /// parts runs the parts side by side too (`parts.rs`). The list must be complete: a
-    /// variable left out would get no gradient through a batch in parts.
+    /// parts runs the parts side by side too (`parts.rs`); a variable the forward reaches
+    /// but the list leaves out is an error there. Each such forward copies the variables
+    /// once and its backward holds one gradient of each per part: meant for small models
+    /// such as the digits UNet, not a CPU SD-1.5.
     pub fn with_trainable(mut self, vars: Vec<Var>) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let vars = vars
+            .into_iter()
+            .filter(|v| seen.insert(v.as_tensor().id()))
+            .collect();
         self.trainable = Some(vars);
         self
     }

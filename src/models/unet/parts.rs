@@ -7,22 +7,25 @@
 //! - without a graph, each part's output is computed and the outputs concatenated;
 //! - with a graph and the model's trainable variables known (`with_trainable`), each part
 //!   keeps a graph of its own whose leaves are its rows of x and of the context (as fresh
-//!   variables) and the model's variables. The parts' output joins the caller's graph as
+//!   variables, where they carry a graph) and the model's variables. The parts' output joins the caller's graph as
 //!   one node (`precomputed::attach`) over a flat "anchor" of x, the context and the
 //!   variables; its backward takes each part's backward side by side and hands back the
 //!   flat gradient: the rows' input gradients, and each variable's gradient summed over the
 //!   parts in their order. candle's backward is one walk over the graph on one thread, so
 //!   without this the backward of parts would not run side by side;
-//! - with a graph and the variables not given, the parts join the graph by narrow and cat,
-//!   and the backward walks them one after another (correct, not side by side).
+//! - with a graph and the variables not given, or a graph through the timesteps, the parts
+//!   join the graph by narrow and cat, and the backward walks them one after another
+//!   (correct, not side by side).
 //!
-//! The parts' size is fixed, not the thread count's, and every sum is in the parts' order,
-//! so results are the same on any machine.
+//! A variable the forward reaches but `with_trainable` did not name is an error, not a lost
+//! gradient. The parts' size is fixed, not the thread count's, and every sum is in the
+//! parts' order, so results do not depend on the thread count.
 
 use super::UNet2DConditionModel;
 use crate::nn::precomputed::attach;
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, Result, Tensor, TensorId, Var};
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Rows per part of a CPU forward. 32: a guided pass over the 16 trajectories of a
@@ -140,6 +143,7 @@ impl UNet2DConditionModel {
             })
             .collect();
         let parts = Arc::new(parts.into_iter().collect::<Result<Vec<_>>>()?);
+        check_named(&parts[0], &trainable)?;
         let outs: Vec<Tensor> = parts.iter().map(|p| p.out.detach()).collect();
         let out = Tensor::cat(&outs, 0)?;
         // The anchor: every input the caller's graph needs a gradient for, flattened.
@@ -205,6 +209,32 @@ impl UNet2DConditionModel {
             Tensor::cat(&flat, 0)
         };
         attach(&anchor, &out, Arc::new(vjp))
+    }
+}
+
+/// Every variable a part's graph reaches must be a leaf of the part or named by
+/// `with_trainable`: the gradient of any other would be lost without a word (AdamW skips
+/// a parameter without a gradient).
+fn check_named(part: &PartGraph, named: &[Tensor]) -> Result<()> {
+    let mut known: HashSet<TensorId> = named.iter().map(|v| v.id()).collect();
+    known.extend(
+        part.x
+            .iter()
+            .chain(&part.context)
+            .map(|v| v.as_tensor().id()),
+    );
+    match part
+        .out
+        .sorted_nodes()
+        .into_iter()
+        .find(|n| n.is_variable() && !known.contains(&n.id()))
+    {
+        Some(v) => candle_core::bail!(
+            "the UNet's forward reaches a variable of shape {:?} that `with_trainable` did not \
+             name: name every variable among its weights (all of the VarMap that built it)",
+            v.dims()
+        ),
+        None => Ok(()),
     }
 }
 
