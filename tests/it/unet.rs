@@ -256,6 +256,17 @@ fn full_finetuning_gradients_reach_every_variable() {
     );
 }
 
+/// The tiny UNet's variables, inputs of `CPU_PART_ROWS` + 5 rows (two parts) and a
+/// read-out of its output's shape.
+fn over_one_part() -> (UNet2DConditionModel, VarMap, Inputs, Tensor) {
+    let cfg = tiny();
+    let (model, varmap) = trainable(&cfg, 4);
+    let b = sqdf::models::unet::CPU_PART_ROWS + 5;
+    let inp = inputs(&cfg, b, &mut seeded(5));
+    let r = randn(&mut seeded(6), (b, 1, 16, 16), &DEV).unwrap();
+    (model, varmap, inp, r)
+}
+
 /// A CPU batch over `CPU_PART_ROWS` rows runs in parts side by side: its output is each
 /// part run alone, bit for bit, on one thread or two; the gradients of every variable (the
 /// sum of the parts'), of x and of the context (the parts' rows) are the parts' alone, with
@@ -263,11 +274,8 @@ fn full_finetuning_gradients_reach_every_variable() {
 #[test]
 fn cpu_forward_in_parts_is_the_parts_alone() {
     use sqdf::models::unet::CPU_PART_ROWS;
-    let cfg = tiny();
-    let (model, varmap) = trainable(&cfg, 4);
-    let b = CPU_PART_ROWS + 5;
-    let inp = inputs(&cfg, b, &mut seeded(5));
-    let r = randn(&mut seeded(6), (b, 1, 16, 16), &DEV).unwrap();
+    let (model, varmap, inp, r) = over_one_part();
+    let b = inp.x.dim(0).unwrap();
     let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let rows = |t: &Tensor, (start, n): (usize, usize)| t.narrow(0, start, n).unwrap();
     let parts = [(0, CPU_PART_ROWS), (CPU_PART_ROWS, 5)];
@@ -342,12 +350,7 @@ fn cpu_forward_in_parts_is_the_parts_alone() {
 /// error, not a lost gradient.
 #[test]
 fn cpu_parts_with_named_variables_need_every_variable() {
-    use sqdf::models::unet::CPU_PART_ROWS;
-    let cfg = tiny();
-    let (model, varmap) = trainable(&cfg, 4);
-    let b = CPU_PART_ROWS + 5;
-    let inp = inputs(&cfg, b, &mut seeded(5));
-    let r = randn(&mut seeded(6), (b, 1, 16, 16), &DEV).unwrap();
+    let (model, varmap, inp, r) = over_one_part();
     let named = model.clone().with_trainable(varmap.all_vars());
     let whole = readout_loss(&named, &inp, &inp.x, &r).backward().unwrap();
     let plain = readout_loss(&model, &inp, &inp.x, &r).backward().unwrap();
