@@ -127,7 +127,7 @@ pub fn sample(
 /// side on the thread pool: much of a forward pass (candle's elementwise ops, small kernels)
 /// runs on one thread, and parts side by side keep every core busy. The parts' size is
 /// fixed, not the thread count's: a trajectory's noise is its own stream, but a matmul's
-/// rounding can depend on how many rows it has, so results stay the same on any machine.
+/// rounding can depend on how many rows it has, so results do not depend on the thread count.
 pub fn sample_trajectories(
     model: &dyn Denoiser,
     sampler: &DdimSampler,

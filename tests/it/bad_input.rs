@@ -330,15 +330,15 @@ fn bad_cli_input_is_an_error_not_a_panic() {
 #[test]
 fn a_one_process_command_started_as_a_rank_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
-        .args(["--quiet", "random-weights"])
-        .arg(dir.path().join("w"))
-        .args(["--size", "tiny"])
-        .env("OMPI_COMM_WORLD_SIZE", "2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let w = dir.path().join("w");
+    let (ok, err) = common::sqdf_as_rank(&[
+        "--quiet",
+        "random-weights",
+        w.to_str().unwrap(),
+        "--size",
+        "tiny",
+    ]);
+    assert!(!ok);
     assert!(
         err.contains("only `sqdf run` and `sqdf compare` run on several processes"),
         "{err}"
@@ -353,16 +353,15 @@ fn run_started_as_a_rank_without_mpi_says_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
     let w = common::tiny_weights(dir.path());
     let script = common::write_script(dir.path(), "toy.lua", &common::standard_script(&w, ""));
-    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
-        .args(["--quiet", "run"])
-        .arg(&script)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .env("OMPI_COMM_WORLD_SIZE", "2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let out = dir.path().join("out");
+    let (ok, err) = common::sqdf_as_rank(&[
+        "--quiet",
+        "run",
+        script.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
     assert!(err.contains("--features mpi"), "{err}");
     assert!(!dir.path().join("out").exists(), "nothing ran");
 }

@@ -281,16 +281,15 @@ fn compare_started_as_a_rank_without_mpi_says_how_to_build_it() {
         dir.path(),
         r#"return { seeds = { 0 }, runs = { { label = "SQDF", script = "toy.lua" } } }"#,
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_sqdf"))
-        .args(["--quiet", "compare"])
-        .arg(&file)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .env("OMPI_COMM_WORLD_SIZE", "2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let out = dir.path().join("out");
+    let (ok, err) = common::sqdf_as_rank(&[
+        "--quiet",
+        "compare",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
     assert!(err.contains("--features mpi"), "{err}");
     assert!(!dir.path().join("out/runs").exists(), "nothing ran");
 }

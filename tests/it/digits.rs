@@ -3,6 +3,7 @@
 //! run on a tiny UNet goes through the whole loop (LoRA, guidance, consistency model).
 
 use crate::common;
+use common::{in_pool, values};
 
 use candle_core::{Device, Tensor};
 use sqdf::rng::{randn, seeded};
@@ -10,9 +11,7 @@ use sqdf::rng::{randn, seeded};
 #[test]
 fn lora_gradients_reach_only_the_adapters() {
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_digits_weights(dir.path());
-    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
-    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let t = common::digits_trainer(dir.path());
     let vars = sqdf::tensor_io::sorted_vars(&t.models.policy_vars);
     assert!(!vars.is_empty());
     for (name, _) in &vars {
@@ -62,9 +61,7 @@ fn lora_gradients_reach_only_the_adapters() {
 #[test]
 fn a_short_digits_run_trains_the_adapters() {
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_digits_weights(dir.path());
-    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
-    let (mut t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let mut t = common::digits_trainer(dir.path());
     let before: Vec<Tensor> = sqdf::tensor_io::sorted_vars(&t.models.policy_vars)
         .iter()
         .map(|(_, v)| v.as_tensor().copy().unwrap())
@@ -160,9 +157,7 @@ fn the_last_point_along_training_is_the_evaluation_after_when_they_match() {
 fn prompts_sampled_in_one_batch_are_the_prompts_sampled_alone() {
     use sqdf::tasks::digits::evaluate::{sample_prompts, KL_SAMPLES};
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_digits_weights(dir.path());
-    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
-    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let t = common::digits_trainer(dir.path());
     // Adapters away from zero, so that the policy's KL to the reference is not zero.
     for (i, (_, v)) in sqdf::tensor_io::sorted_vars(&t.models.policy_vars)
         .iter()
@@ -307,28 +302,13 @@ fn shipped_consistency_model_gives_its_documented_error() {
     assert!(e.consistency < e.tweedie);
 }
 
-/// `n` threads' worth of rayon pool, to run `f` in.
-fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 /// Trajectories sampled in parts side by side on the thread pool are bit for bit the same
 /// on one thread or two, and the same as each part sampled alone.
 #[test]
 fn trajectories_sampled_in_parts_do_not_depend_on_the_thread_count() {
     use sqdf::train::rollout::{sample_trajectories, Rollout, CPU_PART};
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_digits_weights(dir.path());
-    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
-    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let t = common::digits_trainer(dir.path());
     let m = t.models.clone();
     let n = CPU_PART + 3;
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
@@ -374,9 +354,7 @@ fn trajectories_sampled_in_parts_do_not_depend_on_the_thread_count() {
 fn evaluation_batches_side_by_side_are_the_batches_one_by_one() {
     use sqdf::tasks::digits::evaluate::sample_all;
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_digits_weights(dir.path());
-    let script = common::write_script(dir.path(), "d.lua", &common::digits_script(&w, ""));
-    let (t, _) = common::trainer(&script, &dir.path().join("run"), &[]);
+    let t = common::digits_trainer(dir.path());
     let m = t.models.as_ref();
     // 32 per prompt: three batches of 4, 4 and 2 prompts.
     let run = || sample_all(m, m.policy.as_ref(), true, 5, 32).unwrap();

@@ -6,7 +6,7 @@ use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::max_abs_diff;
+use common::{in_pool, max_abs_diff, values};
 use sqdf::models::{DownBlockType::*, UNet2DConditionModel, UNetConfig, UpBlockType::*};
 use sqdf::nn::{LoraBuilder, LoraConfig};
 use sqdf::rng::{randn, seeded, Rng};
@@ -276,7 +276,6 @@ fn cpu_forward_in_parts_is_the_parts_alone() {
     use sqdf::models::unet::CPU_PART_ROWS;
     let (model, varmap, inp, r) = over_one_part();
     let b = inp.x.dim(0).unwrap();
-    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let rows = |t: &Tensor, (start, n): (usize, usize)| t.narrow(0, start, n).unwrap();
     let parts = [(0, CPU_PART_ROWS), (CPU_PART_ROWS, 5)];
     // sum(out * r) over the rows given, with x and the context as variables.
@@ -290,13 +289,7 @@ fn cpu_forward_in_parts_is_the_parts_alone() {
     };
     let named = model.clone().with_trainable(varmap.all_vars());
     for (label, m) in [("variables named", &named), ("variables not named", &model)] {
-        let whole = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| loss(m, (0, b)))
-        };
+        let whole = |threads: usize| in_pool(threads, || loss(m, (0, b)));
         let (one, two) = (whole(1), whole(2));
         assert!(
             values(&one.0) == values(&two.0),

@@ -23,7 +23,7 @@
 
 use super::UNet2DConditionModel;
 use crate::nn::precomputed::attach;
-use candle_core::{backprop::GradStore, Result, Tensor, TensorId, Var};
+use candle_core::{Result, Tensor, TensorId, Var};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -62,6 +62,14 @@ impl Batch<'_> {
     }
 }
 
+/// One part's gradients: of its leaves (where x and the context carry a graph) and of each
+/// named variable, in the list's order.
+struct PartGrads {
+    x: Option<Tensor>,
+    context: Option<Tensor>,
+    vars: Vec<Tensor>,
+}
+
 /// A part's graph: its output, and its leaves for x and the context.
 struct PartGraph {
     rows: (usize, usize),
@@ -78,14 +86,11 @@ impl UNet2DConditionModel {
         let Some(vars) = self.trainable.as_ref().filter(|_| !batch.t.track_op()) else {
             return self.parts_joined(batch);
         };
-        let tracked: Vec<Tensor> = vars
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .filter(|v| v.track_op())
-            .collect();
-        match tracked.is_empty() && !batch.x.track_op() && !batch.context.track_op() {
+        // A variable always carries a graph: named variables mean a graph.
+        let vars: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        match vars.is_empty() && !batch.x.track_op() && !batch.context.track_op() {
             true => self.parts_joined(batch),
-            false => self.parts_with_graphs(batch, tracked),
+            false => self.parts_with_graphs(batch, vars),
         }
     }
 
@@ -158,52 +163,42 @@ impl UNet2DConditionModel {
             leaves.push(v.flatten_all()?);
         }
         let anchor = Tensor::cat(&leaves, 0)?;
-        let context_shape = batch.context.shape().clone();
         let vjp = move |d_out: &Tensor| -> Result<Tensor> {
-            let stores: Vec<Result<GradStore>> = parts
+            // Each part's backward keeps only its leaves' and the variables' gradients, so
+            // that no part's intermediate gradients outlive its own backward.
+            let grads: Vec<Result<PartGrads>> = parts
                 .par_iter()
                 .map(|p| {
                     let d = d_out.narrow(0, p.rows.0, p.rows.1)?;
-                    (&p.out * d)?.sum_all()?.backward()
+                    let store = (&p.out * d)?.sum_all()?.backward()?;
+                    let of = |v: &Tensor| match store.get(v) {
+                        Some(g) => Ok(g.clone()),
+                        None => v.zeros_like(),
+                    };
+                    let leaf = |v: &Option<Var>| v.as_ref().map(|v| of(v.as_tensor())).transpose();
+                    Ok(PartGrads {
+                        x: leaf(&p.x)?,
+                        context: leaf(&p.context)?,
+                        vars: trainable.iter().map(of).collect::<Result<_>>()?,
+                    })
                 })
                 .collect();
-            let stores = stores.into_iter().collect::<Result<Vec<_>>>()?;
-            let grad_of = |s: &GradStore, v: &Var| match s.get(v.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => v.as_tensor().zeros_like(),
-            };
-            // Each part's gradient of one of its leaves.
-            let leaf_grads = |leaf: fn(&PartGraph) -> Option<&Var>| -> Result<Vec<Tensor>> {
-                parts
-                    .iter()
-                    .zip(&stores)
-                    .map(|(p, s)| match leaf(p) {
-                        Some(v) => grad_of(s, v),
-                        None => candle_core::bail!("a part of the UNet's batch has no leaf"),
-                    })
-                    .collect()
-            };
+            let grads = grads.into_iter().collect::<Result<Vec<_>>>()?;
             let mut flat = Vec::new();
             if x_grad {
-                let rows = leaf_grads(|p| p.x.as_ref())?;
+                let rows: Vec<Tensor> = grads.iter().filter_map(|g| g.x.clone()).collect();
                 flat.push(Tensor::cat(&rows, 0)?.flatten_all()?);
             }
             if ctx_grad {
-                let rows = leaf_grads(|p| p.context.as_ref())?;
+                let rows: Vec<Tensor> = grads.iter().filter_map(|g| g.context.clone()).collect();
                 let g = match ctx_rows {
                     true => Tensor::cat(&rows, 0)?,
                     false => sum_in_order(&rows)?,
                 };
-                flat.push(g.reshape(&context_shape)?.flatten_all()?);
+                flat.push(g.flatten_all()?);
             }
-            for v in &trainable {
-                let per_part: Vec<Tensor> = stores
-                    .iter()
-                    .map(|s| match s.get(v) {
-                        Some(g) => Ok(g.clone()),
-                        None => v.zeros_like(),
-                    })
-                    .collect::<Result<_>>()?;
+            for i in 0..trainable.len() {
+                let per_part: Vec<Tensor> = grads.iter().map(|g| g.vars[i].clone()).collect();
                 flat.push(sum_in_order(&per_part)?.flatten_all()?);
             }
             Tensor::cat(&flat, 0)

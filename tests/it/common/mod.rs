@@ -144,6 +144,41 @@ pub fn trainer(script: &Path, out: &Path, overrides: &[&str]) -> (Trainer, Arc<R
     (Trainer::new(o).unwrap_or_else(|e| panic!("{e:#}")), log)
 }
 
+/// A trainer of `digits_script` on tiny digits weights, all in `dir` (the run in dir/run).
+pub fn digits_trainer(dir: &Path) -> Trainer {
+    let w = tiny_digits_weights(dir);
+    let script = write_script(dir, "d.lua", &digits_script(&w, ""));
+    trainer(&script, &dir.join("run"), &[]).0
+}
+
+/// `f` run in a rayon pool of `threads` threads.
+pub fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// A tensor's values, flattened (for bit-for-bit comparisons).
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The sqdf binary with `args`, started as a launcher starts one of two ranks (the
+/// variables `mpirun -n 2` sets): whether it succeeded, and its standard error.
+pub fn sqdf_as_rank(args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sqdf"))
+        .args(args)
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A tiny class-conditional UNet config (two levels, 4 and 8 channels).
 pub fn tiny_digits_config() -> sqdf::models::class_conditional::ClassConditionalConfig {
     use sqdf::models::{DownBlockType, UNetConfig, UpBlockType};
